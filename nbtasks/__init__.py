@@ -1,0 +1,69 @@
+"""nbtasks: make any function parallel from a notebook, and never lose work.
+
+    results = nbtasks.pmap(fetch, urls)   # ordered results, live progress bar
+
+Names are imported on first use, so that ``python -m nbtasks.worker`` can let eventlet
+patch the standard library before redis-py is imported.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "pmap": "api",
+    "configure": "config",
+    "Settings": "config",
+    "Failure": "errors",
+    "NbtasksError": "errors",
+    "ConfigError": "errors",
+    "RedisUnavailable": "errors",
+    "NotPicklableError": "errors",
+    "JobMismatchError": "errors",
+    "WorkerError": "errors",
+    "TaskError": "errors",
+}
+
+__all__ = [
+    "pmap",
+    "configure",
+    "Settings",
+    "Failure",
+    "NbtasksError",
+    "ConfigError",
+    "RedisUnavailable",
+    "NotPicklableError",
+    "JobMismatchError",
+    "WorkerError",
+    "TaskError",
+    "__version__",
+]
+
+if TYPE_CHECKING:
+    from .api import pmap
+    from .config import Settings, configure
+    from .errors import (
+        ConfigError,
+        Failure,
+        JobMismatchError,
+        NbtasksError,
+        NotPicklableError,
+        RedisUnavailable,
+        TaskError,
+        WorkerError,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'nbtasks' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,81 @@
+"""Settings: one frozen dataclass, read from the environment, changed by `configure`."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigError
+
+DEFAULT_CONCURRENCY = 200
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Defaults for every `pmap` call; each field can be overridden per call.
+
+    redis_url:   where jobs live (``redis://``, ``rediss://`` or ``unix://``).
+    processes:   worker processes per job (0 runs inline in the caller).
+    concurrency: green threads per worker process (1 for CPU-bound work).
+    """
+
+    redis_url: str | None = None
+    processes: int = dataclasses.field(default_factory=lambda: os.cpu_count() or 1)
+    concurrency: int = DEFAULT_CONCURRENCY
+    # How often the caller polls counters and refreshes its heartbeat (seconds).
+    poll_interval: float = 0.1
+    # Workers stop when the caller's heartbeat is older than this (seconds).
+    heartbeat_ttl: float = 6.0
+
+    def __post_init__(self) -> None:
+        if self.processes < 0:
+            raise ConfigError(f"processes must be 0 (inline) or more, not {self.processes}.")
+        if self.concurrency < 1:
+            raise ConfigError(f"concurrency must be 1 or more, not {self.concurrency}.")
+        if not 0 < self.poll_interval < self.heartbeat_ttl / 4:
+            raise ConfigError("poll_interval must be positive and well below heartbeat_ttl.")
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """Settings from NBTASKS_REDIS_URL, NBTASKS_PROCESSES and NBTASKS_CONCURRENCY."""
+        values: dict[str, object] = {}
+        if url := os.environ.get("NBTASKS_REDIS_URL"):
+            values["redis_url"] = url
+        for field in ("processes", "concurrency"):
+            raw = os.environ.get(f"NBTASKS_{field.upper()}")
+            if raw:
+                try:
+                    values[field] = int(raw)
+                except ValueError:
+                    raise ConfigError(f"NBTASKS_{field.upper()} must be a whole number, not {raw!r}.") from None
+        return cls(**values)  # type: ignore[arg-type]
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with the given fields changed; ``None`` values are ignored."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+_current: Settings | None = None
+
+
+def settings() -> Settings:
+    """The settings in force: those given to `configure`, else the environment's."""
+    global _current
+    if _current is None:
+        _current = Settings.from_env()
+    return _current
+
+
+def configure(**changes: Any) -> Settings:
+    """Change the defaults of later calls, e.g. ``configure(redis_url="redis://host:6379/0")``.
+
+    Accepts the fields of `Settings`; returns the settings now in force.
+    """
+    global _current
+    unknown = set(changes) - {f.name for f in dataclasses.fields(Settings)}
+    if unknown:
+        raise ConfigError(f"configure() got unknown settings: {', '.join(sorted(unknown))}.")
+    _current = settings().replace(**changes)
+    return _current

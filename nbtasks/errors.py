@@ -1,0 +1,74 @@
+"""Every error nbtasks raises, and the record of one failed task.
+
+NbtasksError
+├── ConfigError          no Redis configured, contradictory settings
+├── RedisUnavailable     the Redis server cannot be reached
+├── NotPicklableError    the function or an input cannot be sent to the workers
+├── JobMismatchError     a job name reused with other inputs
+├── WorkerError          worker processes cannot start or keep dying
+└── TaskError            some tasks raised; carries every Failure
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+class NbtasksError(Exception):
+    """Base class of every error nbtasks raises."""
+
+
+class ConfigError(NbtasksError):
+    """The settings are missing or contradict each other."""
+
+
+class RedisUnavailable(NbtasksError):
+    """The Redis server cannot be reached."""
+
+
+class NotPicklableError(NbtasksError):
+    """The function or an input cannot be serialized for the workers."""
+
+
+class JobMismatchError(NbtasksError):
+    """A job name was reused with inputs other than the stored ones."""
+
+
+class WorkerError(NbtasksError):
+    """Worker processes could not start, or kept dying."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One task that raised: where, with what input, and the remote traceback."""
+
+    index: int
+    input: Any
+    exc_type: str
+    message: str
+    traceback: str
+
+    def __str__(self) -> str:
+        return f"item {self.index} (input {_short(self.input)}) raised {self.exc_type}: {self.message}"
+
+
+class TaskError(NbtasksError):
+    """Some tasks raised. The others' results are stored; run the call again to retry."""
+
+    def __init__(self, job: str, total: int, failures: list[Failure]) -> None:
+        self.job = job
+        self.total = total
+        self.failures = failures
+        first = failures[0]
+        super().__init__(
+            f"{len(failures)} of {total} tasks of job '{job}' failed; the first, "
+            f"{first}. Results of the others are kept: run the same call again to retry "
+            f"only the failed ones.\n\nRemote traceback of item {first.index}:\n"
+            f"{first.traceback.rstrip()}"
+        )
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

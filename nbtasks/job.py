@@ -1,0 +1,116 @@
+"""A job's identity, its definition in the store, and the gathering of its results."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from . import codec
+from .errors import ConfigError, Failure, JobMismatchError, NbtasksError, TaskError
+from .store import Store
+
+MAX_NAME = 200
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What the store holds for one job, as the caller knows it."""
+
+    name: str
+    total: int
+    finished: bool  # every item has a recorded result
+
+
+def serialize_inputs(items: Iterator[Any]) -> tuple[list[bytes], str]:
+    """Pickle every input once, and hash them in order (the inputs' part of the identity)."""
+    digest = hashlib.sha256()
+    payloads = []
+    for index, item in enumerate(items):
+        data = codec.dump_input(item, index)
+        digest.update(len(data).to_bytes(8, "little"))
+        digest.update(data)
+        payloads.append(data)
+    return payloads, digest.hexdigest()
+
+
+def check_name(name: object) -> None:
+    if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME:
+        raise ConfigError(f"name= must be a non-empty string of at most {MAX_NAME} characters, not {name!r}.")
+
+
+def define(
+    store: Store,
+    func: Callable[..., Any],
+    func_payload: bytes,
+    payloads: list[bytes],
+    inputs_digest: str,
+    *,
+    name: str | None,
+    fresh: bool,
+) -> JobSpec:
+    """Find or create the job for these inputs, and store what it lacks.
+
+    Without a name, the job is the function's name, code and inputs: a re-run of the same
+    call resumes it and an edited function gets a new job. With a name, the job survives
+    edits of the code but not other inputs.
+    """
+    code_digest = codec.func_digest(func, func_payload)
+    if name is None:
+        name = f"{codec.func_label(func)}-{hashlib.sha256((code_digest + inputs_digest).encode()).hexdigest()[:12]}"
+    total = len(payloads)
+    meta = store.meta(name)
+    if meta and fresh:
+        store.delete(name)
+        meta = {}
+    if meta and meta.get("inputs") != inputs_digest:
+        raise JobMismatchError(
+            f"Job '{name}' already holds {meta.get('total', '?')} other inputs. Pass fresh=True to "
+            "discard its results and start over, or choose another name=."
+        )
+    done = store.done_count(name) if meta else 0
+    if meta and meta.get("code") != code_digest and done < total:
+        print(
+            f"nbtasks: the code of job '{name}' changed; its {done} finished results are kept and "
+            f"the new code runs the other {total - done}.",
+            file=sys.stderr,
+        )
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    new_meta = {"total": total, "inputs": inputs_digest, "code": code_digest, "function": codec.func_label(func)}
+    # The function is stored again at every call: a stored pickle is never trusted
+    # across Python versions or edits.
+    store.define(name, {**new_meta, "python": python}, func_payload)
+    if meta.get("ready") != "1":
+        store.store_inputs(name, payloads)
+    return JobSpec(name, total, finished=done == total)
+
+
+def gather(store: Store, spec: JobSpec) -> list[Any]:
+    """The results in input order, or TaskError naming every failure."""
+    failures = load_failures(store, spec.name)
+    if failures:
+        raise TaskError(spec.name, spec.total, failures)
+    results = []
+    for index, payload in enumerate(store.results(spec.name, spec.total)):
+        if payload is None:
+            missing = spec.total - store.done_count(spec.name)
+            raise NbtasksError(
+                f"Job '{spec.name}' has no result for item {index} ({missing} missing in all); "
+                "run the same call again to compute what is missing."
+            )
+        results.append(codec.load(payload))
+    return results
+
+
+def load_failures(store: Store, job: str) -> list[Failure]:
+    raw = store.failures(job)
+    indices = sorted(raw)
+    inputs = store.inputs(job, indices)
+    out = []
+    for index, input_payload in zip(indices, inputs, strict=True):
+        info = codec.load(raw[index])
+        value = codec.load(input_payload) if input_payload is not None else None
+        out.append(Failure(index=index, input=value, **info))
+    return out

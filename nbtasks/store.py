@@ -1,0 +1,361 @@
+"""Every Redis key name and every Redis call. The only module that imports redis.
+
+All keys of one job share the hash tag ``{job}``, so a job lives in one slot of a Redis
+Cluster and the Lua scripts below may touch several of its keys.
+
+    nbtasks:jobs                 set    names of every job (so status needs no KEYS)
+    nbtasks:{job}:meta           hash   format, total, ready, func label and digests
+    nbtasks:{job}:func           string the pickled function, stored again at every run
+    nbtasks:{job}:inputs         hash   index -> pickled input
+    nbtasks:{job}:queue          list   indices waiting for a worker
+    nbtasks:{job}:claims:<wid>   set    indices a worker has taken and not yet recorded
+    nbtasks:{job}:workers        set    worker ids of the current run
+    nbtasks:{job}:done           bitmap bit i set once item i has a recorded result
+    nbtasks:{job}:results        hash   index -> pickled result
+    nbtasks:{job}:failures       hash   index -> pickled failure (cleared at each run)
+    nbtasks:{job}:counts         hash   done, failed
+    nbtasks:{job}:owner          string token of the caller running the job; expires
+                                        when the caller stops refreshing it
+    nbtasks:{job}:fatal          string why a worker could not start
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import redis
+
+from .errors import ConfigError, RedisUnavailable
+
+FORMAT = "1"
+REGISTRY = "nbtasks:jobs"
+BATCH = 10_000  # items per pipelined round trip when storing or gathering
+
+_CLAIM = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return false end
+local idx = redis.call('LPOP', KEYS[2], ARGV[2])
+if not idx then return {} end
+redis.call('SADD', KEYS[5], ARGV[3])
+redis.call('SADD', KEYS[3], unpack(idx))
+return {idx, redis.call('HMGET', KEYS[4], unpack(idx))}
+"""
+
+# Record outcomes atomically and idempotently: a result is stored only if its done bit
+# was not set, so counters never double count when an item ran twice.
+_RECORD = """
+local done, failed = 0, 0
+for i = 1, #ARGV, 3 do
+  local idx = ARGV[i]
+  if ARGV[i + 1] == '1' then
+    if redis.call('SETBIT', KEYS[1], idx, 1) == 0 then
+      redis.call('HSET', KEYS[2], idx, ARGV[i + 2])
+      done = done + 1
+      failed = failed - redis.call('HDEL', KEYS[3], idx)
+    end
+  elseif redis.call('GETBIT', KEYS[1], idx) == 0 then
+    failed = failed + redis.call('HSETNX', KEYS[3], idx, ARGV[i + 2])
+  end
+  redis.call('SREM', KEYS[5], idx)
+end
+if done ~= 0 then redis.call('HINCRBY', KEYS[4], 'done', done) end
+if failed ~= 0 then redis.call('HINCRBY', KEYS[4], 'failed', failed) end
+return {done, failed}
+"""
+
+# The caller's heartbeat: refresh the owner key only while it is still ours.
+_POLL = """
+local owner = 'none'
+local current = redis.call('GET', KEYS[1])
+if current == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  owner = 'us'
+elseif current then
+  owner = 'other'
+end
+local c = redis.call('HMGET', KEYS[2], 'done', 'failed')
+return {owner, tonumber(c[1]) or 0, tonumber(c[2]) or 0}
+"""
+
+# Put a dead worker's unfinished claims back at the head of the queue.
+_REQUEUE = """
+local idx = redis.call('SMEMBERS', KEYS[1])
+local back = {}
+for _, i in ipairs(idx) do
+  if redis.call('GETBIT', KEYS[3], i) == 0 then back[#back + 1] = i end
+end
+redis.call('DEL', KEYS[1])
+for s = 1, #back, 1000 do
+  redis.call('LPUSH', KEYS[2], unpack(back, s, math.min(s + 999, #back)))
+end
+return #back
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+@dataclass(frozen=True)
+class Counts:
+    """A snapshot of a job's counters."""
+
+    total: int
+    done: int
+    failed: int
+    owner: str = "us"  # who runs the job: "us", "other" (another caller) or "none"
+
+    @property
+    def settled(self) -> int:
+        return self.done + self.failed
+
+
+PARTS = ("meta", "func", "inputs", "queue", "workers", "done", "results", "failures", "counts", "owner", "fatal")
+
+
+class JobKeys:
+    """The key names of one job."""
+
+    def __init__(self, job: str) -> None:
+        # Braces would end the hash tag early; escape them (and '%', the escape itself).
+        tag = job.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+        self.prefix = p = f"nbtasks:{{{tag}}}:"
+        self.meta, self.func, self.inputs, self.queue = p + "meta", p + "func", p + "inputs", p + "queue"
+        self.workers, self.done, self.results = p + "workers", p + "done", p + "results"
+        self.failures, self.counts, self.owner, self.fatal = p + "failures", p + "counts", p + "owner", p + "fatal"
+
+    def claims(self, wid: str) -> str:
+        return f"{self.prefix}claims:{wid}"
+
+    def all(self, wids: Iterable[bytes]) -> list[str]:
+        """Every key of the job, given the ids of its workers."""
+        return [self.prefix + part for part in PARTS] + [self.claims(w.decode()) for w in wids]
+
+
+def pending_indices(bitmap: bytes, total: int) -> Iterator[int]:
+    """Indices below `total` whose bit is clear (Redis numbers bits from the high end)."""
+    for byte_no in range(0, (total + 7) // 8):
+        byte = bitmap[byte_no] if byte_no < len(bitmap) else 0
+        if byte == 0xFF:
+            continue
+        base = byte_no * 8
+        for bit in range(8):
+            if not byte & (0x80 >> bit) and base + bit < total:
+                yield base + bit
+
+
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class Store:
+    """A connection to the Redis that holds the jobs."""
+
+    def __init__(self, client: redis.Redis, url: str) -> None:
+        # Typed loosely: redis-py's annotations cannot know decode_responses=False.
+        self.client: Any = client
+        self.url = url
+        self._claim = client.register_script(_CLAIM)
+        self._record = client.register_script(_RECORD)
+        self._poll = client.register_script(_POLL)
+        self._requeue = client.register_script(_REQUEUE)
+        self._release = client.register_script(_RELEASE)
+
+    @classmethod
+    def connect(cls, target: str | redis.Redis) -> Store:
+        """Connect to a URL or adopt a redis-py client, and check that it answers."""
+        if isinstance(target, redis.Redis):
+            client, url = target, client_url(target)
+        elif isinstance(target, str):
+            try:
+                client = redis.Redis.from_url(target, socket_connect_timeout=5, health_check_interval=30)
+            except ValueError as exc:
+                raise ConfigError(f"{safe_url(target)} is not a Redis URL: {exc}.") from None
+            url = target
+        else:
+            raise ConfigError(f"redis= takes a URL or a redis.Redis client, not {type(target).__name__}.")
+        store = cls(client, url)
+        store.check()
+        return store
+
+    def check(self) -> None:
+        """Raise RedisUnavailable, saying what to do, unless the server answers."""
+        try:
+            self.client.ping()
+        except redis.RedisError as exc:
+            raise RedisUnavailable(
+                f"Cannot reach Redis at {safe_url(self.url)} ({exc}). Start that server, or point "
+                "nbtasks at another with pmap(..., redis=URL) or NBTASKS_REDIS_URL."
+            ) from None
+
+    @cached_property
+    def keys(self) -> _KeyCache:
+        return _KeyCache()
+
+    # -- the job's definition --------------------------------------------------
+
+    def meta(self, job: str) -> dict[str, str]:
+        raw = self.client.hgetall(self.keys[job].meta)
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    def store_inputs(self, job: str, payloads: list[bytes]) -> None:
+        """Write every input in pipelined batches, then mark the job ready."""
+        k = self.keys[job]
+        pipe = self.client.pipeline(transaction=False)
+        pipe.delete(k.inputs)
+        for start, chunk in enumerate(_chunks(payloads, BATCH)):
+            offset = start * BATCH
+            pipe.hset(k.inputs, mapping={offset + i: p for i, p in enumerate(chunk)})
+            pipe.execute()
+        pipe.hset(k.meta, "ready", "1")
+        pipe.execute()
+
+    def define(self, job: str, meta: dict[str, Any], func: bytes) -> None:
+        k = self.keys[job]
+        pipe = self.client.pipeline()
+        pipe.hset(k.meta, mapping={"format": FORMAT, "created": time.time(), **meta})
+        pipe.set(k.func, func)
+        pipe.sadd(REGISTRY, job)
+        pipe.execute()
+
+    def done_count(self, job: str) -> int:
+        return int(self.client.bitcount(self.keys[job].done))
+
+    def function(self, job: str) -> bytes | None:
+        payload: bytes | None = self.client.get(self.keys[job].func)
+        return payload
+
+    def delete(self, job: str) -> None:
+        k = self.keys[job]
+        pipe = self.client.pipeline()
+        pipe.delete(*k.all(self.client.smembers(k.workers)))
+        pipe.srem(REGISTRY, job)
+        pipe.execute()
+
+    # -- one run ---------------------------------------------------------------
+
+    def begin_run(self, job: str, token: str, total: int, ttl: float) -> Counts:
+        """Take the job over and queue every item without a result, failed ones included.
+
+        Workers of an earlier run see the new owner token and stop claiming; anything
+        they still record is idempotent.
+        """
+        k = self.keys[job]
+        self.client.set(k.owner, token, px=int(ttl * 1000))
+        bitmap = self.client.get(k.done) or b""
+        pending = list(pending_indices(bitmap, total))
+        wids = self.client.smembers(k.workers)
+        pipe = self.client.pipeline()
+        pipe.delete(k.queue, k.failures, k.workers, k.fatal, *(k.claims(w.decode()) for w in wids))
+        pipe.hset(k.counts, mapping={"done": total - len(pending), "failed": 0})
+        pipe.execute()
+        for chunk in _chunks(pending, BATCH):
+            pipe.rpush(k.queue, *chunk)
+            pipe.execute()
+        return Counts(total, total - len(pending), 0)
+
+    def poll(self, job: str, token: str, total: int, ttl: float) -> Counts:
+        """Refresh the caller's heartbeat and read the counters, in one round trip."""
+        k = self.keys[job]
+        owner, done, failed = self._poll(keys=[k.owner, k.counts], args=[token, int(ttl * 1000)])
+        return Counts(total, int(done), int(failed), owner.decode())
+
+    def end_run(self, job: str, token: str) -> None:
+        """Release the job (if still ours): its workers see the owner gone and exit."""
+        k = self.keys[job]
+        self._release(keys=[k.owner], args=[token])
+
+    def owner(self, job: str) -> str | None:
+        value = self.client.get(self.keys[job].owner)
+        return value.decode() if value is not None else None
+
+    # -- workers ---------------------------------------------------------------
+
+    def claim(self, job: str, token: str, wid: str, count: int) -> list[tuple[int, bytes]] | None:
+        """Take up to `count` items in one round trip; None once the caller let go."""
+        k = self.keys[job]
+        reply = self._claim(keys=[k.owner, k.queue, k.claims(wid), k.inputs, k.workers], args=[token, count, wid])
+        if reply is None:
+            return None
+        if not reply:
+            return []
+        indices, payloads = reply
+        return [(int(i), p) for i, p in zip(indices, payloads, strict=True)]
+
+    def record(self, job: str, wid: str, outcomes: Iterable[tuple[int, bool, bytes]]) -> None:
+        """Record results and failures of one worker, atomically and idempotently."""
+        k = self.keys[job]
+        args: list[Any] = []
+        for index, ok, payload in outcomes:
+            args += (index, 1 if ok else 0, payload)
+        if args:
+            self._record(keys=[k.done, k.results, k.failures, k.counts, k.claims(wid)], args=args)
+
+    def requeue(self, job: str, wid: str) -> int:
+        """Give a dead worker's unfinished items back to the queue; how many went back."""
+        k = self.keys[job]
+        return int(self._requeue(keys=[k.claims(wid), k.queue, k.done]))
+
+    def set_fatal(self, job: str, message: str) -> None:
+        self.client.set(self.keys[job].fatal, message, ex=3600)
+
+    def fatal(self, job: str) -> str | None:
+        value = self.client.get(self.keys[job].fatal)
+        return value.decode() if value is not None else None
+
+    # -- gathering -------------------------------------------------------------
+
+    def results(self, job: str, total: int) -> Iterator[bytes | None]:
+        """Every stored result payload in input order, read in pipelined batches."""
+        yield from self._hash_in_order(self.keys[job].results, total)
+
+    def failures(self, job: str) -> dict[int, bytes]:
+        return {int(i): p for i, p in self.client.hgetall(self.keys[job].failures).items()}
+
+    def inputs(self, job: str, indices: list[int]) -> list[bytes | None]:
+        return self.client.hmget(self.keys[job].inputs, indices) if indices else []
+
+    def _hash_in_order(self, key: str, total: int) -> Iterator[bytes | None]:
+        pipe = self.client.pipeline(transaction=False)
+        step = 1000
+        for start in range(0, total, BATCH):
+            for sub in range(start, min(start + BATCH, total), step):
+                pipe.hmget(key, list(range(sub, min(sub + step, total))))
+            for values in pipe.execute():
+                yield from values
+
+
+class _KeyCache(dict[str, JobKeys]):
+    def __missing__(self, job: str) -> JobKeys:
+        keys = self[job] = JobKeys(job)
+        return keys
+
+
+def client_url(client: redis.Redis) -> str:
+    """A URL from which a worker process can reach the same server as `client`."""
+    kw = client.connection_pool.connection_kwargs
+    db = kw.get("db", 0)
+    auth = ""
+    if kw.get("password"):
+        user = quote(kw.get("username") or "", safe="")
+        auth = f"{user}:{quote(kw['password'], safe='')}@"
+    if kw.get("path"):
+        return f"unix://{auth}{kw['path']}?db={db}"
+    scheme = "rediss" if client.connection_pool.connection_class.__name__ == "SSLConnection" else "redis"
+    return f"{scheme}://{auth}{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{db}"
+
+
+def safe_url(url: str) -> str:
+    """`url` with any password masked, for messages."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = re.sub(r":[^@]*@", ":***@", parts.netloc, count=1)
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url

@@ -1,0 +1,152 @@
+"""The worker process: patch, load the function, claim, run, record.
+
+Started as a fresh interpreter (``python -m nbtasks.worker``) by the caller, never forked
+from it, and never imported by the caller: this is the only module that imports eventlet.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+if __name__ == "__main__":
+    # eventlet must patch the standard library before redis-py (or anything that opens
+    # sockets) is imported; its deprecation notice is for library authors, not users.
+    warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
+    import eventlet
+
+    eventlet.monkey_patch()
+
+import argparse  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+import traceback  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from typing import Any, NoReturn  # noqa: E402
+
+import eventlet  # noqa: E402
+import eventlet.queue  # noqa: E402
+import eventlet.semaphore  # noqa: E402
+from greenlet import GreenletExit  # noqa: E402
+
+from . import codec  # noqa: E402
+from .store import Store  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m nbtasks.worker")
+    parser.add_argument("--job", required=True)
+    parser.add_argument("--token", required=True, help="the caller's run token")
+    parser.add_argument("--wid", required=True, help="this worker's id")
+    parser.add_argument("--concurrency", type=int, required=True)
+    args = parser.parse_args(argv)
+    # The caller's import path, so functions from its own modules load here too.
+    for entry in os.environ.get("NBTASKS_SYS_PATH", "").split(os.pathsep):
+        if entry and entry not in sys.path:
+            sys.path.append(entry)
+    store = Store.connect(os.environ["NBTASKS_REDIS_URL"])
+    Worker(store, args.job, args.token, args.wid, args.concurrency).run()
+
+
+class Worker:
+    """One process's share of a run: a green-thread pool fed from the job's queue."""
+
+    CLAIM_MAX = 1000  # items per claim; also bounds a Lua call's argument count
+    WATCH_INTERVAL = 0.25  # seconds between checks that the caller still owns the job
+
+    def __init__(self, store: Store, job: str, token: str, wid: str, concurrency: int) -> None:
+        self.store, self.job, self.token, self.wid = store, job, token, wid
+        self.slots = eventlet.semaphore.Semaphore(concurrency)
+        self.outcomes: eventlet.queue.LightQueue = eventlet.queue.LightQueue()
+        self.recording = False
+
+    def run(self) -> None:
+        func = self._load_function()
+        eventlet.spawn_n(self._guard, self._record_loop)
+        eventlet.spawn_n(self._guard, self._watch_owner)
+        self._claim_loop(func)
+        self._exit()
+
+    def _load_function(self) -> Callable[[Any], Any]:
+        meta = self.store.meta(self.job)
+        here = f"{sys.version_info.major}.{sys.version_info.minor}"
+        if meta.get("python") not in (None, here):
+            self._fatal(f"the job was stored by Python {meta['python']} and this worker runs Python {here}.")
+        payload = self.store.function(self.job)
+        if payload is None:
+            self._fatal("the job has no stored function (was it reset?).")
+        try:
+            func: Callable[[Any], Any] = codec.load(payload)
+        except Exception as exc:
+            self._fatal(f"the function could not be loaded here: {type(exc).__name__}: {exc}")
+            raise
+        return func
+
+    def _fatal(self, message: str) -> NoReturn:
+        self.store.set_fatal(self.job, f"A worker of job '{self.job}' stopped: {message}")
+        sys.exit(3)
+
+    def _claim_loop(self, func: Callable[[Any], Any]) -> None:
+        idle = 0.01
+        while True:
+            self.slots.acquire()
+            want = 1
+            while want < self.CLAIM_MAX and self.slots.acquire(blocking=False):
+                want += 1
+            items = self.store.claim(self.job, self.token, self.wid, want)
+            if items is None:  # the caller let go of the job
+                return
+            for _ in range(want - len(items)):
+                self.slots.release()
+            if not items:
+                eventlet.sleep(idle)
+                idle = min(idle * 2, 0.2)
+                continue
+            idle = 0.01
+            for index, payload in items:
+                eventlet.spawn_n(self._execute, func, index, payload)
+
+    def _execute(self, func: Callable[[Any], Any], index: int, payload: bytes) -> None:
+        try:
+            outcome = (index, True, codec.dump(func(codec.load(payload))))
+        except GreenletExit:
+            raise
+        except BaseException as exc:  # a task's SystemExit is its failure, not ours
+            outcome = (index, False, codec.failure_payload(exc))
+        self.outcomes.put(outcome)
+        self.slots.release()
+
+    def _record_loop(self) -> None:
+        # Whatever finished while the last round trip was in flight goes in the next one.
+        while True:
+            batch = [self.outcomes.get()]
+            self.recording = True
+            while len(batch) < self.CLAIM_MAX and not self.outcomes.empty():
+                batch.append(self.outcomes.get_nowait())
+            self.store.record(self.job, self.wid, batch)
+            self.recording = False
+
+    def _watch_owner(self) -> None:
+        while self.store.owner(self.job) == self.token:
+            eventlet.sleep(self.WATCH_INTERVAL)
+        self._exit()
+
+    def _guard(self, loop: Callable[[], None]) -> None:
+        # A helper green thread that dies would leave the process looking alive while
+        # it records nothing: die loudly instead, so the caller requeues and replaces us.
+        try:
+            loop()
+        except Exception:
+            traceback.print_exc()
+            os._exit(1)
+
+    def _exit(self) -> None:
+        """Record what has finished, then leave; unfinished claims go back at the next run."""
+        for _ in range(100):
+            if self.outcomes.empty() and not self.recording:
+                break
+            eventlet.sleep(0.01)
+        os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
