@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass
 class _Proc:
     wid: str
     popen: subprocess.Popen[bytes]
+    log: Path
 
 
 class WorkerPool:
@@ -23,6 +27,10 @@ class WorkerPool:
     else is imported. Popen's fork is followed at once by exec, so it is safe inside a
     kernel. Each worker gets its own session: Jupyter's interrupt signals the kernel's
     whole process group, and the caller, not the signal, decides what workers do.
+
+    Their output goes to a log file per worker, not to the caller's stdout and stderr:
+    a notebook would not show it, and a worker that outlives a killed caller must not
+    hold the caller's pipes open.
     """
 
     def __init__(self, url: str, job: str, token: str, processes: int, concurrency: int) -> None:
@@ -30,6 +38,8 @@ class WorkerPool:
         self.processes, self.concurrency = processes, concurrency
         self.procs: list[_Proc] = []
         self._started = 0
+        self.log_dir = Path(tempfile.mkdtemp(prefix="nbtasks-workers-"))
+        self._keep_logs = False
 
     def start(self) -> None:
         for _ in range(self.processes):
@@ -45,14 +55,20 @@ class WorkerPool:
         env["NBTASKS_SYS_PATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
         cmd = [sys.executable, "-m", "nbtasks.worker", "--job", self.job, "--token", self.token, "--wid", wid]
         cmd += ["--concurrency", str(self.concurrency)]
-        popen = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
-        self.procs.append(_Proc(wid, popen))
+        log = self.log_dir / f"{wid}.log"
+        with open(log, "wb") as out:
+            popen = subprocess.Popen(
+                cmd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
+            )
+        self.procs.append(_Proc(wid, popen, log))
 
-    def dead(self) -> list[tuple[str, int]]:
-        """Workers that exited since the last call, with their exit codes."""
-        gone = [(p.wid, code) for p in self.procs if (code := p.popen.poll()) is not None]
+    def dead(self) -> list[tuple[str, int, str]]:
+        """Workers that exited since the last call: id, exit code, the end of their log."""
+        gone = [p for p in self.procs if p.popen.poll() is not None]
         self.procs = [p for p in self.procs if p.popen.returncode is None]
-        return gone
+        if gone:
+            self._keep_logs = True
+        return [(p.wid, p.popen.returncode, _tail(p.log)) for p in gone]
 
     def stop(self, grace: float = 1.0) -> None:
         """Wait up to `grace` seconds for workers to leave (the caller has released the
@@ -66,3 +82,12 @@ class WorkerPool:
         for p in self.procs:
             p.popen.wait()
         self.procs = []
+        if not self._keep_logs:
+            shutil.rmtree(self.log_dir, ignore_errors=True)
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""

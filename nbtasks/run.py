@@ -76,7 +76,7 @@ def _follow(store: Store, spec: JobSpec, token: str, cfg: Settings, pool: Worker
                 pool.start()
         elif counts.owner == "other":
             pool.stop()  # another caller took the job over; follow its progress
-        for wid, code in pool.dead():
+        for wid, code, tail in pool.dead():
             if fatal := store.fatal(spec.name):
                 raise WorkerError(f"{fatal} Recorded results are kept.")
             store.requeue(spec.name, wid)
@@ -85,7 +85,8 @@ def _follow(store: Store, spec: JobSpec, token: str, cfg: Settings, pool: Worker
                 raise WorkerError(
                     f"Worker processes of job '{spec.name}' keep dying (the last with exit code {code}); "
                     f"{counts.done} results are kept. Look for crashes in the function (a segfault, "
-                    "os._exit, running out of memory), or try processes=0 to run it here."
+                    "os._exit, running out of memory), or try processes=0 to run it here. "
+                    f"Worker logs: {pool.log_dir}" + (f"\n\nThe last one ended with:\n{tail}" if tail else "")
                 )
             pool.spawn()
     return counts

@@ -1,0 +1,76 @@
+"""The store's atomic steps against a real Redis: claims, idempotent records, requeue."""
+
+from __future__ import annotations
+
+import pickle
+
+import redis
+
+from nbtasks import codec
+from nbtasks.store import JobKeys, Store, pending_indices
+
+
+def make_job(store: Store, job: str, n: int) -> str:
+    token = "t" * 32
+    store.define(job, {"total": n}, codec.dump_function(abs))
+    store.store_inputs(job, [codec.dump(i) for i in range(n)])
+    store.begin_run(job, token, n, ttl=60)
+    return token
+
+
+def test_recording_twice_counts_once_and_keeps_the_first_result(r: redis.Redis, redis_server) -> None:
+    store = Store.connect(redis_server.url)
+    token = make_job(store, "twice", 3)
+    assert [i for i, _ in store.claim("twice", token, "w1", 3) or []] == [0, 1, 2]
+    store.record("twice", "w1", [(0, True, codec.dump("first")), (1, False, codec.failure_payload(ValueError()))])
+    # The same items run again elsewhere (at least once) and are recorded again.
+    store.record("twice", "w2", [(0, True, codec.dump("second")), (1, False, codec.failure_payload(KeyError()))])
+    counts = store.poll("twice", token, 3, ttl=60)
+    assert (counts.done, counts.failed) == (1, 1)
+    assert pickle.loads(r.hget(JobKeys("twice").results, 0)) == "first"
+    assert codec.load(store.failures("twice")[1])["exc_type"] == "ValueError"
+    # A late success of a failed item replaces the failure; counters stay exact.
+    store.record("twice", "w2", [(1, True, codec.dump("late"))])
+    counts = store.poll("twice", token, 3, ttl=60)
+    assert (counts.done, counts.failed) == (2, 0)
+    assert store.failures("twice") == {}
+
+
+def test_claim_refuses_a_stale_token_and_requeue_returns_unrecorded_claims(r: redis.Redis, redis_server) -> None:
+    store = Store.connect(redis_server.url)
+    token = make_job(store, "claims", 10)
+    assert store.claim("claims", "not-the-owner", "w", 5) is None
+    taken = store.claim("claims", token, "w", 4) or []
+    assert [(i, codec.load(p)) for i, p in taken] == [(0, 0), (1, 1), (2, 2), (3, 3)]
+    store.record("claims", "w", [(1, True, codec.dump(1))])
+    assert store.requeue("claims", "w") == 3
+    again = [i for i, _ in store.claim("claims", token, "v", 10) or []]
+    assert sorted(again[:3]) == [0, 2, 3], "requeued items go to the head of the queue"
+    assert again[3:] == [4, 5, 6, 7, 8, 9]
+    assert r.llen(JobKeys("claims").queue) == 0
+
+
+def test_begin_run_queues_exactly_the_items_without_a_result(r: redis.Redis, redis_server) -> None:
+    store = Store.connect(redis_server.url)
+    token = make_job(store, "partial", 20)
+    store.claim("partial", token, "w", 20)
+    store.record("partial", "w", [(i, True, codec.dump(i)) for i in (0, 5, 19)])
+    store.record("partial", "w", [(7, False, codec.failure_payload(ValueError()))])
+    counts = store.begin_run("partial", "u" * 32, 20, ttl=60)
+    assert (counts.done, counts.failed) == (3, 0)
+    queued = [int(i) for i in r.lrange(JobKeys("partial").queue, 0, -1)]
+    assert queued == [i for i in range(20) if i not in (0, 5, 19)]
+
+
+def test_pending_indices_reads_redis_bit_order(r: redis.Redis) -> None:
+    for i in (0, 3, 8, 15, 16):
+        r.setbit("bits", i, 1)
+    assert list(pending_indices(r.get("bits") or b"", 20)) == [1, 2, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 17, 18, 19]
+
+
+def test_job_names_stay_inside_their_hash_tag() -> None:
+    for name in ("a}b", "{x}", "50%", "sp ace\nnl*"):
+        prefix = JobKeys(name).prefix
+        tag = prefix[prefix.index("{") + 1 : prefix.index("}")]
+        assert "{" not in tag and prefix.endswith("}:")
+    assert JobKeys("a}b").prefix != JobKeys("a%7Db").prefix
