@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import linecache
+import os
 import pickle
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from types import CellType, CodeType, FunctionType
 from typing import Any
 
 import cloudpickle
@@ -14,6 +17,7 @@ import cloudpickle
 from .errors import NotPicklableError
 
 PROTOCOL = 5
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 def dump(value: Any) -> bytes:
@@ -38,19 +42,81 @@ def _cloudpickle(value: Any) -> bytes:
 
 
 def load(data: bytes) -> Any:
-    """The inverse of `dump` and `dump_function`."""
+    """The inverse of `dump`."""
     return pickle.loads(data)
 
 
 def dump_function(func: Callable[..., Any]) -> bytes:
-    """Serialize the task function by value where needed, or say what cannot be sent."""
+    """Serialize the task function by value where needed, or say what cannot be sent.
+
+    cloudpickle renames the file of code it carries by value to "<dynamic-code>"; the
+    real names, and the source of notebook cells (which exist only in this process),
+    travel along so that remote tracebacks show the failing lines.
+    """
+    files = {_code_key(f.__code__): f.__code__.co_filename for f in _functions(func)}
+    cells = {
+        name: entry
+        for name, entry in list(linecache.cache.items())
+        if name in files.values() and len(entry) == 4 and entry[1] is None
+    }
     try:
-        return _cloudpickle(func)
+        return _cloudpickle({"func": func, "files": files, "cells": cells})
     except Exception as exc:
         raise NotPicklableError(
             f"Cannot send {describe(func)} to the worker processes: {type(exc).__name__}: {exc}. "
             "Move what it captures (open files, locks, connections) inside the function."
         ) from exc
+
+
+def load_function(data: bytes) -> Callable[[Any], Any]:
+    """The inverse of `dump_function`."""
+    payload = pickle.loads(data)
+    files: dict[tuple[str, int], str] = payload["files"]
+    for name, entry in payload["cells"].items():
+        linecache.cache.setdefault(name, entry)
+    for f in _functions(payload["func"]):
+        if f.__code__.co_filename == "<dynamic-code>":
+            f.__code__ = _refile(f.__code__, files)
+    func: Callable[[Any], Any] = payload["func"]
+    return func
+
+
+def _functions(root: object, limit: int = 200) -> Iterator[FunctionType]:
+    """Plain functions reachable from `root` through closures and the globals it names."""
+    seen: set[int] = set()
+    todo = [root]
+    while todo and len(seen) < limit:
+        f = todo.pop()
+        if not isinstance(f, FunctionType) or id(f) in seen:
+            continue
+        seen.add(id(f))
+        yield f
+        todo += [cell.cell_contents for cell in f.__closure__ or () if _filled(cell)]
+        todo += [f.__globals__[n] for n in _names(f.__code__) if n in f.__globals__]
+
+
+def _filled(cell: CellType) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018 (an empty cell raises)
+    except ValueError:
+        return False
+    return True
+
+
+def _names(code: CodeType) -> Iterator[str]:
+    yield from code.co_names
+    for const in code.co_consts:
+        if isinstance(const, CodeType):
+            yield from _names(const)
+
+
+def _code_key(code: CodeType) -> tuple[str, int]:
+    return (code.co_qualname, code.co_firstlineno)
+
+
+def _refile(code: CodeType, files: dict[tuple[str, int], str]) -> CodeType:
+    consts = tuple(_refile(c, files) if isinstance(c, CodeType) else c for c in code.co_consts)
+    return code.replace(co_filename=files.get(_code_key(code), code.co_filename), co_consts=consts)
 
 
 def dump_input(value: Any, index: int) -> bytes:
@@ -95,11 +161,14 @@ def failure_payload(exc: BaseException) -> bytes:
     """A failure as the caller will see it: type, message and remote traceback."""
     kind = type(exc)
     name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PACKAGE):
+        tb = tb.tb_next  # the user's frames only: nbtasks' own say nothing about the failure
     return pickle.dumps(
         {
             "exc_type": name,
             "message": str(exc),
-            "traceback": "".join(traceback.format_exception(exc)),
+            "traceback": "".join(traceback.format_exception(type(exc), exc, tb)),
         },
         protocol=PROTOCOL,
     )

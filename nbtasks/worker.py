@@ -75,11 +75,9 @@ class Worker:
         if payload is None:
             self._fatal("the job has no stored function (was it reset?).")
         try:
-            func: Callable[[Any], Any] = codec.load(payload)
+            return codec.load_function(payload)
         except Exception as exc:
             self._fatal(f"the function could not be loaded here: {type(exc).__name__}: {exc}")
-            raise
-        return func
 
     def _fatal(self, message: str) -> NoReturn:
         self.store.set_fatal(self.job, f"A worker of job '{self.job}' stopped: {message}")

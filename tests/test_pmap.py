@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -14,9 +13,8 @@ import pytest
 import redis
 
 import nbtasks
+from nbtasks import demo
 from nbtasks.store import JobKeys
-
-from . import conftest
 
 SCRIPT = Path(__file__).parent / "scripts" / "counted.py"
 
@@ -160,15 +158,10 @@ def _jobs(r: redis.Redis) -> set[str]:
 
 def test_network_calls_overlap_in_green_threads(r: redis.Redis, http_url: str) -> None:
     urls = [f"{http_url}/item/{i}?delay=0.2" for i in range(200)]
-    bodies = nbtasks.pmap(fetch, urls, processes=2, concurrency=100, progress=False)
+    bodies = nbtasks.pmap(demo.fetch, urls, processes=2, concurrency=100, progress=False)
     assert bodies == [f"/item/{i}?delay=0.2" for i in range(200)]
     # Overlap counted at the server: a measure of concurrency, not of speed.
-    assert conftest.Handler.peak >= 50, f"only {conftest.Handler.peak} requests overlapped"
-
-
-def fetch(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=30) as resp:
-        return str(resp.read().decode())
+    assert demo.SlowHandler.peak >= 50, f"only {demo.SlowHandler.peak} requests overlapped"
 
 
 def test_workers_do_not_inherit_a_fork_of_the_caller(r: redis.Redis) -> None:
