@@ -9,9 +9,9 @@ import redis
 
 from . import codec, job
 from .config import settings
-from .errors import ConfigError
+from .errors import ConfigError, RedisUnavailable
 from .run import run
-from .store import Store
+from .store import RedisError, Store, safe_url
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -71,11 +71,17 @@ def pmap(
     if not payloads:
         return []
     store = connect(redis if redis is not None else cfg.redis_url)
-    spec = job.define(store, func, func_payload, payloads, digest, name=name, fresh=fresh)
-    del payloads  # the store has them; don't hold them through the run
-    if not spec.finished:
-        run(store, spec, cfg, func, progress)
-    return job.gather(store, spec)
+    try:
+        spec = job.define(store, func, func_payload, payloads, digest, name=name, fresh=fresh)
+        del payloads  # the store has them; don't hold them through the run
+        if not spec.finished:
+            run(store, spec, cfg, func, progress)
+        return job.gather(store, spec)
+    except RedisError as exc:
+        raise RedisUnavailable(
+            f"Lost Redis at {safe_url(store.url)} ({exc}). Every result recorded before is kept: "
+            "run the same call again once the server is back."
+        ) from exc
 
 
 def connect(target: str | redis.Redis | None) -> Store:

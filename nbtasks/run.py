@@ -55,9 +55,11 @@ def run(store: Store, spec: JobSpec, cfg: Settings, func: Callable[[Any], Any], 
 
 
 def _stop(store: Store, spec: JobSpec, token: str, pool: WorkerPool | None) -> None:
-    store.end_run(spec.name, token)  # workers see the owner gone, record, and leave
-    if pool is not None:
-        pool.stop()
+    try:
+        store.end_run(spec.name, token)  # workers see the owner gone, record, and leave
+    finally:
+        if pool is not None:
+            pool.stop()  # even when Redis is gone: no worker outlives the call
 
 
 def _follow(store: Store, spec: JobSpec, token: str, cfg: Settings, pool: WorkerPool, bar: Progress) -> Counts:

@@ -33,6 +33,8 @@ import redis
 
 from .errors import ConfigError, RedisUnavailable
 
+RedisError = redis.RedisError  # for callers that must not import redis themselves
+
 FORMAT = "1"
 REGISTRY = "nbtasks:jobs"
 BATCH = 10_000  # items per pipelined round trip when storing or gathering

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ import redis
 import nbtasks
 from nbtasks.store import JobKeys
 
+from .conftest import RedisServer, wait_until, worker_pids
 from .test_pmap import SCRIPT, executions, square
 
 
@@ -160,3 +162,27 @@ def test_bad_settings_are_refused() -> None:
         nbtasks.pmap(square, range(3), concurrency=0)
     with pytest.raises(nbtasks.ConfigError, match="name= must be a non-empty string"):
         nbtasks.pmap(square, range(3), name="")
+
+
+def slow_square(x: int) -> int:
+    time.sleep(0.05)
+    return x * x
+
+
+def test_losing_redis_mid_job_is_a_clear_error_and_leaves_no_worker(tmp_path: Path) -> None:
+    own = RedisServer(tmp_path)  # this test kills its server
+    client = redis.Redis.from_url(own.url)
+
+    def kill_after_some_results() -> None:
+        wait_until(lambda: client.bitcount(JobKeys("lost").done) >= 20, 60, "20 results")
+        own.stop()
+
+    killer = threading.Thread(target=kill_after_some_results)
+    killer.start()
+    try:
+        with pytest.raises(nbtasks.RedisUnavailable, match="Lost Redis at .* run the same call again"):
+            nbtasks.pmap(slow_square, range(2000), name="lost", redis=own.url, concurrency=5, progress=False)
+    finally:
+        killer.join()
+        client.close()
+    assert worker_pids("lost") == []
