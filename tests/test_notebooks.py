@@ -3,11 +3,17 @@ assert what a user would check."""
 
 from __future__ import annotations
 
+import queue
+import time
 from pathlib import Path
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
+
+from nbtasks.store import JobKeys
+
+from .conftest import wait_until, worker_pids
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 
@@ -32,3 +38,53 @@ def test_notebook_runs_in_a_real_kernel(path: Path, jupyter_env: None) -> None:
 
 def test_there_are_notebooks() -> None:
     assert NOTEBOOKS
+
+
+CELL = """
+import time, nbtasks
+
+def slow(x):
+    time.sleep(0.05)
+    return -x
+
+out = nbtasks.pmap(slow, range(600), name="stop-button", concurrency=10)
+assert out == [-x for x in range(600)]
+print("finished", len(out))
+"""
+
+
+def test_stop_button_returns_fast_keeps_results_and_the_cell_resumes(jupyter_env: None, r) -> None:
+    from jupyter_client.manager import start_new_kernel
+
+    km, kc = start_new_kernel(kernel_name="python3")
+    try:
+        kc.execute(CELL)
+        wait_until(lambda: r.bitcount(JobKeys("stop-button").done) >= 50, 60, "50 results")
+        sent = time.monotonic()
+        km.interrupt_kernel()  # what the stop button does: SIGINT to the kernel's process group
+        reply = kc.get_shell_msg(timeout=30)
+        elapsed = time.monotonic() - sent
+        assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt"
+        assert elapsed < 2.0, f"the cell took {elapsed:.2f} s to stop"
+        kept = r.bitcount(JobKeys("stop-button").done)
+        assert worker_pids("stop-button") == []
+        assert f"{kept} of 600 results of job 'stop-button' are stored" in _stream(kc)
+
+        reply = kc.execute_interactive(CELL, timeout=120, output_hook=lambda msg: None)
+        assert reply["content"]["status"] == "ok"
+        assert r.bitcount(JobKeys("stop-button").done) == 600
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+def _stream(kc) -> str:  # type: ignore[no-untyped-def]
+    """Everything the kernel printed so far."""
+    text = []
+    while True:
+        try:
+            msg = kc.get_iopub_msg(timeout=1)
+        except queue.Empty:
+            return "".join(text)
+        if msg["msg_type"] == "stream":
+            text.append(msg["content"]["text"])
