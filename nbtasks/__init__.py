@@ -39,10 +39,12 @@ __all__ = [
     "JobMismatchError",
     "WorkerError",
     "TaskError",
+    "server",
     "__version__",
 ]
 
 if TYPE_CHECKING:
+    from . import server
     from .api import pmap
     from .config import Settings, configure
     from .errors import (
@@ -58,6 +60,8 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
+    if name == "server":  # the embedded server's controls: nbtasks.server.status() ...
+        return importlib.import_module(".server", __name__)
     if name not in _EXPORTS:
         raise AttributeError(f"module 'nbtasks' has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

@@ -7,9 +7,9 @@ from typing import TypeVar
 
 import redis
 
-from . import codec, job
+from . import codec, job, server
 from .config import settings
-from .errors import ConfigError, RedisUnavailable
+from .errors import RedisUnavailable
 from .run import run
 from .store import RedisError, Store, safe_url
 
@@ -49,7 +49,7 @@ def pmap(
         fresh: discard the job's stored results and start over.
         progress: show a progress bar (a widget in Jupyter, text in a terminal).
         redis: a URL or a ``redis.Redis`` client; else ``configure(redis_url=...)``,
-            else ``NBTASKS_REDIS_URL``.
+            else ``NBTASKS_REDIS_URL``, else nbtasks' own server (see `nbtasks.server`).
 
     Raises:
         TaskError: some items raised; the others' results are kept and the same call
@@ -85,12 +85,10 @@ def pmap(
 
 
 def connect(target: str | redis.Redis | None) -> Store:
-    """A store for a URL or client, reused across calls for the same URL."""
+    """A store for a URL or client (reused across calls for the same URL); with
+    neither, the embedded server, started if it is not running."""
     if target is None:
-        raise ConfigError(
-            "No Redis server is configured. Pass pmap(..., redis='redis://localhost:6379/0'), "
-            "call nbtasks.configure(redis_url=...), or set NBTASKS_REDIS_URL."
-        )
+        target = server.ensure()
     if not isinstance(target, str):
         return Store.connect(target)
     store = _stores.get(target)

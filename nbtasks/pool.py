@@ -82,6 +82,10 @@ class WorkerPool:
         for p in self.procs:
             p.popen.wait()
         self.procs = []
+
+    def close(self) -> None:
+        """Stop every worker; remove their logs unless one of them died."""
+        self.stop()
         if not self._keep_logs:
             shutil.rmtree(self.log_dir, ignore_errors=True)
 

@@ -59,7 +59,7 @@ def _stop(store: Store, spec: JobSpec, token: str, pool: WorkerPool | None) -> N
         store.end_run(spec.name, token)  # workers see the owner gone, record, and leave
     finally:
         if pool is not None:
-            pool.stop()  # even when Redis is gone: no worker outlives the call
+            pool.close()  # even when Redis is gone: no worker outlives the call
 
 
 def _follow(store: Store, spec: JobSpec, token: str, cfg: Settings, pool: WorkerPool, bar: Progress) -> Counts:

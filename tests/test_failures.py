@@ -139,15 +139,6 @@ def test_unreachable_redis_names_the_url_and_what_to_do(tmp_path: Path) -> None:
         nbtasks.pmap(square, range(3), redis="redis://:hunter2@127.0.0.1:1/0")
 
 
-def test_no_redis_configured_says_how_to_configure(monkeypatch: pytest.MonkeyPatch) -> None:
-    from nbtasks import config
-
-    monkeypatch.delenv("NBTASKS_REDIS_URL", raising=False)
-    monkeypatch.setattr(config, "_current", None)
-    with pytest.raises(nbtasks.ConfigError, match="NBTASKS_REDIS_URL"):
-        nbtasks.pmap(square, range(3))
-
-
 def test_name_reused_with_other_inputs_is_refused_and_keeps_the_job(r: redis.Redis) -> None:
     assert nbtasks.pmap(square, range(5), name="crawl", progress=False) == [0, 1, 4, 9, 16]
     before = r.hgetall(JobKeys("crawl").results)

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import queue
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import nbformat
 import pytest
+import redis
 from nbclient import NotebookClient
 
+import nbtasks
 from nbtasks.store import JobKeys
 
 from .conftest import wait_until, worker_pids
@@ -19,14 +22,18 @@ NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 
 
 @pytest.fixture
-def jupyter_env(tmp_path: Path, redis_server, r, monkeypatch: pytest.MonkeyPatch) -> None:
+def jupyter_env(tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[redis.Redis]:
+    """Private Jupyter folders, and nbtasks' own server in a clean NBTASKS_HOME (no URL:
+    as a user starts); yields a client of that server."""
     for var in ("JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR", "IPYTHONDIR"):
         monkeypatch.setenv(var, str(tmp_path / var.lower()))
-    monkeypatch.setenv("NBTASKS_REDIS_URL", redis_server.url)
+    client = redis.Redis(unix_socket_path=str(nbtasks.server.start().socket))
+    yield client
+    client.close()
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs_in_a_real_kernel(path: Path, jupyter_env: None) -> None:
+def test_notebook_runs_in_a_real_kernel(path: Path, jupyter_env: redis.Redis) -> None:
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
@@ -53,9 +60,10 @@ print("finished", len(out))
 """
 
 
-def test_stop_button_returns_fast_keeps_results_and_the_cell_resumes(jupyter_env: None, r) -> None:
+def test_stop_button_returns_fast_keeps_results_and_the_cell_resumes(jupyter_env: redis.Redis) -> None:
     from jupyter_client.manager import start_new_kernel
 
+    r = jupyter_env
     km, kc = start_new_kernel(kernel_name="python3")
     try:
         kc.execute(CELL)

@@ -9,7 +9,7 @@ import time
 import nbtasks
 
 parser = argparse.ArgumentParser()
-parser.add_argument("--redis", required=True)
+parser.add_argument("--redis", default=None, help="default: the embedded server")
 parser.add_argument("--log", required=True)
 parser.add_argument("--n", type=int, default=100)
 parser.add_argument("--delay", type=float, default=0.0)
