@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import threading
 import time
 import urllib.request
@@ -14,7 +13,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 from .api import pmap
-from .server import TemporaryServer
 
 
 class SlowHandler(BaseHTTPRequestHandler):
@@ -66,15 +64,6 @@ def fetch(url: str) -> str:
         return str(response.read().decode())
 
 
-@contextlib.contextmanager
-def _redis_url() -> Iterator[str | None]:
-    if os.environ.get("NBTASKS_REDIS_URL"):
-        yield None  # pmap reads it from the environment
-    else:
-        with TemporaryServer() as url:
-            yield url
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m nbtasks.demo", description=__doc__)
     parser.add_argument("-n", type=int, default=2000, help="pages to fetch (default 2000)")
@@ -82,7 +71,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sample", type=int, default=40, help="pages the for-loop fetches (then extrapolated)")
     args = parser.parse_args(argv)
 
-    with slow_server() as base, _redis_url() as redis_url:
+    # No URL: pmap uses NBTASKS_REDIS_URL if set, else its own server (started if needed).
+    with slow_server() as base:
         urls = [f"{base}/page/{i}?delay={args.delay}" for i in range(args.n)]
         sample = urls[: args.sample]
         start = time.perf_counter()
@@ -92,13 +82,13 @@ def main(argv: list[str] | None = None) -> None:
 
         SlowHandler.peak = 0
         start = time.perf_counter()
-        pages = pmap(fetch, urls, redis=redis_url, fresh=True)
+        pages = pmap(fetch, urls, fresh=True)
         parallel = time.perf_counter() - start
         assert pages[: len(expected)] == expected and len(pages) == args.n
         peak = SlowHandler.peak
 
         start = time.perf_counter()
-        pmap(fetch, urls, redis=redis_url, progress=False)
+        pmap(fetch, urls, progress=False)
         again = time.perf_counter() - start
 
     print()
