@@ -15,6 +15,13 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "pmap": "api",
+    "Job": "api",
+    "jobs": "api",
+    "status": "api",
+    "reset": "api",
+    "JobStatus": "snapshot",
+    "JobCancelled": "errors",
+    "UnknownJob": "errors",
     "configure": "config",
     "Settings": "config",
     "Failure": "errors",
@@ -29,6 +36,13 @@ _EXPORTS = {
 
 __all__ = [
     "pmap",
+    "Job",
+    "jobs",
+    "status",
+    "reset",
+    "JobStatus",
+    "JobCancelled",
+    "UnknownJob",
     "configure",
     "Settings",
     "Failure",
@@ -45,18 +59,21 @@ __all__ = [
 
 if TYPE_CHECKING:
     from . import server
-    from .api import pmap
+    from .api import Job, jobs, pmap, reset, status
     from .config import Settings, configure
     from .errors import (
         ConfigError,
         Failure,
+        JobCancelled,
         JobMismatchError,
         NbtasksError,
         NotPicklableError,
         RedisUnavailable,
         TaskError,
+        UnknownJob,
         WorkerError,
     )
+    from .snapshot import JobStatus
 
 
 def __getattr__(name: str) -> Any:

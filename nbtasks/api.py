@@ -1,16 +1,24 @@
-"""`pmap`: validate the call, then define the job, run it and gather it. No Redis calls."""
+"""`pmap` and `Job`: validate the call, then define the job, run it and gather it.
+No Redis calls of their own: they wire the steps of `job`, `run` and `status`."""
 
 from __future__ import annotations
 
+import atexit
+import html
+import threading
+import time
 from collections.abc import Callable, Iterable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis
 
 from . import codec, job, server
-from .config import settings
-from .errors import RedisUnavailable
-from .run import run
+from .config import Settings, settings
+from .errors import ConfigError, Failure, JobCancelled, NbtasksError, RedisUnavailable, UnknownJob
+from .job import JobSpec
+from .progress import in_notebook
+from .run import Run
+from .snapshot import JobStatus, detail, snapshots, table
 from .store import RedisError, Store, safe_url
 
 T = TypeVar("T")
@@ -28,8 +36,9 @@ def pmap(
     concurrency: int | None = None,
     fresh: bool = False,
     progress: bool = True,
+    background: bool = False,
     redis: str | redis.Redis | None = None,
-) -> list[R]:
+) -> Any:
     """Equivalent of ``list(map(func, iterable))``, run in parallel and resumable.
 
     Inputs, the function and every result are kept in Redis, so calling the same
@@ -48,8 +57,13 @@ def pmap(
             work); 1 for CPU-bound functions.
         fresh: discard the job's stored results and start over.
         progress: show a progress bar (a widget in Jupyter, text in a terminal).
+        background: return a `Job` at once and run in the background, leaving the
+            notebook free; ``job.result()`` waits for the list.
         redis: a URL or a ``redis.Redis`` client; else ``configure(redis_url=...)``,
             else ``NBTASKS_REDIS_URL``, else nbtasks' own server (see `nbtasks.server`).
+
+    Returns:
+        The results in input order (a `Job` with ``background=True``).
 
     Raises:
         TaskError: some items raised; the others' results are kept and the same call
@@ -66,6 +80,8 @@ def pmap(
     if name is not None:
         job.check_name(name)
     cfg = settings().replace(processes=processes, concurrency=concurrency)
+    if background and cfg.processes == 0:
+        raise ConfigError("background=True needs worker processes: pass processes=1 or more.")
     func_payload = codec.dump_function(func)
     payloads, digest = job.serialize_inputs(items)
     if not payloads:
@@ -74,8 +90,10 @@ def pmap(
     try:
         spec = job.define(store, func, func_payload, payloads, digest, name=name, fresh=fresh)
         del payloads  # the store has them; don't hold them through the run
+        if background:
+            return Job._start(store, spec, cfg, progress)
         if not spec.finished:
-            run(store, spec, cfg, func, progress)
+            Run(store, spec, cfg, func, progress).follow()
         return job.gather(store, spec)
     except RedisError as exc:
         raise RedisUnavailable(
@@ -97,3 +115,167 @@ def connect(target: str | redis.Redis | None) -> Store:
     else:
         store.check()
     return store
+
+
+class Job:
+    """A job in the store: follow it, wait for it, cancel it, from any process.
+
+    ``pmap(..., background=True)`` returns one; ``nbtasks.Job("crawl")`` attaches to an
+    existing job by name (after a kernel restart, from another notebook).
+    """
+
+    def __init__(self, name: str, *, redis: str | redis.Redis | None = None) -> None:
+        self._attach(connect(redis if redis is not None else settings().redis_url), name)
+
+    def _attach(self, store: Store, name: str) -> None:
+        self._store = store
+        meta = store.meta(name)
+        if not meta:
+            raise UnknownJob(f"No job named {name!r} at {safe_url(store.url)}; nbtasks.jobs() lists them.")
+        self.name = name
+        self.total = int(meta["total"])
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+
+    @classmethod
+    def _start(cls, store: Store, spec: JobSpec, cfg: Settings, progress: bool) -> Job:
+        """The job of `spec`, run in the background by this process unless finished."""
+        current = _background.get((store.url, spec.name))
+        if current is not None and current._running_here():
+            return current  # the same cell again while it runs: one run is enough
+        handle = cls.__new__(cls)
+        handle._attach(store, spec.name)
+        if not spec.finished:
+            handle._run(cfg, progress)
+        return handle
+
+    def _run(self, cfg: Settings, progress: bool) -> None:
+        spec = JobSpec(self.name, self.total, finished=False)
+        # Begun here, in the caller's thread, so the progress bar shows in this cell.
+        run = Run(self._store, spec, cfg, None, progress)
+        self._stop, self._error = threading.Event(), None
+        self._thread = threading.Thread(target=self._follow, args=(run,), name=f"nbtasks {self.name}", daemon=True)
+        self._thread.start()
+        _background[(self._store.url, self.name)] = self
+
+    def _follow(self, run: Run) -> None:
+        try:
+            run.follow(self._stop)
+        except BaseException as exc:  # kept for result(); a thread has nobody to raise to
+            self._error = exc
+
+    def _running_here(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def counts(self) -> JobStatus:
+        """A frozen snapshot: total, done, failed, pending, running, rate, state..."""
+        found = snapshots(self._store, [self.name])
+        if not found:
+            raise UnknownJob(f"Job {self.name!r} was deleted.")
+        return found[0]
+
+    def done(self) -> bool:
+        """True once no run of the job is under way (finished, failed or stopped)."""
+        return not self._running_here() and self.counts().state != "running"
+
+    def result(self, timeout: float | None = None) -> list[Any]:
+        """The results in input order, once the run is over; TaskError as pmap raises it.
+
+        Raises TimeoutError if the run is still going after `timeout` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self._thread is not None:
+            self._thread.join(timeout)
+        while not self.done():
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"Job {self.name!r} is still running after {timeout} s.")
+            time.sleep(0.1)
+        if self._error is not None:
+            raise self._error
+        state = self.counts()
+        if state.state == "stopped":
+            raise JobCancelled(
+                f"Job {self.name!r} stopped with {state.done} of {state.total} results; "
+                "job.retry_failed() or the same pmap call resumes it."
+            )
+        return job.gather(self._store, JobSpec(self.name, self.total, finished=True))
+
+    def cancel(self) -> None:
+        """Stop the run, wherever it runs; every recorded result is kept."""
+        self._stop.set()
+        self._store.cancel(self.name)
+        if self._thread is not None:
+            self._thread.join()
+
+    def failures(self) -> list[Failure]:
+        """Every failure of the last run: index, input, type, message, remote traceback."""
+        return job.load_failures(self._store, self.name)
+
+    def retry_failed(
+        self, *, processes: int | None = None, concurrency: int | None = None, progress: bool = True
+    ) -> Job:
+        """Run again, in the background here, every item without a result: the failed
+        ones and any that never ran. Returns the job."""
+        if self._running_here() or self.counts().state == "running":
+            return self
+        self._run(settings().replace(processes=processes, concurrency=concurrency), progress)
+        return self
+
+    def __repr__(self) -> str:
+        s = self.counts()
+        return f"<nbtasks.Job {self.name!r} {s.state}: {s.done}/{s.total} done, {s.failed} failed>"
+
+    def _repr_html_(self) -> str:
+        return f"<pre>{html.escape(table([self.counts()]))}</pre>"
+
+
+_background: dict[tuple[str, str], Job] = {}  # runs this process drives, by (url, job)
+
+
+@atexit.register
+def _stop_background_runs() -> None:
+    # Stop our workers now rather than when they notice the heartbeat is gone.
+    for handle in list(_background.values()):
+        if handle._running_here():
+            handle._stop.set()
+            assert handle._thread is not None
+            handle._thread.join(5)
+
+
+def jobs(*, redis: str | redis.Redis | None = None) -> list[JobStatus]:
+    """A frozen snapshot of every job in the store."""
+    return snapshots(connect(redis if redis is not None else settings().redis_url))
+
+
+def reset(name: str, *, redis: str | redis.Redis | None = None) -> None:
+    """Delete a job and everything stored for it, stopping it first if it runs."""
+    handle = Job(name, redis=redis)
+    if not handle.done():
+        handle.cancel()
+        deadline = time.monotonic() + 30
+        while not handle.done():
+            if time.monotonic() > deadline:
+                raise NbtasksError(f"Job {name!r} did not stop within 30 s; try again.")
+            time.sleep(0.05)
+    handle._store.delete(name)
+
+
+def status(name: str | None = None, *, redis: str | redis.Redis | None = None) -> Any:
+    """Show every job (or one): a live dashboard in Jupyter, a table in a terminal.
+
+    In Jupyter it returns the `Dashboard` it displays (its ``rows`` hold each job's
+    widgets); elsewhere it prints and returns None. `jobs()` gives the snapshots as data.
+    """
+    store = connect(redis if redis is not None else settings().redis_url)
+    if in_notebook():
+        from .dashboard import Dashboard
+
+        board = Dashboard(store, [name] if name is not None else None)
+        board.show()
+        return board
+    if name is None:
+        print(table(snapshots(store)))
+    else:
+        print(detail(Job(name, redis=store.client).counts(), job.load_failures(store, name)))
+    return None

@@ -16,15 +16,18 @@ from .api import pmap
 
 
 class SlowHandler(BaseHTTPRequestHandler):
-    """Answers with the request path after ``?delay=`` seconds, counting requests in flight."""
+    """Answers with the request path after ``?delay=`` seconds, counting requests: all of
+    them (`hits`) and those in flight at once (`peak`)."""
 
     lock = threading.Lock()
+    hits = 0
     in_flight = 0
     peak = 0
 
     def do_GET(self) -> None:  # noqa: N802 (the standard library's name)
         cls = type(self)
         with cls.lock:
+            cls.hits += 1
             cls.in_flight += 1
             cls.peak = max(cls.peak, cls.in_flight)
         try:

@@ -6,6 +6,8 @@ NbtasksError
 ├── NotPicklableError    the function or an input cannot be sent to the workers
 ├── JobMismatchError     a job name reused with other inputs
 ├── WorkerError          worker processes cannot start or keep dying
+├── JobCancelled         the run was cancelled (job.cancel(), the dashboard)
+├── UnknownJob           no job of that name in the store
 └── TaskError            some tasks raised; carries every Failure
 """
 
@@ -37,6 +39,14 @@ class JobMismatchError(NbtasksError):
 
 class WorkerError(NbtasksError):
     """Worker processes could not start, or kept dying."""
+
+
+class JobCancelled(NbtasksError):
+    """The run was cancelled; recorded results are kept."""
+
+
+class UnknownJob(NbtasksError, LookupError):
+    """No job of that name is in the store."""
 
 
 @dataclass(frozen=True)

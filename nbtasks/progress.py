@@ -6,22 +6,38 @@ failures stops short of 100 % and tqdm draws it red.
 
 from __future__ import annotations
 
+from typing import Any
+
 from tqdm.auto import tqdm
 
 from .store import Counts
 
 
+def in_notebook() -> bool:
+    """True in a Jupyter kernel with ipywidgets, where tqdm.auto draws widgets."""
+    try:
+        from tqdm.notebook import tqdm_notebook
+    except ImportError:
+        return False
+    return issubclass(tqdm, tqdm_notebook)
+
+
 class Progress:
     def __init__(self, job: str, start: Counts, enabled: bool = True) -> None:
         self._failed = 0
-        self.bar = tqdm(
-            total=start.total,
-            initial=start.done,
-            desc=job,
-            unit="task",
-            disable=not enabled,
-            dynamic_ncols=True,
+        self._handle: Any = None
+        options: dict[str, Any] = dict(
+            total=start.total, initial=start.done, desc=job, unit="task", disable=not enabled, dynamic_ncols=True
         )
+        if enabled and in_notebook():
+            from IPython.display import display
+
+            # Shown through a display handle, so that close() can replace the plain-text
+            # copy that notebook viewers fall back to (frozen at "0%" otherwise).
+            self.bar = tqdm(**options, display=False)
+            self._handle = display(self.bar.container, display_id=True)  # type: ignore[no-untyped-call]
+        else:
+            self.bar = tqdm(**options)
 
     def update(self, counts: Counts) -> None:
         if counts.failed != self._failed:
@@ -32,3 +48,7 @@ class Progress:
 
     def close(self) -> None:
         self.bar.close()
+        if self._handle is not None:
+            bundle = self.bar.container._repr_mimebundle_()
+            bundle["text/plain"] = repr(self.bar.container)
+            self._handle.update(bundle, raw=True)

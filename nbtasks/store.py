@@ -13,9 +13,10 @@ Cluster and the Lua scripts below may touch several of its keys.
     nbtasks:{job}:done           bitmap bit i set once item i has a recorded result
     nbtasks:{job}:results        hash   index -> pickled result
     nbtasks:{job}:failures       hash   index -> pickled failure (cleared at each run)
-    nbtasks:{job}:counts         hash   done, failed
+    nbtasks:{job}:counts         hash   done, failed, running (claimed, not recorded)
     nbtasks:{job}:owner          string token of the caller running the job; expires
                                         when the caller stops refreshing it
+    nbtasks:{job}:cancel         string set to ask whoever runs the job to stop
     nbtasks:{job}:fatal          string why a worker could not start
 """
 
@@ -45,13 +46,14 @@ local idx = redis.call('LPOP', KEYS[2], ARGV[2])
 if not idx then return {} end
 redis.call('SADD', KEYS[5], ARGV[3])
 redis.call('SADD', KEYS[3], unpack(idx))
+redis.call('HINCRBY', KEYS[6], 'running', #idx)
 return {idx, redis.call('HMGET', KEYS[4], unpack(idx))}
 """
 
 # Record outcomes atomically and idempotently: a result is stored only if its done bit
 # was not set, so counters never double count when an item ran twice.
 _RECORD = """
-local done, failed = 0, 0
+local done, failed, settled = 0, 0, 0
 for i = 1, #ARGV, 3 do
   local idx = ARGV[i]
   if ARGV[i + 1] == '1' then
@@ -63,25 +65,30 @@ for i = 1, #ARGV, 3 do
   elseif redis.call('GETBIT', KEYS[1], idx) == 0 then
     failed = failed + redis.call('HSETNX', KEYS[3], idx, ARGV[i + 2])
   end
-  redis.call('SREM', KEYS[5], idx)
+  settled = settled + redis.call('SREM', KEYS[5], idx)
 end
 if done ~= 0 then redis.call('HINCRBY', KEYS[4], 'done', done) end
 if failed ~= 0 then redis.call('HINCRBY', KEYS[4], 'failed', failed) end
+if settled ~= 0 then redis.call('HINCRBY', KEYS[4], 'running', -settled) end
 return {done, failed}
 """
 
-# The caller's heartbeat: refresh the owner key only while it is still ours.
+# The caller's heartbeat: refresh the owner key only while it is still ours, note how
+# many workers it has alive, and tell it whether someone asked the job to stop.
 _POLL = """
 local owner = 'none'
 local current = redis.call('GET', KEYS[1])
-if current == ARGV[1] then
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  owner = 'cancel'
+elseif current == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('HSET', KEYS[4], 'workers', ARGV[3])
   owner = 'us'
 elseif current then
   owner = 'other'
 end
-local c = redis.call('HMGET', KEYS[2], 'done', 'failed')
-return {owner, tonumber(c[1]) or 0, tonumber(c[2]) or 0}
+local c = redis.call('HMGET', KEYS[2], 'done', 'failed', 'running')
+return {owner, tonumber(c[1]) or 0, tonumber(c[2]) or 0, tonumber(c[3]) or 0}
 """
 
 # Put a dead worker's unfinished claims back at the head of the queue.
@@ -92,6 +99,7 @@ for _, i in ipairs(idx) do
   if redis.call('GETBIT', KEYS[3], i) == 0 then back[#back + 1] = i end
 end
 redis.call('DEL', KEYS[1])
+redis.call('HINCRBY', KEYS[4], 'running', -#idx)
 for s = 1, #back, 1000 do
   redis.call('LPUSH', KEYS[2], unpack(back, s, math.min(s + 999, #back)))
 end
@@ -99,7 +107,10 @@ return #back
 """
 
 _RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('HSET', KEYS[3], 'workers', 0, 'ended', ARGV[2])
+  return redis.call('DEL', KEYS[1], KEYS[2])
+end
 return 0
 """
 
@@ -111,14 +122,28 @@ class Counts:
     total: int
     done: int
     failed: int
-    owner: str = "us"  # who runs the job: "us", "other" (another caller) or "none"
+    running: int = 0
+    owner: str = "us"  # who runs the job: "us", "other" (another caller), "none", "cancel"
 
     @property
     def settled(self) -> int:
         return self.done + self.failed
 
 
-PARTS = ("meta", "func", "inputs", "queue", "workers", "done", "results", "failures", "counts", "owner", "fatal")
+PARTS = (
+    "meta",
+    "func",
+    "inputs",
+    "queue",
+    "workers",
+    "done",
+    "results",
+    "failures",
+    "counts",
+    "owner",
+    "cancel",
+    "fatal",
+)
 
 
 class JobKeys:
@@ -131,6 +156,7 @@ class JobKeys:
         self.meta, self.func, self.inputs, self.queue = p + "meta", p + "func", p + "inputs", p + "queue"
         self.workers, self.done, self.results = p + "workers", p + "done", p + "results"
         self.failures, self.counts, self.owner, self.fatal = p + "failures", p + "counts", p + "owner", p + "fatal"
+        self.cancel = p + "cancel"
 
     def claims(self, wid: str) -> str:
         return f"{self.prefix}claims:{wid}"
@@ -255,35 +281,70 @@ class Store:
         pending = list(pending_indices(bitmap, total))
         wids = self.client.smembers(k.workers)
         pipe = self.client.pipeline()
-        pipe.delete(k.queue, k.failures, k.workers, k.fatal, *(k.claims(w.decode()) for w in wids))
-        pipe.hset(k.counts, mapping={"done": total - len(pending), "failed": 0})
+        pipe.delete(k.queue, k.failures, k.workers, k.fatal, k.cancel, *(k.claims(w.decode()) for w in wids))
+        pipe.hset(k.counts, mapping={"done": total - len(pending), "failed": 0, "running": 0})
+        pipe.hset(k.meta, mapping={"started": time.time(), "done_at_start": total - len(pending), "workers": 0})
+        pipe.hdel(k.meta, "ended")
         pipe.execute()
         for chunk in _chunks(pending, BATCH):
             pipe.rpush(k.queue, *chunk)
             pipe.execute()
         return Counts(total, total - len(pending), 0)
 
-    def poll(self, job: str, token: str, total: int, ttl: float) -> Counts:
-        """Refresh the caller's heartbeat and read the counters, in one round trip."""
+    def poll(self, job: str, token: str, total: int, ttl: float, workers: int = 0) -> Counts:
+        """Refresh the caller's heartbeat (and its count of live workers) and read the
+        counters, in one round trip."""
         k = self.keys[job]
-        owner, done, failed = self._poll(keys=[k.owner, k.counts], args=[token, int(ttl * 1000)])
-        return Counts(total, int(done), int(failed), owner.decode())
+        reply = self._poll(keys=[k.owner, k.counts, k.cancel, k.meta], args=[token, int(ttl * 1000), workers])
+        owner, done, failed, running = reply
+        return Counts(total, int(done), int(failed), int(running), owner.decode())
+
+    def cancel(self, job: str) -> bool:
+        """Ask whoever runs the job to stop; False if nobody runs it."""
+        k = self.keys[job]
+        pipe = self.client.pipeline()
+        pipe.exists(k.owner)
+        pipe.set(k.cancel, 1, ex=60)  # unclaimed, it lapses: a cancel is for the run under way
+        running, _ = pipe.execute()
+        if not running:
+            self.client.delete(k.cancel)
+        return bool(running)
 
     def end_run(self, job: str, token: str) -> None:
         """Release the job (if still ours): its workers see the owner gone and exit."""
         k = self.keys[job]
-        self._release(keys=[k.owner], args=[token])
+        self._release(keys=[k.owner, k.cancel, k.meta], args=[token, time.time()])
 
     def owner(self, job: str) -> str | None:
         value = self.client.get(self.keys[job].owner)
         return value.decode() if value is not None else None
+
+    def job_names(self) -> list[str]:
+        return sorted(name.decode() for name in self.client.smembers(REGISTRY))
+
+    def snapshot(self, jobs: list[str]) -> list[tuple[dict[str, str], list[int], bool]]:
+        """Per job, in one round trip for all: its meta, its counters (done, failed,
+        running) and whether a caller runs it now."""
+        pipe = self.client.pipeline(transaction=False)
+        for job in jobs:
+            k = self.keys[job]
+            pipe.hgetall(k.meta)
+            pipe.hmget(k.counts, "done", "failed", "running")
+            pipe.exists(k.owner)
+        replies = pipe.execute()
+        out = []
+        for i in range(0, len(replies), 3):
+            meta = {key.decode(): value.decode() for key, value in replies[i].items()}
+            out.append((meta, [int(c or 0) for c in replies[i + 1]], bool(replies[i + 2])))
+        return out
 
     # -- workers ---------------------------------------------------------------
 
     def claim(self, job: str, token: str, wid: str, count: int) -> list[tuple[int, bytes]] | None:
         """Take up to `count` items in one round trip; None once the caller let go."""
         k = self.keys[job]
-        reply = self._claim(keys=[k.owner, k.queue, k.claims(wid), k.inputs, k.workers], args=[token, count, wid])
+        keys = [k.owner, k.queue, k.claims(wid), k.inputs, k.workers, k.counts]
+        reply = self._claim(keys=keys, args=[token, count, wid])
         if reply is None:
             return None
         if not reply:
@@ -303,7 +364,7 @@ class Store:
     def requeue(self, job: str, wid: str) -> int:
         """Give a dead worker's unfinished items back to the queue; how many went back."""
         k = self.keys[job]
-        return int(self._requeue(keys=[k.claims(wid), k.queue, k.done]))
+        return int(self._requeue(keys=[k.claims(wid), k.queue, k.done, k.counts]))
 
     def set_fatal(self, job: str, message: str) -> None:
         self.client.set(self.keys[job].fatal, message, ex=3600)

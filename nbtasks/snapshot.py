@@ -1,0 +1,120 @@
+"""Frozen snapshots of jobs, and their rendering as text. The live widget lives in
+`dashboard`; both only render snapshots taken here."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .errors import Failure
+from .store import Store
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """One job at one moment. `state` is "running", "finished", "failed" (settled, some
+    failed) or "stopped" (interrupted, cancelled, or its caller died)."""
+
+    name: str
+    function: str
+    total: int
+    done: int
+    failed: int
+    running: int
+    state: str
+    workers: int
+    rate: float  # results per second over the current (or last) run
+    created: float
+    taken_at: float
+
+    @property
+    def pending(self) -> int:
+        return max(0, self.total - self.done - self.failed - self.running)
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds until every item is settled at the current rate, while running."""
+        if self.state != "running" or self.rate <= 0:
+            return None
+        return (self.total - self.done - self.failed) / self.rate
+
+    @property
+    def age(self) -> float:
+        return self.taken_at - self.created
+
+
+def snapshots(store: Store, names: Sequence[str] | None = None) -> list[JobStatus]:
+    """Snapshots of the named jobs (default: every job in the store), in one round trip."""
+    names = list(names) if names is not None else store.job_names()
+    now = time.time()
+    out = []
+    for name, (meta, (done, failed, running), owned) in zip(names, store.snapshot(names), strict=True):
+        if not meta:
+            continue  # deleted meanwhile
+        total = int(meta.get("total", 0))
+        if owned:
+            state = "running"
+        elif done >= total:
+            state = "finished"
+        else:
+            state = "failed" if failed and done + failed >= total else "stopped"
+        started = float(meta.get("started", 0))
+        elapsed = float(meta.get("ended", now)) - started if started else 0.0
+        gained = done - int(meta.get("done_at_start", done))
+        rate = gained / elapsed if elapsed > 0 else 0.0
+        workers = int(meta.get("workers", 0)) if owned else 0
+        created = float(meta.get("created", now))
+        function = meta.get("function", "?")
+        out.append(JobStatus(name, function, total, done, failed, running, state, workers, rate, created, now))
+    return out
+
+
+HEADER = ("job", "function", "done", "failed", "pending", "running", "workers", "rate", "ETA", "age", "state")
+
+
+def row(s: JobStatus) -> tuple[str, ...]:
+    percent = f"{100 * s.done / s.total:.0f}%" if s.total else "-"
+    return (
+        s.name,
+        s.function,
+        f"{s.done}/{s.total} {percent}",
+        str(s.failed),
+        str(s.pending),
+        str(s.running),
+        str(s.workers),
+        f"{s.rate:,.1f}/s" if s.rate else "-",
+        duration(s.eta) if s.eta is not None else "-",
+        duration(s.age),
+        s.state,
+    )
+
+
+def table(items: Sequence[JobStatus]) -> str:
+    """The snapshots as a plain-text table (what a terminal shows)."""
+    if not items:
+        return "No jobs. nbtasks.pmap(func, items) creates one."
+    rows = [HEADER, *(row(s) for s in items)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def detail(s: JobStatus, failures: Sequence[Failure], limit: int = 3) -> str:
+    """One job in detail: its row and its first failures with their tracebacks."""
+    lines = [table([s])]
+    if failures:
+        lines.append(f"\n{len(failures)} failed; the first {min(limit, len(failures))}:")
+        for f in failures[:limit]:
+            lines += ["", str(f), f.traceback.rstrip()]
+    return "\n".join(lines)
+
+
+def duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{seconds // 60:.0f}m{seconds % 60:02.0f}s"
+    if seconds < 86400:
+        return f"{seconds // 3600:.0f}h{seconds % 3600 // 60:02.0f}m"
+    return f"{seconds // 86400:.0f}d{seconds % 86400 // 3600:02.0f}h"
