@@ -1,0 +1,177 @@
+"""Background jobs, Job handles, snapshots, status, reset, and the dashboard's actions."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+import nbtasks
+from nbtasks.store import REGISTRY, JobKeys, Store
+
+from .conftest import wait_until, worker_pids
+from .test_failures import flaky
+from .test_pmap import SCRIPT, executions
+
+
+def slow(x: int) -> int:
+    time.sleep(0.05)
+    return -x
+
+
+def test_background_returns_a_job_at_once_and_result_waits(r: redis.Redis) -> None:
+    job = nbtasks.pmap(slow, range(300), background=True, concurrency=5, progress=False)
+    assert isinstance(job, nbtasks.Job)
+    first = job.counts()
+    assert first.state == "running" and first.done < 300 and not job.done()
+    assert job.result(timeout=60) == [-x for x in range(300)]
+    assert job.done()
+    final = job.counts()
+    assert (final.state, final.done, final.failed, final.pending, final.running) == ("finished", 300, 0, 0, 0)
+    with pytest.raises(AttributeError):
+        final.done = 0  # type: ignore[misc]  # a frozen snapshot
+
+
+def test_same_background_call_while_running_returns_the_same_job(r: redis.Redis) -> None:
+    a = nbtasks.pmap(slow, range(200), name="once", background=True, concurrency=5, progress=False)
+    b = nbtasks.pmap(slow, range(200), name="once", background=True, concurrency=5, progress=False)
+    assert a is b
+    assert a.result(timeout=60) == [-x for x in range(200)]
+
+
+def test_result_timeout(r: redis.Redis) -> None:
+    job = nbtasks.pmap(slow, range(400), background=True, concurrency=2, progress=False)
+    with pytest.raises(TimeoutError, match="still running after 0.2 s"):
+        job.result(timeout=0.2)
+    job.cancel()
+
+
+def test_running_count_and_workers_show_while_running(r: redis.Redis) -> None:
+    job = nbtasks.pmap(slow, range(400), name="busy", background=True, concurrency=5, progress=False)
+    wait_until(lambda: job.counts().running > 0 and job.counts().workers == 2, 30, "running items and workers")
+    snap = job.counts()
+    assert snap.running <= 10 and snap.pending == 400 - snap.done - snap.failed - snap.running
+    job.cancel()
+
+
+def test_cancel_keeps_results_and_retry_failed_resumes(r: redis.Redis, redis_server, tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    cmd = [sys.executable, str(SCRIPT), "--redis", redis_server.url, "--log", str(log), "--n", "400"]
+    cmd += ["--name", "cancelled", "--delay", "0.05", "--concurrency", "5"]
+    caller = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: r.bitcount(JobKeys("cancelled").done) >= 50, 60, "50 results")
+
+    # Cancelled from this process while another one drives the job.
+    nbtasks.Job("cancelled").cancel()
+    _, err = caller.communicate(timeout=30)
+    assert caller.returncode == 1 and "JobCancelled" in err and "Run the same call again to resume" in err
+    assert worker_pids("cancelled") == []
+    stopped = nbtasks.Job("cancelled").counts()
+    assert stopped.state == "stopped" and 50 <= stopped.done < 400
+    with pytest.raises(nbtasks.JobCancelled, match="stopped with"):
+        nbtasks.Job("cancelled").result()
+
+    # Resumed here from the stored function and inputs: nothing recorded runs again.
+    kept = {i for i in range(400) if r.getbit(JobKeys("cancelled").done, i)}
+    job = nbtasks.Job("cancelled").retry_failed(concurrency=20, progress=False)
+    assert job.result(timeout=60) == [x * x for x in range(400)]
+    assert all(executions(log)[i] == 1 for i in kept)
+
+
+def test_attach_by_name_from_another_process(r: redis.Redis, redis_server, tmp_path: Path) -> None:
+    cmd = [sys.executable, str(SCRIPT), "--redis", redis_server.url, "--log", str(tmp_path / "log"), "--n", "30"]
+    out = subprocess.run([*cmd, "--name", "elsewhere"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    job = nbtasks.Job("elsewhere")
+    assert job.done() and job.result() == json.loads(out.stdout)["results"]
+    assert repr(job) == "<nbtasks.Job 'elsewhere' finished: 30/30 done, 0 failed>"
+    with pytest.raises(nbtasks.UnknownJob, match="No job named 'nowhere'"):
+        nbtasks.Job("nowhere")
+
+
+def test_failures_of_a_background_job(r: redis.Redis) -> None:
+    job = nbtasks.pmap(flaky, range(20), name="flaky", background=True, progress=False)
+    with pytest.raises(nbtasks.TaskError):
+        job.result(timeout=60)
+    assert [f.index for f in job.failures()] == [3, 11]
+    assert job.counts().state == "failed"
+
+
+def test_status_table_detail_jobs_and_reset(r: redis.Redis, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(nbtasks.TaskError):
+        nbtasks.pmap(flaky, range(20), name="flaky", progress=False)
+    nbtasks.pmap(abs, range(-5, 5), name="fine", progress=False)
+    capsys.readouterr()
+
+    nbtasks.status()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == [
+        "job",
+        "function",
+        "done",
+        "failed",
+        "pending",
+        "running",
+        "workers",
+        "rate",
+        "ETA",
+        "age",
+        "state",
+    ]
+    assert lines[1].split()[:5] == ["fine", "abs", "10/10", "100%", "0"] and lines[1].split()[-1] == "finished"
+    assert lines[2].split()[:5] == ["flaky", "flaky", "18/20", "90%", "2"] and lines[2].split()[-1] == "failed"
+
+    nbtasks.status("flaky")
+    detail = capsys.readouterr().out
+    assert "2 failed; the first 2:" in detail and 'raise LookupError(f"no entry for {x}")' in detail
+
+    assert [(s.name, s.state) for s in nbtasks.jobs()] == [("fine", "finished"), ("flaky", "failed")]
+    nbtasks.reset("flaky")
+    assert [s.name for s in nbtasks.jobs()] == ["fine"]
+    assert not [k for k in r.scan_iter("nbtasks:{flaky}:*")] and r.smembers(REGISTRY) == {b"fine"}
+    with pytest.raises(nbtasks.UnknownJob):
+        nbtasks.reset("flaky")
+
+
+def test_dashboard_rows_and_actions(r: redis.Redis, redis_server) -> None:
+    from nbtasks.dashboard import Dashboard
+
+    job = nbtasks.pmap(slow, range(400), name="watched", background=True, concurrency=5, progress=False)
+    board = Dashboard(Store.connect(redis_server.url))
+    row = board.rows["watched"]
+    assert row.cancel.disabled is False and row.delete.disabled is True and row.bar.max == 400
+
+    row.cancel.click()
+    wait_until(lambda: job.done(), 30, "the job to stop")
+    board.refresh()
+    assert (row.bar.bar_style, row.cancel.disabled, row.retry.disabled) == ("warning", True, False)
+    assert "stopped" in row.numbers.value
+
+    row.retry.click()  # runs what is missing, in the background, here
+    assert nbtasks.Job("watched").result(timeout=60) == [-x for x in range(400)]
+    board.refresh()
+    assert (row.bar.value, row.bar.bar_style, row.retry.disabled) == (400, "success", True)
+
+    row.delete.click()
+    assert row.confirm.layout.display == "flex"  # asks first
+    row.not_sure.click()
+    assert row.confirm.layout.display == "none" and [s.name for s in nbtasks.jobs()] == ["watched"]
+    row.delete.click()
+    row.sure.click()
+    assert nbtasks.jobs() == [] and "watched" not in board.rows
+
+
+def test_dashboard_shows_failures_with_tracebacks(r: redis.Redis, redis_server) -> None:
+    from nbtasks.dashboard import Dashboard
+
+    with pytest.raises(nbtasks.TaskError):
+        nbtasks.pmap(flaky, range(20), name="flaky", progress=False)
+    row = Dashboard(Store.connect(redis_server.url)).rows["flaky"]
+    assert row.show_failures.description == "Failures (2)" and row.failures.value == ""
+    row.show_failures.value = True
+    assert row.failures.value.count("<details>") == 2 and "no entry for 11" in row.failures.value
