@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import html
 import threading
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,7 +15,7 @@ import ipywidgets as w
 from IPython.display import display
 
 from .snapshot import JobStatus, duration, snapshots, table
-from .store import Store
+from .store import RedisError, Store
 
 STYLE = {"running": "info", "finished": "success", "failed": "danger", "stopped": "warning"}
 
@@ -107,6 +106,7 @@ class Dashboard:
         self.widget = w.VBox()
         self._handle: Any = None
         self._thread: threading.Thread | None = None
+        self._halt = threading.Event()
         self._lock = threading.Lock()
         self.refresh()
 
@@ -135,17 +135,28 @@ class Dashboard:
     def start(self) -> None:
         """Refresh in the background until nothing runs and nothing changes."""
         if self._thread is None or not self._thread.is_alive():
+            self._halt.clear()
             self._thread = threading.Thread(target=self._loop, name="nbtasks status", daemon=True)
             self._thread.start()
+
+    def stop(self) -> None:
+        """Stop refreshing (the widgets keep their last state)."""
+        self._halt.set()
+        if self._thread is not None:
+            self._thread.join()
 
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
     def _loop(self) -> None:
         quiet = 0
-        while quiet < 3:
-            time.sleep(self.interval)
-            changed = self.refresh()
+        while quiet < 3 and not self._halt.wait(self.interval):
+            try:
+                changed = self.refresh()
+            except RedisError as exc:  # the server went away: say so, and stop refreshing
+                self.empty.value = f"Lost Redis ({html.escape(str(exc))}); run nbtasks.status() again."
+                self.widget.children = [self.empty]
+                return
             busy = changed or any(s.state == "running" for s in self.snapshots)
             quiet = 0 if busy else quiet + 1
         self._set_text()

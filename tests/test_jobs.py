@@ -164,6 +164,9 @@ def test_dashboard_rows_and_actions(r: redis.Redis, redis_server) -> None:
     row.delete.click()
     row.sure.click()
     assert nbtasks.jobs() == [] and "watched" not in board.rows
+    assert board.running()  # the actions restarted the refresh
+    board.stop()
+    assert not board.running()
 
 
 def test_dashboard_shows_failures_with_tracebacks(r: redis.Redis, redis_server) -> None:
