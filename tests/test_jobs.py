@@ -178,3 +178,16 @@ def test_dashboard_shows_failures_with_tracebacks(r: redis.Redis, redis_server) 
     assert row.show_failures.description == "Failures (2)" and row.failures.value == ""
     row.show_failures.value = True
     assert row.failures.value.count("<details>") == 2 and "no entry for 11" in row.failures.value
+
+
+def test_dashboard_refreshes_by_itself_while_jobs_run_then_stops(r: redis.Redis, redis_server) -> None:
+    from nbtasks.dashboard import Dashboard
+
+    job = nbtasks.pmap(slow, range(300), name="live", background=True, concurrency=5, progress=False)
+    board = Dashboard(Store.connect(redis_server.url), interval=0.05)
+    row = board.rows["live"]
+    assert row.bar.value < 300
+    board.start()
+    wait_until(lambda: row.bar.value == 300 and row.bar.bar_style == "success", 60, "the bar to fill by itself")
+    wait_until(lambda: not board.running(), 10, "refreshing to stop once nothing changes")
+    assert job.done()

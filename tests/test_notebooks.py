@@ -47,6 +47,10 @@ def test_notebook_runs_in_a_real_kernel(path: Path, jupyter_env: redis.Redis) ->
     # tqdm.auto drew a widget, not a text bar or a bare "HBox(...)".
     widgets = [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
     assert widgets, "no progress widget was displayed"
+    # Their plain-text copies (what GitHub or nbconvert show) hold the final state.
+    for o in widgets:
+        text = o.data["text/plain"]
+        assert "| 0/" not in text and not text.startswith(("HBox(", "VBox(")), text
 
 
 def test_there_are_notebooks() -> None:
