@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import redis
 
 from . import codec, job, server
-from .config import Settings, settings
+from .config import Policy, Settings, parse_rate, settings
 from .errors import ConfigError, Failure, JobCancelled, NbtasksError, RedisUnavailable, UnknownJob
 from .job import JobSpec
 from .progress import in_notebook
@@ -37,6 +37,12 @@ def pmap(
     fresh: bool = False,
     progress: bool = True,
     background: bool = False,
+    retries: int = 0,
+    retry_delay: float = 1.0,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+    timeout: float | None = None,
+    rate: str | float | None = None,
+    errors: str = "raise",
     redis: str | redis.Redis | None = None,
 ) -> Any:
     """Equivalent of ``list(map(func, iterable))``, run in parallel and resumable.
@@ -59,6 +65,15 @@ def pmap(
         progress: show a progress bar (a widget in Jupyter, text in a terminal).
         background: return a `Job` at once and run in the background, leaving the
             notebook free; ``job.result()`` waits for the list.
+        retries: attempts after the first for an item that raises one of `retry_on`;
+            the n-th retry waits ``retry_delay * 2**(n-1)`` seconds (jittered), in Redis.
+        timeout: seconds per attempt; a task past it fails with TimeoutError (and is
+            retried like any failure). A task stuck in CPU or C code gets its worker
+            process replaced.
+        rate: at most this many calls, shared by every worker of the job, e.g.
+            ``"50/s"``, ``"100/min"``, ``"1000/h"``.
+        errors: ``"raise"`` (one TaskError once all is done) or ``"return"`` (failed
+            positions of the list hold a `Failure`).
         redis: a URL or a ``redis.Redis`` client; else ``configure(redis_url=...)``,
             else ``NBTASKS_REDIS_URL``, else nbtasks' own server (see `nbtasks.server`).
 
@@ -82,19 +97,21 @@ def pmap(
     cfg = settings().replace(processes=processes, concurrency=concurrency)
     if background and cfg.processes == 0:
         raise ConfigError("background=True needs worker processes: pass processes=1 or more.")
-    func_payload = codec.dump_function(func)
+    retry_on = retry_on if isinstance(retry_on, tuple) else (retry_on,)
+    policy = Policy(retries, retry_delay, retry_on, timeout, parse_rate(rate), errors)
+    func_payload = codec.dump_function(func, policy.retry_on)
     payloads, digest = job.serialize_inputs(items)
     if not payloads:
         return []
     store = connect(redis if redis is not None else cfg.redis_url)
     try:
-        spec = job.define(store, func, func_payload, payloads, digest, name=name, fresh=fresh)
+        spec = job.define(store, func, func_payload, payloads, digest, name=name, fresh=fresh, policy=policy)
         del payloads  # the store has them; don't hold them through the run
         if background:
             return Job._start(store, spec, cfg, progress)
         if not spec.finished:
             Run(store, spec, cfg, func, progress).follow()
-        return job.gather(store, spec)
+        return job.gather(store, spec, errors)
     except RedisError as exc:
         raise RedisUnavailable(
             f"Lost Redis at {safe_url(store.url)} ({exc}). Every result recorded before is kept: "
@@ -133,7 +150,8 @@ class Job:
         if not meta:
             raise UnknownJob(f"No job named {name!r} at {safe_url(store.url)}; nbtasks.jobs() lists them.")
         self.name = name
-        self.total = int(meta["total"])
+        self._spec = JobSpec.of(store, name, meta)
+        self.total = self._spec.total
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._error: BaseException | None = None
@@ -151,7 +169,7 @@ class Job:
         return handle
 
     def _run(self, cfg: Settings, progress: bool) -> None:
-        spec = JobSpec(self.name, self.total, finished=False)
+        spec = self._spec
         # Begun here, in the caller's thread, so the progress bar shows in this cell.
         run = Run(self._store, spec, cfg, None, progress)
         self._stop, self._error = threading.Event(), None
@@ -199,7 +217,7 @@ class Job:
                 f"Job {self.name!r} stopped with {state.done} of {state.total} results; "
                 "job.retry_failed() or the same pmap call resumes it."
             )
-        return job.gather(self._store, JobSpec(self.name, self.total, finished=True))
+        return job.gather(self._store, self._spec, self._spec.policy.get("errors", "raise"))
 
     def cancel(self) -> None:
         """Stop the run, wherever it runs; every recorded result is kept."""

@@ -46,7 +46,7 @@ def load(data: bytes) -> Any:
     return pickle.loads(data)
 
 
-def dump_function(func: Callable[..., Any]) -> bytes:
+def dump_function(func: Callable[..., Any], retry_on: tuple[type[BaseException], ...] = (Exception,)) -> bytes:
     """Serialize the task function by value where needed, or say what cannot be sent.
 
     cloudpickle renames the file of code it carries by value to "<dynamic-code>"; the
@@ -60,7 +60,7 @@ def dump_function(func: Callable[..., Any]) -> bytes:
         if name in files.values() and len(entry) == 4 and entry[1] is None
     }
     try:
-        return _cloudpickle({"func": func, "files": files, "cells": cells})
+        return _cloudpickle({"func": func, "files": files, "cells": cells, "retry_on": retry_on})
     except Exception as exc:
         raise NotPicklableError(
             f"Cannot send {describe(func)} to the worker processes: {type(exc).__name__}: {exc}. "
@@ -68,8 +68,8 @@ def dump_function(func: Callable[..., Any]) -> bytes:
         ) from exc
 
 
-def load_function(data: bytes) -> Callable[[Any], Any]:
-    """The inverse of `dump_function`."""
+def load_function(data: bytes) -> tuple[Callable[[Any], Any], tuple[type[BaseException], ...]]:
+    """The inverse of `dump_function`: the function and the exceptions it retries on."""
     payload = pickle.loads(data)
     files: dict[tuple[str, int], str] = payload["files"]
     for name, entry in payload["cells"].items():
@@ -77,8 +77,7 @@ def load_function(data: bytes) -> Callable[[Any], Any]:
     for f in _functions(payload["func"]):
         if f.__code__.co_filename == "<dynamic-code>":
             f.__code__ = _refile(f.__code__, files)
-    func: Callable[[Any], Any] = payload["func"]
-    return func
+    return payload["func"], payload["retry_on"]
 
 
 def _functions(root: object, limit: int = 200) -> Iterator[FunctionType]:
@@ -159,16 +158,25 @@ def func_digest(func: Callable[..., Any], payload: bytes) -> str:
 
 def failure_payload(exc: BaseException) -> bytes:
     """A failure as the caller will see it: type, message and remote traceback."""
-    kind = type(exc)
-    name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
     tb = exc.__traceback__
     while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PACKAGE):
         tb = tb.tb_next  # the user's frames only: nbtasks' own say nothing about the failure
-    return pickle.dumps(
-        {
-            "exc_type": name,
-            "message": str(exc),
-            "traceback": "".join(traceback.format_exception(type(exc), exc, tb)),
-        },
-        protocol=PROTOCOL,
-    )
+    return failure_record(exc_name(exc), str(exc), "".join(traceback.format_exception(type(exc), exc, tb)))
+
+
+def failure_record(exc_type: str, message: str, traceback_text: str) -> bytes:
+    """A failure the caller will load as `Failure` fields."""
+    record = {"exc_type": exc_type, "message": message, "traceback": traceback_text}
+    return pickle.dumps(record, protocol=PROTOCOL)
+
+
+def exc_name(exc: BaseException) -> str:
+    kind = type(exc)
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+
+
+def failure_line(exc: BaseException) -> str:
+    """One line for a failed attempt's history."""
+    message = str(exc).strip().splitlines()
+    line = f"{exc_name(exc)}: {message[0]}" if message else exc_name(exc)
+    return line if len(line) <= 200 else line[:197] + "..."

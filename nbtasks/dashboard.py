@@ -52,8 +52,8 @@ class JobRow:
         eta = f", ETA {duration(s.eta)}" if s.eta is not None else ""
         rate = f"{s.rate:,.1f}/s" if s.rate else "-"
         self.numbers.value = (
-            f"<b>{s.state}</b>: {s.done}/{s.total} done, {s.failed} failed, {s.pending} pending, "
-            f"{s.running} running; {s.workers} workers, {rate}{eta}; age {duration(s.age)}"
+            f"<b>{s.state}</b>: {s.done}/{s.total} done, {s.failed} failed, {s.retrying} retrying, "
+            f"{s.pending} pending, {s.running} running; {s.workers} workers, {rate}{eta}; age {duration(s.age)}"
         )
         self.cancel.disabled = s.state != "running"
         self.retry.disabled = s.state == "running" or s.done == s.total
@@ -174,4 +174,4 @@ class Dashboard:
 
 
 def _without_clock(s: JobStatus) -> tuple[Any, ...]:
-    return (s.name, s.total, s.done, s.failed, s.running, s.state, s.workers)
+    return (s.name, s.total, s.done, s.failed, s.running, s.retrying, s.state, s.workers)

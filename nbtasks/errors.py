@@ -51,16 +51,20 @@ class UnknownJob(NbtasksError, LookupError):
 
 @dataclass(frozen=True)
 class Failure:
-    """One task that raised: where, with what input, and the remote traceback."""
+    """One task that failed: where, with what input, the last attempt's exception and
+    remote traceback, and one line per failed attempt (`history`)."""
 
     index: int
     input: Any
     exc_type: str
     message: str
     traceback: str
+    attempts: int = 1
+    history: tuple[str, ...] = ()
 
     def __str__(self) -> str:
-        return f"item {self.index} (input {_short(self.input)}) raised {self.exc_type}: {self.message}"
+        tries = f" (after {self.attempts} attempts)" if self.attempts > 1 else ""
+        return f"item {self.index} (input {_short(self.input)}) raised {self.exc_type}: {self.message}{tries}"
 
 
 class TaskError(NbtasksError):

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import codec
+from .config import Policy
 from .errors import ConfigError, Failure, JobMismatchError, NbtasksError, TaskError
 from .store import Store
 
@@ -22,6 +24,14 @@ class JobSpec:
     name: str
     total: int
     finished: bool  # every item has a recorded result
+    policy: dict[str, Any] = field(default_factory=dict)  # Policy.numbers(), as stored
+
+    @classmethod
+    def of(cls, store: Store, name: str, meta: dict[str, str]) -> JobSpec:
+        """The spec of a stored job, from its metadata."""
+        total = int(meta["total"])
+        policy = json.loads(meta.get("policy", "{}"))
+        return cls(name, total, finished=store.done_count(name) >= total, policy=policy)
 
 
 def serialize_inputs(items: Iterator[Any]) -> tuple[list[bytes], str]:
@@ -50,6 +60,7 @@ def define(
     *,
     name: str | None,
     fresh: bool,
+    policy: Policy,
 ) -> JobSpec:
     """Find or create the job for these inputs, and store what it lacks.
 
@@ -78,22 +89,27 @@ def define(
             file=sys.stderr,
         )
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    numbers = policy.numbers()
     new_meta = {"total": total, "inputs": inputs_digest, "code": code_digest, "function": codec.func_label(func)}
     # The function is stored again at every call: a stored pickle is never trusted
-    # across Python versions or edits.
-    store.define(name, {**new_meta, "python": python}, func_payload)
+    # across Python versions or edits. So is the policy: each call sets its own.
+    store.define(name, {**new_meta, "python": python, "policy": json.dumps(numbers)}, func_payload)
     if meta.get("ready") != "1":
         store.store_inputs(name, payloads)
-    return JobSpec(name, total, finished=done == total)
+    return JobSpec(name, total, finished=done == total, policy=numbers)
 
 
-def gather(store: Store, spec: JobSpec) -> list[Any]:
-    """The results in input order, or TaskError naming every failure."""
-    failures = load_failures(store, spec.name)
-    if failures:
-        raise TaskError(spec.name, spec.total, failures)
+def gather(store: Store, spec: JobSpec, errors: str = "raise") -> list[Any]:
+    """The results in input order. Failures raise one TaskError naming them all, or
+    with ``errors="return"`` stand in the list as `Failure` objects."""
+    failures = {f.index: f for f in load_failures(store, spec.name)}
+    if failures and errors == "raise":
+        raise TaskError(spec.name, spec.total, list(failures.values()))
     results = []
     for index, payload in enumerate(store.results(spec.name, spec.total)):
+        if index in failures:
+            results.append(failures[index])
+            continue
         if payload is None:
             missing = spec.total - store.done_count(spec.name)
             raise NbtasksError(
@@ -105,12 +121,14 @@ def gather(store: Store, spec: JobSpec) -> list[Any]:
 
 
 def load_failures(store: Store, job: str) -> list[Failure]:
+    """Every final failure of the job's last run, with its attempts, in input order."""
     raw = store.failures(job)
     indices = sorted(raw)
     inputs = store.inputs(job, indices)
     out = []
-    for index, input_payload in zip(indices, inputs, strict=True):
+    for index, input_payload, (attempts, history) in zip(indices, inputs, store.attempts(job, indices), strict=True):
         info = codec.load(raw[index])
         value = codec.load(input_payload) if input_payload is not None else None
-        out.append(Failure(index=index, input=value, **info))
+        lines = tuple(history.splitlines())
+        out.append(Failure(index=index, input=value, attempts=max(1, attempts, len(lines)), history=lines, **info))
     return out

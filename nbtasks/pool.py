@@ -17,6 +17,7 @@ class _Proc:
     wid: str
     popen: subprocess.Popen[bytes]
     log: Path
+    quarantine: bool
 
 
 class WorkerPool:
@@ -45,8 +46,9 @@ class WorkerPool:
         for _ in range(self.processes):
             self.spawn()
 
-    def spawn(self) -> None:
-        """Start one worker (at the start, or to replace one that died)."""
+    def spawn(self, quarantine: bool = False) -> None:
+        """Start one worker (at the start, or to replace one that died); a quarantine
+        worker runs suspects one at a time."""
         wid = f"{self.token[:8]}-{self._started}"
         self._started += 1
         env = dict(os.environ)
@@ -54,21 +56,33 @@ class WorkerPool:
         env["NBTASKS_REDIS_URL"] = self.url
         env["NBTASKS_SYS_PATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
         cmd = [sys.executable, "-m", "nbtasks.worker", "--job", self.job, "--token", self.token, "--wid", wid]
-        cmd += ["--concurrency", str(self.concurrency)]
+        cmd += ["--concurrency", str(self.concurrency)] + (["--quarantine"] if quarantine else [])
         log = self.log_dir / f"{wid}.log"
         with open(log, "wb") as out:
             popen = subprocess.Popen(
                 cmd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
             )
-        self.procs.append(_Proc(wid, popen, log))
+        self.procs.append(_Proc(wid, popen, log, quarantine))
 
-    def dead(self) -> list[tuple[str, int, str]]:
-        """Workers that exited since the last call: id, exit code, the end of their log."""
+    def dead(self) -> list[tuple[str, bool, int, str]]:
+        """Workers that exited since the last call: id, whether it ran suspects, exit
+        code, the end of its log."""
         gone = [p for p in self.procs if p.popen.poll() is not None]
         self.procs = [p for p in self.procs if p.popen.returncode is None]
         if gone:
             self._keep_logs = True
-        return [(p.wid, p.popen.returncode, _tail(p.log)) for p in gone]
+        return [(p.wid, p.quarantine, p.popen.returncode, _tail(p.log)) for p in gone]
+
+    def live(self, quarantine: bool = False) -> list[str]:
+        """Ids of the live workers of one kind."""
+        return [p.wid for p in self.procs if p.quarantine == quarantine and p.popen.poll() is None]
+
+    def kill(self, wid: str) -> None:
+        """Kill a worker at once (its task is stuck); `dead` reports it."""
+        for p in self.procs:
+            if p.wid == wid:
+                p.popen.kill()
+                p.popen.wait()
 
     def stop(self, grace: float = 1.0) -> None:
         """Wait up to `grace` seconds for workers to leave (the caller has released the

@@ -24,7 +24,7 @@ def in_notebook() -> bool:
 
 class Progress:
     def __init__(self, job: str, start: Counts, enabled: bool = True) -> None:
-        self._failed = 0
+        self._trouble = (0, 0)
         self._handle: Any = None
         options: dict[str, Any] = dict(
             total=start.total, initial=start.done, desc=job, unit="task", disable=not enabled, dynamic_ncols=True
@@ -40,9 +40,11 @@ class Progress:
             self.bar = tqdm(**options)
 
     def update(self, counts: Counts) -> None:
-        if counts.failed != self._failed:
-            self._failed = counts.failed
-            self.bar.set_postfix(failed=counts.failed, refresh=False)
+        trouble = (counts.failed, counts.retrying + counts.suspects)
+        if trouble != self._trouble:
+            self._trouble = trouble
+            shown = {"failed": counts.failed, "retrying": trouble[1]}
+            self.bar.set_postfix({k: v for k, v in shown.items() if v}, refresh=False)
         if counts.done > self.bar.n:
             self.bar.update(counts.done - self.bar.n)
 

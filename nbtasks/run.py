@@ -6,6 +6,7 @@ then followed there (`pmap`) or in a background thread (`Job`).
 
 from __future__ import annotations
 
+import signal
 import sys
 import threading
 import uuid
@@ -18,10 +19,12 @@ from .errors import JobCancelled, WorkerError
 from .job import JobSpec
 from .pool import WorkerPool
 from .progress import Progress
-from .store import Counts, Store
+from .store import Counts, Outcome, Store
 
 INLINE_TTL = 24 * 3600.0  # an inline run has no workers waiting on its heartbeat
 INLINE_BATCH = 100
+DEATHS_LIMIT = 3  # times a worker may die running an item before it is recorded as failed
+STUCK_GRACE = 2.0  # seconds past its timeout before a task that never yields is stopped
 
 
 class _Stop(Exception):
@@ -40,6 +43,8 @@ class Run:
         self.ttl = INLINE_TTL if self.inline else cfg.heartbeat_ttl
         self.counts = store.begin_run(spec.name, self.token, spec.total, self.ttl)
         self.bar = Progress(spec.name, self.counts, progress)
+        self._killed: set[str] = set()  # workers we stopped for a stuck task
+        self._idle_deaths = 0  # workers that died holding no item
         self.pool = None
         if not self.inline:
             self.pool = WorkerPool(store.url, spec.name, self.token, cfg.processes, cfg.concurrency)
@@ -82,54 +87,92 @@ class Run:
                 self.pool.close()  # even when Redis is gone: no worker outlives the call
 
     def _follow(self, pool: WorkerPool, stop: threading.Event) -> Counts:
-        """Poll counters (refreshing the heartbeat) until every item is settled."""
-        spec, cfg = self.spec, self.cfg
-        deaths = 0
+        """Poll counters (refreshing the heartbeat) until every item is settled, and
+        look after the workers: replace the dead and the stuck, quarantine suspects."""
         counts = self.counts
-        while counts.settled < spec.total:
-            if stop.wait(cfg.poll_interval):
+        while counts.settled < self.spec.total:
+            if stop.wait(self.cfg.poll_interval):
                 raise _Stop
-            counts = self.counts = self.store.poll(spec.name, self.token, spec.total, self.ttl, len(pool.procs))
+            counts = self.counts = self.store.poll(
+                self.spec.name, self.token, self.spec.total, self.ttl, len(pool.procs)
+            )
             self.bar.update(counts)
-            if counts.owner == "cancel":
-                raise _Stop
-            if counts.owner == "none":
-                # Our heartbeat lapsed (the machine slept?): take the job back; live workers
-                # go on, and items of those that left are queued again.
-                self.store.begin_run(spec.name, self.token, spec.total, self.ttl)
-                if not pool.procs:
-                    pool.start()
-            elif counts.owner == "other":
-                pool.stop()  # another caller took the job over; follow its progress
-            for wid, code, tail in pool.dead():
-                if fatal := self.store.fatal(spec.name):
-                    raise WorkerError(f"{fatal} Recorded results are kept.")
-                self.store.requeue(spec.name, wid)
-                deaths += 1
-                if deaths > 3 + 2 * cfg.processes:
-                    raise WorkerError(
-                        f"Worker processes of job '{spec.name}' keep dying (the last with exit code {code}); "
-                        f"{counts.done} results are kept. Look for crashes in the function (a segfault, "
-                        "os._exit, running out of memory), or try processes=0 to run it here. "
-                        f"Worker logs: {pool.log_dir}" + (f"\n\nThe last one ended with:\n{tail}" if tail else "")
-                    )
-                pool.spawn()
+            self._check_owner(pool, counts)
+            if self.spec.policy.get("timeout"):
+                self._replace_stuck(pool)
+            self._replace_dead(pool)
+            if counts.suspects and not pool.live(quarantine=True):
+                pool.spawn(quarantine=True)
         return counts
+
+    def _check_owner(self, pool: WorkerPool, counts: Counts) -> None:
+        if counts.owner == "cancel":
+            raise _Stop
+        if counts.owner == "none":
+            # Our heartbeat lapsed (the machine slept?): take the job back; live workers
+            # go on, and items of those that left are queued again.
+            self.store.begin_run(self.spec.name, self.token, self.spec.total, self.ttl)
+            if not pool.procs:
+                pool.start()
+        elif counts.owner == "other":
+            pool.stop()  # another caller took the job over; follow its progress
+
+    def _replace_stuck(self, pool: WorkerPool) -> None:
+        """A task past its timeout that never yields (CPU, C code) blocks its whole
+        worker: record the attempt as timed out and replace the process."""
+        policy = self.spec.policy
+        timeout = policy["timeout"]
+        for wid in pool.live() + pool.live(quarantine=True):
+            stuck = self.store.stuck(self.spec.name, wid, timeout + STUCK_GRACE)
+            if not stuck:
+                continue
+            exc = TimeoutError(f"timed out after {timeout} s (stuck in CPU or C code: its worker was replaced)")
+            kind = "r" if policy.get("retry_timeouts") else "0"
+            line, payload = codec.failure_line(exc), codec.failure_payload(exc)
+            outcomes = [Outcome(i, kind, payload, line) for i in stuck]
+            self.store.record(self.spec.name, wid, outcomes, policy.get("retries", 0), policy.get("retry_delay", 0))
+            pool.kill(wid)
+            self._killed.add(wid)
+
+    def _replace_dead(self, pool: WorkerPool) -> None:
+        """Replace workers that died. Their unfinished items become suspects, run alone
+        by a quarantine worker, so that an input that kills its worker (a segfault,
+        os._exit, the OOM killer) fails after DEATHS_LIMIT deaths and the job goes on."""
+        name = self.spec.name
+        for wid, quarantine, code, tail in pool.dead():
+            if fatal := self.store.fatal(name):
+                raise WorkerError(f"{fatal} Recorded results are kept.")
+            if wid in self._killed:
+                self.store.requeue(name, wid)
+            else:
+                how = _how(code)
+                message = f"its worker process died while running it ({how}), {DEATHS_LIMIT} times"
+                payload = codec.failure_record("WorkerDied", message, tail)
+                if self.store.bury(name, wid, DEATHS_LIMIT, payload, f"WorkerDied: {how}") == 0:
+                    self._idle_deaths += 1
+                if self._idle_deaths > 3 + 2 * self.cfg.processes:
+                    raise WorkerError(
+                        f"Worker processes of job '{name}' keep dying before they run anything (the last "
+                        f"with {how}); {self.counts.done} results are kept. Worker logs: {pool.log_dir}"
+                        + (f"\n\nThe last one ended with:\n{tail}" if tail else "")
+                    )
+            if not quarantine:
+                pool.spawn()
 
     def _run_inline(self, func: Callable[[Any], Any]) -> Counts:
         """Run in the caller with the same store calls. The first task that raises is
         recorded as failed and its exception propagates unchanged, so ``%debug`` lands in it."""
         name, total = self.spec.name, self.spec.total
         while items := self.store.claim(name, self.token, "inline", INLINE_BATCH):
-            outcomes: list[tuple[int, bool, bytes]] = []
+            outcomes: list[Outcome] = []
             try:
                 for index, payload in items:
                     try:
                         value = func(codec.load(payload))
                     except Exception as exc:
-                        outcomes.append((index, False, codec.failure_payload(exc)))
+                        outcomes.append(Outcome(index, "0", codec.failure_payload(exc), codec.failure_line(exc)))
                         raise
-                    outcomes.append((index, True, codec.dump(value)))
+                    outcomes.append(Outcome(index, "1", codec.dump(value)))
             finally:
                 self.store.record(name, "inline", outcomes)
                 self.counts = self.store.poll(name, self.token, total, self.ttl)
@@ -140,3 +183,13 @@ class Run:
 def run(store: Store, spec: JobSpec, cfg: Settings, func: Callable[[Any], Any] | None, progress: bool = True) -> Counts:
     """Begin a run and follow it here."""
     return Run(store, spec, cfg, func, progress).follow()
+
+
+def _how(code: int) -> str:
+    """How a process ended, from its exit code."""
+    if code >= 0:
+        return f"exit code {code}"
+    try:
+        return f"killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"killed by signal {-code}"

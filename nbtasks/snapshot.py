@@ -22,6 +22,7 @@ class JobStatus:
     done: int
     failed: int
     running: int
+    retrying: int  # failed attempts waiting for a retry (or for a quarantine run)
     state: str
     workers: int
     rate: float  # results per second over the current (or last) run
@@ -30,7 +31,7 @@ class JobStatus:
 
     @property
     def pending(self) -> int:
-        return max(0, self.total - self.done - self.failed - self.running)
+        return max(0, self.total - self.done - self.failed - self.running - self.retrying)
 
     @property
     def eta(self) -> float | None:
@@ -49,7 +50,7 @@ def snapshots(store: Store, names: Sequence[str] | None = None) -> list[JobStatu
     names = list(names) if names is not None else store.job_names()
     now = time.time()
     out = []
-    for name, (meta, (done, failed, running), owned) in zip(names, store.snapshot(names), strict=True):
+    for name, (meta, (done, failed, running, retrying), owned) in zip(names, store.snapshot(names), strict=True):
         if not meta:
             continue  # deleted meanwhile
         total = int(meta.get("total", 0))
@@ -66,11 +67,26 @@ def snapshots(store: Store, names: Sequence[str] | None = None) -> list[JobStatu
         workers = int(meta.get("workers", 0)) if owned else 0
         created = float(meta.get("created", now))
         function = meta.get("function", "?")
-        out.append(JobStatus(name, function, total, done, failed, running, state, workers, rate, created, now))
+        out.append(
+            JobStatus(name, function, total, done, failed, running, retrying, state, workers, rate, created, now)
+        )
     return out
 
 
-HEADER = ("job", "function", "done", "failed", "pending", "running", "workers", "rate", "ETA", "age", "state")
+HEADER = (
+    "job",
+    "function",
+    "done",
+    "failed",
+    "retrying",
+    "pending",
+    "running",
+    "workers",
+    "rate",
+    "ETA",
+    "age",
+    "state",
+)
 
 
 def row(s: JobStatus) -> tuple[str, ...]:
@@ -80,6 +96,7 @@ def row(s: JobStatus) -> tuple[str, ...]:
         s.function,
         f"{s.done}/{s.total} {percent}",
         str(s.failed),
+        str(s.retrying),
         str(s.pending),
         str(s.running),
         str(s.workers),

@@ -8,11 +8,17 @@ Cluster and the Lua scripts below may touch several of its keys.
     nbtasks:{job}:func           string the pickled function, stored again at every run
     nbtasks:{job}:inputs         hash   index -> pickled input
     nbtasks:{job}:queue          list   indices waiting for a worker
-    nbtasks:{job}:claims:<wid>   set    indices a worker has taken and not yet recorded
+    nbtasks:{job}:claims:<wid>   hash   index -> when a worker took it (not yet recorded)
     nbtasks:{job}:workers        set    worker ids of the current run
     nbtasks:{job}:done           bitmap bit i set once item i has a recorded result
     nbtasks:{job}:results        hash   index -> pickled result
-    nbtasks:{job}:failures       hash   index -> pickled failure (cleared at each run)
+    nbtasks:{job}:failures       hash   index -> pickled final failure (cleared at each run)
+    nbtasks:{job}:attempts       hash   index -> failed attempts in this run
+    nbtasks:{job}:history        hash   index -> one line per failed attempt in this run
+    nbtasks:{job}:delayed        zset   indices waiting to be retried, by due time (ms)
+    nbtasks:{job}:deaths         hash   index -> times a worker died while running it
+    nbtasks:{job}:suspects       list   indices whose worker died, to be run alone
+    nbtasks:{job}:rate           string the rate limit's next free turn (ms)
     nbtasks:{job}:counts         hash   done, failed, running (claimed, not recorded)
     nbtasks:{job}:owner          string token of the caller running the job; expires
                                         when the caller stops refreshing it
@@ -22,6 +28,7 @@ Cluster and the Lua scripts below may touch several of its keys.
 
 from __future__ import annotations
 
+import random
 import re
 import time
 from collections.abc import Iterable, Iterator
@@ -32,6 +39,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import redis
 
+from . import lua
 from .errors import ConfigError, RedisUnavailable
 
 RedisError = redis.RedisError  # for callers that must not import redis themselves
@@ -39,80 +47,18 @@ RedisError = redis.RedisError  # for callers that must not import redis themselv
 FORMAT = "1"
 REGISTRY = "nbtasks:jobs"
 BATCH = 10_000  # items per pipelined round trip when storing or gathering
+RATE_WINDOW_MS = 50  # a rate limit grants the turns that fall within this much time
 
-_CLAIM = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return false end
-local idx = redis.call('LPOP', KEYS[2], ARGV[2])
-if not idx then return {} end
-redis.call('SADD', KEYS[5], ARGV[3])
-redis.call('SADD', KEYS[3], unpack(idx))
-redis.call('HINCRBY', KEYS[6], 'running', #idx)
-return {idx, redis.call('HMGET', KEYS[4], unpack(idx))}
-"""
 
-# Record outcomes atomically and idempotently: a result is stored only if its done bit
-# was not set, so counters never double count when an item ran twice.
-_RECORD = """
-local done, failed, settled = 0, 0, 0
-for i = 1, #ARGV, 3 do
-  local idx = ARGV[i]
-  if ARGV[i + 1] == '1' then
-    if redis.call('SETBIT', KEYS[1], idx, 1) == 0 then
-      redis.call('HSET', KEYS[2], idx, ARGV[i + 2])
-      done = done + 1
-      failed = failed - redis.call('HDEL', KEYS[3], idx)
-    end
-  elseif redis.call('GETBIT', KEYS[1], idx) == 0 then
-    failed = failed + redis.call('HSETNX', KEYS[3], idx, ARGV[i + 2])
-  end
-  settled = settled + redis.call('SREM', KEYS[5], idx)
-end
-if done ~= 0 then redis.call('HINCRBY', KEYS[4], 'done', done) end
-if failed ~= 0 then redis.call('HINCRBY', KEYS[4], 'failed', failed) end
-if settled ~= 0 then redis.call('HINCRBY', KEYS[4], 'running', -settled) end
-return {done, failed}
-"""
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one attempt of one item gave: kind "1" a result, "r" a failure that may be
+    retried, "0" a final failure; `line` is the failure in one line, for the history."""
 
-# The caller's heartbeat: refresh the owner key only while it is still ours, note how
-# many workers it has alive, and tell it whether someone asked the job to stop.
-_POLL = """
-local owner = 'none'
-local current = redis.call('GET', KEYS[1])
-if redis.call('EXISTS', KEYS[3]) == 1 then
-  owner = 'cancel'
-elseif current == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  redis.call('HSET', KEYS[4], 'workers', ARGV[3])
-  owner = 'us'
-elseif current then
-  owner = 'other'
-end
-local c = redis.call('HMGET', KEYS[2], 'done', 'failed', 'running')
-return {owner, tonumber(c[1]) or 0, tonumber(c[2]) or 0, tonumber(c[3]) or 0}
-"""
-
-# Put a dead worker's unfinished claims back at the head of the queue.
-_REQUEUE = """
-local idx = redis.call('SMEMBERS', KEYS[1])
-local back = {}
-for _, i in ipairs(idx) do
-  if redis.call('GETBIT', KEYS[3], i) == 0 then back[#back + 1] = i end
-end
-redis.call('DEL', KEYS[1])
-redis.call('HINCRBY', KEYS[4], 'running', -#idx)
-for s = 1, #back, 1000 do
-  redis.call('LPUSH', KEYS[2], unpack(back, s, math.min(s + 999, #back)))
-end
-return #back
-"""
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('HSET', KEYS[3], 'workers', 0, 'ended', ARGV[2])
-  return redis.call('DEL', KEYS[1], KEYS[2])
-end
-return 0
-"""
+    index: int
+    kind: str
+    payload: bytes
+    line: str = ""
 
 
 @dataclass(frozen=True)
@@ -124,6 +70,8 @@ class Counts:
     failed: int
     running: int = 0
     owner: str = "us"  # who runs the job: "us", "other" (another caller), "none", "cancel"
+    retrying: int = 0  # failed attempts waiting for their retry
+    suspects: int = 0  # items whose worker died, waiting to run alone
 
     @property
     def settled(self) -> int:
@@ -131,32 +79,40 @@ class Counts:
 
 
 PARTS = (
-    "meta",
-    "func",
-    "inputs",
-    "queue",
-    "workers",
-    "done",
-    "results",
-    "failures",
-    "counts",
-    "owner",
-    "cancel",
-    "fatal",
-)
+    "meta", "func", "inputs", "queue", "workers", "done", "results", "failures", "attempts", "history",
+    "delayed", "deaths", "suspects", "rate", "counts", "owner", "cancel", "fatal",
+)  # fmt: skip
+RUN_STATE = ("queue", "failures", "attempts", "history", "delayed", "deaths", "suspects", "fatal", "cancel")
 
 
 class JobKeys:
-    """The key names of one job."""
+    """The key names of one job: ``keys.meta``, ``keys.queue``... (see PARTS)."""
 
     def __init__(self, job: str) -> None:
         # Braces would end the hash tag early; escape them (and '%', the escape itself).
         tag = job.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
-        self.prefix = p = f"nbtasks:{{{tag}}}:"
-        self.meta, self.func, self.inputs, self.queue = p + "meta", p + "func", p + "inputs", p + "queue"
-        self.workers, self.done, self.results = p + "workers", p + "done", p + "results"
-        self.failures, self.counts, self.owner, self.fatal = p + "failures", p + "counts", p + "owner", p + "fatal"
-        self.cancel = p + "cancel"
+        self.prefix = f"nbtasks:{{{tag}}}:"
+        for part in PARTS:
+            setattr(self, part, self.prefix + part)
+
+    meta: str
+    func: str
+    inputs: str
+    queue: str
+    workers: str
+    done: str
+    results: str
+    failures: str
+    attempts: str
+    history: str
+    delayed: str
+    deaths: str
+    suspects: str
+    rate: str
+    counts: str
+    owner: str
+    cancel: str
+    fatal: str
 
     def claims(self, wid: str) -> str:
         return f"{self.prefix}claims:{wid}"
@@ -190,11 +146,14 @@ class Store:
         # Typed loosely: redis-py's annotations cannot know decode_responses=False.
         self.client: Any = client
         self.url = url
-        self._claim = client.register_script(_CLAIM)
-        self._record = client.register_script(_RECORD)
-        self._poll = client.register_script(_POLL)
-        self._requeue = client.register_script(_REQUEUE)
-        self._release = client.register_script(_RELEASE)
+        self._claim = client.register_script(lua.CLAIM)
+        self._record = client.register_script(lua.RECORD)
+        self._poll = client.register_script(lua.POLL)
+        self._requeue = client.register_script(lua.REQUEUE)
+        self._bury = client.register_script(lua.BURY)
+        self._stuck = client.register_script(lua.STUCK)
+        self._take = client.register_script(lua.TAKE)
+        self._release = client.register_script(lua.RELEASE)
 
     @classmethod
     def connect(cls, target: str | redis.Redis) -> Store:
@@ -281,7 +240,7 @@ class Store:
         pending = list(pending_indices(bitmap, total))
         wids = self.client.smembers(k.workers)
         pipe = self.client.pipeline()
-        pipe.delete(k.queue, k.failures, k.workers, k.fatal, k.cancel, *(k.claims(w.decode()) for w in wids))
+        pipe.delete(k.workers, *(getattr(k, part) for part in RUN_STATE), *(k.claims(w.decode()) for w in wids))
         pipe.hset(k.counts, mapping={"done": total - len(pending), "failed": 0, "running": 0})
         pipe.hset(k.meta, mapping={"started": time.time(), "done_at_start": total - len(pending), "workers": 0})
         pipe.hdel(k.meta, "ended")
@@ -295,9 +254,9 @@ class Store:
         """Refresh the caller's heartbeat (and its count of live workers) and read the
         counters, in one round trip."""
         k = self.keys[job]
-        reply = self._poll(keys=[k.owner, k.counts, k.cancel, k.meta], args=[token, int(ttl * 1000), workers])
-        owner, done, failed, running = reply
-        return Counts(total, int(done), int(failed), int(running), owner.decode())
+        keys = [k.owner, k.counts, k.cancel, k.meta, k.delayed, k.suspects]
+        owner, done, failed, running, retrying, suspects = self._poll(keys=keys, args=[token, int(ttl * 1000), workers])
+        return Counts(total, int(done), int(failed), int(running), owner.decode(), int(retrying), int(suspects))
 
     def cancel(self, job: str) -> bool:
         """Ask whoever runs the job to stop; False if nobody runs it."""
@@ -324,27 +283,33 @@ class Store:
 
     def snapshot(self, jobs: list[str]) -> list[tuple[dict[str, str], list[int], bool]]:
         """Per job, in one round trip for all: its meta, its counters (done, failed,
-        running) and whether a caller runs it now."""
+        running, retrying) and whether a caller runs it now."""
         pipe = self.client.pipeline(transaction=False)
         for job in jobs:
             k = self.keys[job]
             pipe.hgetall(k.meta)
             pipe.hmget(k.counts, "done", "failed", "running")
             pipe.exists(k.owner)
+            pipe.zcard(k.delayed)
+            pipe.llen(k.suspects)
         replies = pipe.execute()
         out = []
-        for i in range(0, len(replies), 3):
+        for i in range(0, len(replies), 5):
             meta = {key.decode(): value.decode() for key, value in replies[i].items()}
-            out.append((meta, [int(c or 0) for c in replies[i + 1]], bool(replies[i + 2])))
+            counts = [int(c or 0) for c in replies[i + 1]] + [replies[i + 3] + replies[i + 4]]
+            out.append((meta, counts, bool(replies[i + 2])))
         return out
 
     # -- workers ---------------------------------------------------------------
 
-    def claim(self, job: str, token: str, wid: str, count: int) -> list[tuple[int, bytes]] | None:
-        """Take up to `count` items in one round trip; None once the caller let go."""
+    def claim(
+        self, job: str, token: str, wid: str, count: int, quarantine: bool = False
+    ) -> list[tuple[int, bytes]] | None:
+        """Take up to `count` items in one round trip (a quarantine worker: suspects);
+        None once the caller let go of the job."""
         k = self.keys[job]
-        keys = [k.owner, k.queue, k.claims(wid), k.inputs, k.workers, k.counts]
-        reply = self._claim(keys=keys, args=[token, count, wid])
+        keys = [k.owner, k.queue, k.claims(wid), k.inputs, k.workers, k.counts, k.delayed, k.suspects]
+        reply = self._claim(keys=keys, args=[token, count, wid, 1 if quarantine else 0])
         if reply is None:
             return None
         if not reply:
@@ -352,19 +317,48 @@ class Store:
         indices, payloads = reply
         return [(int(i), p) for i, p in zip(indices, payloads, strict=True)]
 
-    def record(self, job: str, wid: str, outcomes: Iterable[tuple[int, bool, bytes]]) -> None:
-        """Record results and failures of one worker, atomically and idempotently."""
+    def record(self, job: str, wid: str, outcomes: Iterable[Outcome], retries: int = 0, delay: float = 0.0) -> None:
+        """Record results and failures of one worker, atomically and idempotently; a
+        retryable failure with attempts left waits `delay` x 2^(attempt-1) s, jittered."""
         k = self.keys[job]
-        args: list[Any] = []
-        for index, ok, payload in outcomes:
-            args += (index, 1 if ok else 0, payload)
-        if args:
-            self._record(keys=[k.done, k.results, k.failures, k.counts, k.claims(wid)], args=args)
+        args: list[Any] = [retries, delay * 1000]
+        for o in outcomes:
+            args += (o.index, o.kind, o.payload, random.uniform(0.75, 1.25), o.line)
+        if len(args) > 2:
+            keys = [k.done, k.results, k.failures, k.counts, k.claims(wid), k.attempts, k.history, k.delayed]
+            self._record(keys=keys, args=args)
 
     def requeue(self, job: str, wid: str) -> int:
-        """Give a dead worker's unfinished items back to the queue; how many went back."""
+        """Give a stopped worker's unfinished items back to the queue; how many went back."""
         k = self.keys[job]
         return int(self._requeue(keys=[k.claims(wid), k.queue, k.done, k.counts]))
+
+    def bury(self, job: str, wid: str, limit: int, payload: bytes, line: str) -> int:
+        """A worker died: its unfinished items become suspects, or fail once their worker
+        died `limit` times. Returns how many items it had claimed."""
+        k = self.keys[job]
+        keys = [k.claims(wid), k.suspects, k.done, k.counts, k.deaths, k.failures, k.history]
+        return int(self._bury(keys=keys, args=[limit, payload, line]))
+
+    def stuck(self, job: str, wid: str, age: float) -> list[int]:
+        """Items the worker claimed more than `age` seconds ago."""
+        return [int(i) for i in self._stuck(keys=[self.keys[job].claims(wid)], args=[int(age * 1000)])]
+
+    def take_turns(self, job: str, want: int, per_second: float) -> tuple[int, float]:
+        """Turns granted under the job's shared rate limit, or seconds to wait for one."""
+        granted, wait_ms = self._take(keys=[self.keys[job].rate], args=[1000 / per_second, want, RATE_WINDOW_MS])
+        return int(granted), int(wait_ms) / 1000
+
+    def attempts(self, job: str, indices: list[int]) -> list[tuple[int, str]]:
+        """Failed attempts and their one-line history, per index."""
+        if not indices:
+            return []
+        k = self.keys[job]
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hmget(k.attempts, indices)
+        pipe.hmget(k.history, indices)
+        counts, lines = pipe.execute()
+        return [(int(c or 0), (h or b"").decode()) for c, h in zip(counts, lines, strict=True)]
 
     def set_fatal(self, job: str, message: str) -> None:
         self.client.set(self.keys[job].fatal, message, ex=3600)

@@ -17,10 +17,12 @@ if __name__ == "__main__":
     eventlet.monkey_patch()
 
 import argparse  # noqa: E402
+import json  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 import traceback  # noqa: E402
 from collections.abc import Callable  # noqa: E402
+from contextlib import nullcontext  # noqa: E402
 from typing import Any, NoReturn  # noqa: E402
 
 import eventlet  # noqa: E402
@@ -29,7 +31,7 @@ import eventlet.semaphore  # noqa: E402
 from greenlet import GreenletExit  # noqa: E402
 
 from . import codec  # noqa: E402
-from .store import Store  # noqa: E402
+from .store import Outcome, Store  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,13 +40,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--token", required=True, help="the caller's run token")
     parser.add_argument("--wid", required=True, help="this worker's id")
     parser.add_argument("--concurrency", type=int, required=True)
+    parser.add_argument("--quarantine", action="store_true", help="run suspects, one at a time")
     args = parser.parse_args(argv)
     # The caller's import path, so functions from its own modules load here too.
     for entry in os.environ.get("NBTASKS_SYS_PATH", "").split(os.pathsep):
         if entry and entry not in sys.path:
             sys.path.append(entry)
     store = Store.connect(os.environ["NBTASKS_REDIS_URL"])
-    Worker(store, args.job, args.token, args.wid, args.concurrency).run()
+    Worker(store, args.job, args.token, args.wid, 1 if args.quarantine else args.concurrency, args.quarantine).run()
 
 
 class Worker:
@@ -53,11 +56,13 @@ class Worker:
     CLAIM_MAX = 1000  # items per claim; also bounds a Lua call's argument count
     WATCH_INTERVAL = 0.25  # seconds between checks that the caller still owns the job
 
-    def __init__(self, store: Store, job: str, token: str, wid: str, concurrency: int) -> None:
-        self.store, self.job, self.token, self.wid = store, job, token, wid
+    def __init__(self, store: Store, job: str, token: str, wid: str, concurrency: int, quarantine: bool) -> None:
+        self.store, self.job, self.token, self.wid, self.quarantine = store, job, token, wid, quarantine
         self.slots = eventlet.semaphore.Semaphore(concurrency)
         self.outcomes: eventlet.queue.LightQueue = eventlet.queue.LightQueue()
         self.recording = False
+        self.policy: dict[str, Any] = {}
+        self.retry_on: tuple[type[BaseException], ...] = (Exception,)
 
     def run(self) -> None:
         func = self._load_function()
@@ -74,10 +79,12 @@ class Worker:
         payload = self.store.function(self.job)
         if payload is None:
             self._fatal("the job has no stored function (was it reset?).")
+        self.policy = json.loads(meta.get("policy", "{}"))
         try:
-            return codec.load_function(payload)
+            func, self.retry_on = codec.load_function(payload)
         except Exception as exc:
             self._fatal(f"the function could not be loaded here: {type(exc).__name__}: {exc}")
+        return func
 
     def _fatal(self, message: str) -> NoReturn:
         self.store.set_fatal(self.job, f"A worker of job '{self.job}' stopped: {message}")
@@ -85,12 +92,21 @@ class Worker:
 
     def _claim_loop(self, func: Callable[[Any], Any]) -> None:
         idle = 0.01
+        rate = self.policy.get("rate")
         while True:
             self.slots.acquire()
             want = 1
             while want < self.CLAIM_MAX and self.slots.acquire(blocking=False):
                 want += 1
-            items = self.store.claim(self.job, self.token, self.wid, want)
+            if rate:  # the job's shared rate limit decides how many may start now
+                granted, wait = self.store.take_turns(self.job, want, rate)
+                for _ in range(want - granted):
+                    self.slots.release()
+                if not granted:
+                    eventlet.sleep(wait)
+                    continue
+                want = granted
+            items = self.store.claim(self.job, self.token, self.wid, want, self.quarantine)
             if items is None:  # the caller let go of the job
                 return
             for _ in range(want - len(items)):
@@ -104,12 +120,18 @@ class Worker:
                 eventlet.spawn_n(self._execute, func, index, payload)
 
     def _execute(self, func: Callable[[Any], Any], index: int, payload: bytes) -> None:
+        timeout = self.policy.get("timeout")
         try:
-            outcome = (index, True, codec.dump(func(codec.load(payload))))
+            # A green timeout cuts waits on the network; a task stuck in CPU or C code
+            # never yields, and the caller replaces its process instead.
+            with eventlet.Timeout(timeout, TimeoutError(f"timed out after {timeout} s")) if timeout else nullcontext():
+                value = func(codec.load(payload))
+            outcome = Outcome(index, "1", codec.dump(value))
         except GreenletExit:
             raise
         except BaseException as exc:  # a task's SystemExit is its failure, not ours
-            outcome = (index, False, codec.failure_payload(exc))
+            kind = "r" if isinstance(exc, self.retry_on) else "0"
+            outcome = Outcome(index, kind, codec.failure_payload(exc), codec.failure_line(exc))
         self.outcomes.put(outcome)
         self.slots.release()
 
@@ -120,7 +142,8 @@ class Worker:
             self.recording = True
             while len(batch) < self.CLAIM_MAX and not self.outcomes.empty():
                 batch.append(self.outcomes.get_nowait())
-            self.store.record(self.job, self.wid, batch)
+            retries, delay = self.policy.get("retries", 0), self.policy.get("retry_delay", 0.0)
+            self.store.record(self.job, self.wid, batch, retries, delay)
             self.recording = False
 
     def _watch_owner(self) -> None:

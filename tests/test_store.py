@@ -7,7 +7,15 @@ import pickle
 import redis
 
 from nbtasks import codec
-from nbtasks.store import JobKeys, Store, pending_indices
+from nbtasks.store import JobKeys, Outcome, Store, pending_indices
+
+
+def ok(index: int, value: object) -> Outcome:
+    return Outcome(index, "1", codec.dump(value))
+
+
+def failed(index: int, exc: Exception, kind: str = "0") -> Outcome:
+    return Outcome(index, kind, codec.failure_payload(exc), codec.failure_line(exc))
 
 
 def make_job(store: Store, job: str, n: int) -> str:
@@ -22,15 +30,15 @@ def test_recording_twice_counts_once_and_keeps_the_first_result(r: redis.Redis, 
     store = Store.connect(redis_server.url)
     token = make_job(store, "twice", 3)
     assert [i for i, _ in store.claim("twice", token, "w1", 3) or []] == [0, 1, 2]
-    store.record("twice", "w1", [(0, True, codec.dump("first")), (1, False, codec.failure_payload(ValueError()))])
+    store.record("twice", "w1", [ok(0, "first"), failed(1, ValueError())])
     # The same items run again elsewhere (at least once) and are recorded again.
-    store.record("twice", "w2", [(0, True, codec.dump("second")), (1, False, codec.failure_payload(KeyError()))])
+    store.record("twice", "w2", [ok(0, "second"), failed(1, KeyError())])
     counts = store.poll("twice", token, 3, ttl=60)
     assert (counts.done, counts.failed) == (1, 1)
     assert pickle.loads(r.hget(JobKeys("twice").results, 0)) == "first"
     assert codec.load(store.failures("twice")[1])["exc_type"] == "ValueError"
     # A late success of a failed item replaces the failure; counters stay exact.
-    store.record("twice", "w2", [(1, True, codec.dump("late"))])
+    store.record("twice", "w2", [ok(1, "late")])
     counts = store.poll("twice", token, 3, ttl=60)
     assert (counts.done, counts.failed) == (2, 0)
     assert store.failures("twice") == {}
@@ -42,7 +50,7 @@ def test_claim_refuses_a_stale_token_and_requeue_returns_unrecorded_claims(r: re
     assert store.claim("claims", "not-the-owner", "w", 5) is None
     taken = store.claim("claims", token, "w", 4) or []
     assert [(i, codec.load(p)) for i, p in taken] == [(0, 0), (1, 1), (2, 2), (3, 3)]
-    store.record("claims", "w", [(1, True, codec.dump(1))])
+    store.record("claims", "w", [ok(1, 1)])
     assert store.requeue("claims", "w") == 3
     again = [i for i, _ in store.claim("claims", token, "v", 10) or []]
     assert sorted(again[:3]) == [0, 2, 3], "requeued items go to the head of the queue"
@@ -54,8 +62,8 @@ def test_begin_run_queues_exactly_the_items_without_a_result(r: redis.Redis, red
     store = Store.connect(redis_server.url)
     token = make_job(store, "partial", 20)
     store.claim("partial", token, "w", 20)
-    store.record("partial", "w", [(i, True, codec.dump(i)) for i in (0, 5, 19)])
-    store.record("partial", "w", [(7, False, codec.failure_payload(ValueError()))])
+    store.record("partial", "w", [ok(i, i) for i in (0, 5, 19)])
+    store.record("partial", "w", [failed(7, ValueError())])
     counts = store.begin_run("partial", "u" * 32, 20, ttl=60)
     assert (counts.done, counts.failed) == (3, 0)
     queued = [int(i) for i in r.lrange(JobKeys("partial").queue, 0, -1)]
@@ -74,3 +82,51 @@ def test_job_names_stay_inside_their_hash_tag() -> None:
         tag = prefix[prefix.index("{") + 1 : prefix.index("}")]
         assert "{" not in tag and prefix.endswith("}:")
     assert JobKeys("a}b").prefix != JobKeys("a%7Db").prefix
+
+
+def test_running_counts_claims_until_recorded_or_requeued(r: redis.Redis, redis_server) -> None:
+    store = Store.connect(redis_server.url)
+    token = make_job(store, "running", 10)
+    store.claim("running", token, "w", 6)
+    assert store.poll("running", token, 10, ttl=60).running == 6
+    store.record("running", "w", [ok(0, 0), failed(1, ValueError())])
+    assert store.poll("running", token, 10, ttl=60).running == 4
+    store.requeue("running", "w")
+    assert store.poll("running", token, 10, ttl=60).running == 0
+
+
+def test_a_retryable_failure_waits_in_redis_then_fails_when_retries_run_out(r: redis.Redis, redis_server) -> None:
+    store = Store.connect(redis_server.url)
+    token = make_job(store, "retry", 3)
+    store.claim("retry", token, "w", 1)
+    store.record("retry", "w", [failed(0, OSError("flaky"), "r")], retries=1, delay=60)
+    counts = store.poll("retry", token, 3, ttl=60)
+    assert (counts.failed, counts.retrying, counts.running) == (0, 1, 0)
+    assert [i for i, _ in store.claim("retry", token, "w", 3) or []] == [1, 2]  # not due for a minute
+    r.zadd(JobKeys("retry").delayed, {"0": 0})  # make it due now
+    assert [i for i, _ in store.claim("retry", token, "w", 3) or []] == [0]
+    store.record("retry", "w", [failed(0, OSError("still flaky"), "r")], retries=1, delay=60)
+    counts = store.poll("retry", token, 3, ttl=60)
+    assert (counts.failed, counts.retrying) == (1, 0)
+    assert store.attempts("retry", [0]) == [(2, "OSError: flaky\nOSError: still flaky\n")]
+
+
+def test_rate_turns_are_spaced_by_the_server_clock(r: redis.Redis, redis_server) -> None:
+    store = Store.connect(redis_server.url)
+    granted, wait = store.take_turns("rated", 100, per_second=10)
+    assert granted == 1 and wait == 0  # a 50 ms window holds one turn at 10/s
+    granted, wait = store.take_turns("rated", 100, per_second=10)
+    assert granted == 0 and 0 < wait <= 0.05  # the next turn is 100 ms after the first
+
+
+def test_a_dead_workers_items_become_suspects_then_fail(r: redis.Redis, redis_server) -> None:
+    store = Store.connect(redis_server.url)
+    token = make_job(store, "poison", 4)
+    store.claim("poison", token, "w1", 2)
+    assert store.bury("poison", "w1", 2, codec.failure_record("WorkerDied", "died", ""), "WorkerDied") == 2
+    counts = store.poll("poison", token, 4, ttl=60)
+    assert (counts.suspects, counts.running, counts.failed) == (2, 0, 0)
+    assert [i for i, _ in store.claim("poison", token, "q", 5, quarantine=True) or []] == [1]  # one at a time
+    assert store.bury("poison", "q", 2, codec.failure_record("WorkerDied", "died", ""), "WorkerDied") == 1
+    counts = store.poll("poison", token, 4, ttl=60)
+    assert (counts.suspects, counts.failed) == (1, 1)

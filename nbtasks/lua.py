@@ -1,0 +1,175 @@
+"""The Lua scripts that make each multi-key step of a job atomic. `store` registers and
+calls them with the keys of one job (one hash tag, so they are legal on a Cluster).
+
+Times come from the server's clock (TIME), so workers on several machines agree.
+"""
+
+_NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+
+# KEYS owner queue claims inputs workers counts delayed suspects
+# ARGV token count wid quarantine(0/1)
+# Take up to `count` items for a worker, first moving retries that are due back to the
+# head of the queue. A quarantine worker takes one suspect (an item whose worker died).
+CLAIM = (
+    _NOW
+    + """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return false end
+local due = redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', now, 'LIMIT', 0, 1000)
+if #due > 0 then
+  redis.call('ZREM', KEYS[7], unpack(due))
+  redis.call('LPUSH', KEYS[2], unpack(due))
+end
+local source, count = KEYS[2], ARGV[2]
+if ARGV[4] == '1' then source, count = KEYS[8], 1 end
+local idx = redis.call('LPOP', source, count)
+if not idx then return {} end
+redis.call('SADD', KEYS[5], ARGV[3])
+local claimed = {}
+for _, i in ipairs(idx) do
+  claimed[#claimed + 1] = i
+  claimed[#claimed + 1] = now
+end
+redis.call('HSET', KEYS[3], unpack(claimed))
+redis.call('HINCRBY', KEYS[6], 'running', #idx)
+return {idx, redis.call('HMGET', KEYS[4], unpack(idx))}
+"""
+)
+
+# KEYS done results failures counts claims attempts history delayed
+# ARGV retries base_delay_ms, then per item: index kind payload jitter line
+# kind: '1' a result, 'r' a failure that may be retried, '0' a final failure.
+# Idempotent: a result is stored only if its done bit was not set, so counters never
+# double count when an item ran twice. A retry waits in the delayed set, not in a
+# sleeping worker, with exponential backoff (jitter comes from the caller).
+RECORD = (
+    _NOW
+    + """
+local retries, base = tonumber(ARGV[1]), tonumber(ARGV[2])
+local done, failed, settled = 0, 0, 0
+for i = 3, #ARGV, 5 do
+  local idx, kind = ARGV[i], ARGV[i + 1]
+  if kind == '1' then
+    if redis.call('SETBIT', KEYS[1], idx, 1) == 0 then
+      redis.call('HSET', KEYS[2], idx, ARGV[i + 2])
+      done = done + 1
+      failed = failed - redis.call('HDEL', KEYS[3], idx)
+    end
+  elseif redis.call('GETBIT', KEYS[1], idx) == 0 then
+    local n = redis.call('HINCRBY', KEYS[6], idx, 1)
+    redis.call('HSET', KEYS[7], idx, (redis.call('HGET', KEYS[7], idx) or '') .. ARGV[i + 4] .. '\\n')
+    if kind == 'r' and n <= retries then
+      redis.call('ZADD', KEYS[8], now + base * 2 ^ (n - 1) * tonumber(ARGV[i + 3]), idx)
+    else
+      failed = failed + redis.call('HSETNX', KEYS[3], idx, ARGV[i + 2])
+    end
+  end
+  settled = settled + redis.call('HDEL', KEYS[5], idx)
+end
+if done ~= 0 then redis.call('HINCRBY', KEYS[4], 'done', done) end
+if failed ~= 0 then redis.call('HINCRBY', KEYS[4], 'failed', failed) end
+if settled ~= 0 then redis.call('HINCRBY', KEYS[4], 'running', -settled) end
+return {done, failed}
+"""
+)
+
+# KEYS owner counts cancel meta delayed suspects
+# ARGV token ttl_ms workers
+# The caller's heartbeat: refresh the owner key only while it is still ours, note how
+# many workers it has alive, and tell it whether someone asked the job to stop.
+POLL = """
+local owner = 'none'
+local current = redis.call('GET', KEYS[1])
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  owner = 'cancel'
+elseif current == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('HSET', KEYS[4], 'workers', ARGV[3])
+  owner = 'us'
+elseif current then
+  owner = 'other'
+end
+local c = redis.call('HMGET', KEYS[2], 'done', 'failed', 'running')
+return {owner, tonumber(c[1]) or 0, tonumber(c[2]) or 0, tonumber(c[3]) or 0,
+        redis.call('ZCARD', KEYS[5]), redis.call('LLEN', KEYS[6])}
+"""
+
+# KEYS claims queue done counts
+# Put the unfinished claims of a worker that was stopped back at the head of the queue.
+REQUEUE = """
+local idx = redis.call('HKEYS', KEYS[1])
+local back = {}
+for _, i in ipairs(idx) do
+  if redis.call('GETBIT', KEYS[3], i) == 0 then back[#back + 1] = i end
+end
+redis.call('DEL', KEYS[1])
+redis.call('HINCRBY', KEYS[4], 'running', -#idx)
+for s = 1, #back, 1000 do
+  redis.call('LPUSH', KEYS[2], unpack(back, s, math.min(s + 999, #back)))
+end
+return #back
+"""
+
+# KEYS claims suspects done counts deaths failures history
+# ARGV limit payload line
+# A worker died: each of its unfinished items is a suspect, to be run alone by a
+# quarantine worker; an item whose worker died `limit` times is recorded as failed.
+BURY = """
+local idx = redis.call('HKEYS', KEYS[1])
+local failed = 0
+for _, i in ipairs(idx) do
+  if redis.call('GETBIT', KEYS[3], i) == 0 then
+    if redis.call('HINCRBY', KEYS[5], i, 1) >= tonumber(ARGV[1]) then
+      redis.call('HSET', KEYS[7], i, (redis.call('HGET', KEYS[7], i) or '') .. ARGV[3] .. '\\n')
+      failed = failed + redis.call('HSETNX', KEYS[6], i, ARGV[2])
+    else
+      redis.call('LPUSH', KEYS[2], i)
+    end
+  end
+end
+redis.call('DEL', KEYS[1])
+redis.call('HINCRBY', KEYS[4], 'running', -#idx)
+if failed ~= 0 then redis.call('HINCRBY', KEYS[4], 'failed', failed) end
+return #idx
+"""
+
+# KEYS claims   ARGV age_ms
+# Items a worker claimed more than `age_ms` ago (running past their timeout).
+STUCK = (
+    _NOW
+    + """
+local out = {}
+local claims = redis.call('HGETALL', KEYS[1])
+for i = 1, #claims, 2 do
+  if now - tonumber(claims[i + 1]) > tonumber(ARGV[1]) then out[#out + 1] = claims[i] end
+end
+return out
+"""
+)
+
+# KEYS rate   ARGV interval_ms want window_ms
+# A rate limit shared by every worker of a job, on any machine: grant the items whose
+# turn falls within the next `window_ms`, or say how long to wait for the next turn.
+TAKE = (
+    _NOW
+    + """
+local interval, want, window = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+if tat < now then tat = now end
+local granted = math.min(want, math.floor((now + window - tat) / interval) + 1)
+if granted > 0 then
+  redis.call('SET', KEYS[1], tat + granted * interval, 'PX', 86400000)
+  return {granted, 0}
+end
+return {0, math.max(1, math.ceil(tat - window - now))}
+"""
+)
+
+# KEYS owner cancel meta   ARGV token now
+# Release the job if it is still ours: its workers see the owner gone and leave.
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('HSET', KEYS[3], 'workers', 0, 'ended', ARGV[2])
+  return redis.call('DEL', KEYS[1], KEYS[2])
+end
+return 0
+"""
