@@ -109,7 +109,7 @@ end
 return #back
 """
 
-# KEYS claims suspects done counts deaths failures history
+# KEYS claims suspects done counts deaths failures history attempts
 # ARGV limit payload line
 # A worker died: each of its unfinished items is a suspect, to be run alone by a
 # quarantine worker; an item whose worker died `limit` times is recorded as failed.
@@ -118,8 +118,9 @@ local idx = redis.call('HKEYS', KEYS[1])
 local failed = 0
 for _, i in ipairs(idx) do
   if redis.call('GETBIT', KEYS[3], i) == 0 then
+    redis.call('HINCRBY', KEYS[8], i, 1)
+    redis.call('HSET', KEYS[7], i, (redis.call('HGET', KEYS[7], i) or '') .. ARGV[3] .. '\\n')
     if redis.call('HINCRBY', KEYS[5], i, 1) >= tonumber(ARGV[1]) then
-      redis.call('HSET', KEYS[7], i, (redis.call('HGET', KEYS[7], i) or '') .. ARGV[3] .. '\\n')
       failed = failed + redis.call('HSETNX', KEYS[6], i, ARGV[2])
     else
       redis.call('LPUSH', KEYS[2], i)
@@ -131,20 +132,6 @@ redis.call('HINCRBY', KEYS[4], 'running', -#idx)
 if failed ~= 0 then redis.call('HINCRBY', KEYS[4], 'failed', failed) end
 return #idx
 """
-
-# KEYS claims   ARGV age_ms
-# Items a worker claimed more than `age_ms` ago (running past their timeout).
-STUCK = (
-    _NOW
-    + """
-local out = {}
-local claims = redis.call('HGETALL', KEYS[1])
-for i = 1, #claims, 2 do
-  if now - tonumber(claims[i + 1]) > tonumber(ARGV[1]) then out[#out + 1] = claims[i] end
-end
-return out
-"""
-)
 
 # KEYS rate   ARGV interval_ms want window_ms
 # A rate limit shared by every worker of a job, on any machine: grant the items whose

@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .beacon import IDLE, Beacon
+
 
 @dataclass
 class _Proc:
@@ -18,6 +20,7 @@ class _Proc:
     popen: subprocess.Popen[bytes]
     log: Path
     quarantine: bool
+    beacon: Beacon
 
 
 class WorkerPool:
@@ -56,13 +59,16 @@ class WorkerPool:
         env["NBTASKS_REDIS_URL"] = self.url
         env["NBTASKS_SYS_PATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
         cmd = [sys.executable, "-m", "nbtasks.worker", "--job", self.job, "--token", self.token, "--wid", wid]
-        cmd += ["--concurrency", str(self.concurrency)] + (["--quarantine"] if quarantine else [])
+        beacon_path = self.log_dir / f"{wid}.beacon"
+        beacon = Beacon(beacon_path, create=True)
+        cmd += ["--concurrency", str(self.concurrency), "--beacon", str(beacon_path)]
+        cmd += ["--quarantine"] if quarantine else []
         log = self.log_dir / f"{wid}.log"
         with open(log, "wb") as out:
             popen = subprocess.Popen(
                 cmd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
             )
-        self.procs.append(_Proc(wid, popen, log, quarantine))
+        self.procs.append(_Proc(wid, popen, log, quarantine, beacon))
 
     def dead(self) -> list[tuple[str, bool, int, str]]:
         """Workers that exited since the last call: id, whether it ran suspects, exit
@@ -76,6 +82,16 @@ class WorkerPool:
     def live(self, quarantine: bool = False) -> list[str]:
         """Ids of the live workers of one kind."""
         return [p.wid for p in self.procs if p.quarantine == quarantine and p.popen.poll() is None]
+
+    def blocked(self, age: float) -> list[tuple[str, int]]:
+        """Workers whose event loop has not run for `age` seconds, with the item that
+        holds it (a task stuck in CPU or C code)."""
+        out = []
+        for p in self.procs:
+            silent, index = p.beacon.read()
+            if silent > age and index != IDLE and p.popen.poll() is None:
+                out.append((p.wid, index))
+        return out
 
     def kill(self, wid: str) -> None:
         """Kill a worker at once (its task is stuck); `dead` reports it."""

@@ -122,15 +122,11 @@ class Run:
         worker: record the attempt as timed out and replace the process."""
         policy = self.spec.policy
         timeout = policy["timeout"]
-        for wid in pool.live() + pool.live(quarantine=True):
-            stuck = self.store.stuck(self.spec.name, wid, timeout + STUCK_GRACE)
-            if not stuck:
-                continue
+        for wid, index in pool.blocked(timeout + STUCK_GRACE):
             exc = TimeoutError(f"timed out after {timeout} s (stuck in CPU or C code: its worker was replaced)")
             kind = "r" if policy.get("retry_timeouts") else "0"
-            line, payload = codec.failure_line(exc), codec.failure_payload(exc)
-            outcomes = [Outcome(i, kind, payload, line) for i in stuck]
-            self.store.record(self.spec.name, wid, outcomes, policy.get("retries", 0), policy.get("retry_delay", 0))
+            outcome = Outcome(index, kind, codec.failure_payload(exc), codec.failure_line(exc))
+            self.store.record(self.spec.name, wid, [outcome], policy.get("retries", 0), policy.get("retry_delay", 0))
             pool.kill(wid)
             self._killed.add(wid)
 

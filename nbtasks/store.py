@@ -151,7 +151,6 @@ class Store:
         self._poll = client.register_script(lua.POLL)
         self._requeue = client.register_script(lua.REQUEUE)
         self._bury = client.register_script(lua.BURY)
-        self._stuck = client.register_script(lua.STUCK)
         self._take = client.register_script(lua.TAKE)
         self._release = client.register_script(lua.RELEASE)
 
@@ -337,12 +336,8 @@ class Store:
         """A worker died: its unfinished items become suspects, or fail once their worker
         died `limit` times. Returns how many items it had claimed."""
         k = self.keys[job]
-        keys = [k.claims(wid), k.suspects, k.done, k.counts, k.deaths, k.failures, k.history]
+        keys = [k.claims(wid), k.suspects, k.done, k.counts, k.deaths, k.failures, k.history, k.attempts]
         return int(self._bury(keys=keys, args=[limit, payload, line]))
-
-    def stuck(self, job: str, wid: str, age: float) -> list[int]:
-        """Items the worker claimed more than `age` seconds ago."""
-        return [int(i) for i in self._stuck(keys=[self.keys[job].claims(wid)], args=[int(age * 1000)])]
 
     def take_turns(self, job: str, want: int, per_second: float) -> tuple[int, float]:
         """Turns granted under the job's shared rate limit, or seconds to wait for one."""

@@ -23,14 +23,17 @@ import sys  # noqa: E402
 import traceback  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from contextlib import nullcontext  # noqa: E402
+from pathlib import Path  # noqa: E402
 from typing import Any, NoReturn  # noqa: E402
 
 import eventlet  # noqa: E402
 import eventlet.queue  # noqa: E402
 import eventlet.semaphore  # noqa: E402
+import greenlet  # noqa: E402
 from greenlet import GreenletExit  # noqa: E402
 
 from . import codec  # noqa: E402
+from .beacon import IDLE, Beacon  # noqa: E402
 from .store import Outcome, Store  # noqa: E402
 
 
@@ -41,13 +44,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--wid", required=True, help="this worker's id")
     parser.add_argument("--concurrency", type=int, required=True)
     parser.add_argument("--quarantine", action="store_true", help="run suspects, one at a time")
+    parser.add_argument("--beacon", type=Path, help="shared memory the caller reads to spot stuck tasks")
     args = parser.parse_args(argv)
     # The caller's import path, so functions from its own modules load here too.
     for entry in os.environ.get("NBTASKS_SYS_PATH", "").split(os.pathsep):
         if entry and entry not in sys.path:
             sys.path.append(entry)
     store = Store.connect(os.environ["NBTASKS_REDIS_URL"])
-    Worker(store, args.job, args.token, args.wid, 1 if args.quarantine else args.concurrency, args.quarantine).run()
+    concurrency = 1 if args.quarantine else args.concurrency
+    beacon = Beacon(args.beacon) if args.beacon else None
+    Worker(store, args.job, args.token, args.wid, concurrency, args.quarantine, beacon).run()
 
 
 class Worker:
@@ -56,8 +62,12 @@ class Worker:
     CLAIM_MAX = 1000  # items per claim; also bounds a Lua call's argument count
     WATCH_INTERVAL = 0.25  # seconds between checks that the caller still owns the job
 
-    def __init__(self, store: Store, job: str, token: str, wid: str, concurrency: int, quarantine: bool) -> None:
+    def __init__(
+        self, store: Store, job: str, token: str, wid: str, concurrency: int, quarantine: bool, beacon: Beacon | None
+    ) -> None:
         self.store, self.job, self.token, self.wid, self.quarantine = store, job, token, wid, quarantine
+        self.beacon = beacon
+        self.tasks: dict[greenlet.greenlet, int] = {}  # green thread -> the item it runs
         self.slots = eventlet.semaphore.Semaphore(concurrency)
         self.outcomes: eventlet.queue.LightQueue = eventlet.queue.LightQueue()
         self.recording = False
@@ -68,6 +78,9 @@ class Worker:
         func = self._load_function()
         eventlet.spawn_n(self._guard, self._record_loop)
         eventlet.spawn_n(self._guard, self._watch_owner)
+        if self.beacon is not None:
+            greenlet.settrace(self._trace)
+            eventlet.spawn_n(self._guard, self._tick)
         self._claim_loop(func)
         self._exit()
 
@@ -121,6 +134,9 @@ class Worker:
 
     def _execute(self, func: Callable[[Any], Any], index: int, payload: bytes) -> None:
         timeout = self.policy.get("timeout")
+        self.tasks[greenlet.getcurrent()] = index
+        if self.beacon is not None:
+            self.beacon.running(index)
         try:
             # A green timeout cuts waits on the network; a task stuck in CPU or C code
             # never yields, and the caller replaces its process instead.
@@ -132,8 +148,18 @@ class Worker:
         except BaseException as exc:  # a task's SystemExit is its failure, not ours
             kind = "r" if isinstance(exc, self.retry_on) else "0"
             outcome = Outcome(index, kind, codec.failure_payload(exc), codec.failure_line(exc))
+        del self.tasks[greenlet.getcurrent()]
         self.outcomes.put(outcome)
         self.slots.release()
+
+    def _trace(self, event: str, args: tuple[greenlet.greenlet, greenlet.greenlet]) -> None:
+        if event in ("switch", "throw") and self.beacon is not None:
+            self.beacon.running(self.tasks.get(args[1], IDLE))
+
+    def _tick(self) -> None:
+        while self.beacon is not None:
+            self.beacon.tick()
+            eventlet.sleep(0.1)
 
     def _record_loop(self) -> None:
         # Whatever finished while the last round trip was in flight goes in the next one.
