@@ -6,10 +6,10 @@ Times come from the server's clock (TIME), so workers on several machines agree.
 
 _NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
 
-# KEYS owner queue claims inputs workers counts delayed suspects
-# ARGV token count wid quarantine(0/1)
+# KEYS owner queue claims inputs workers counts delayed
+# ARGV token count wid
 # Take up to `count` items for a worker, first moving retries that are due back to the
-# head of the queue. A quarantine worker takes one suspect (an item whose worker died).
+# head of the queue.
 CLAIM = (
     _NOW
     + """
@@ -19,9 +19,7 @@ if #due > 0 then
   redis.call('ZREM', KEYS[7], unpack(due))
   redis.call('LPUSH', KEYS[2], unpack(due))
 end
-local source, count = KEYS[2], ARGV[2]
-if ARGV[4] == '1' then source, count = KEYS[8], 1 end
-local idx = redis.call('LPOP', source, count)
+local idx = redis.call('LPOP', KEYS[2], ARGV[2])
 if not idx then return {} end
 redis.call('SADD', KEYS[5], ARGV[3])
 local claimed = {}
@@ -72,7 +70,7 @@ return {done, failed}
 """
 )
 
-# KEYS owner counts cancel meta delayed suspects
+# KEYS owner counts cancel meta delayed
 # ARGV token ttl_ms workers
 # The caller's heartbeat: refresh the owner key only while it is still ours, note how
 # many workers it has alive, and tell it whether someone asked the job to stop.
@@ -89,8 +87,7 @@ elseif current then
   owner = 'other'
 end
 local c = redis.call('HMGET', KEYS[2], 'done', 'failed', 'running')
-return {owner, tonumber(c[1]) or 0, tonumber(c[2]) or 0, tonumber(c[3]) or 0,
-        redis.call('ZCARD', KEYS[5]), redis.call('LLEN', KEYS[6])}
+return {owner, tonumber(c[1]) or 0, tonumber(c[2]) or 0, tonumber(c[3]) or 0, redis.call('ZCARD', KEYS[5])}
 """
 
 # KEYS claims queue done counts
@@ -109,19 +106,22 @@ end
 return #back
 """
 
-# KEYS claims suspects done counts deaths failures history attempts
-# ARGV limit payload line
-# A worker died: each of its unfinished items is a suspect, to be run alone by a
-# quarantine worker; an item whose worker died `limit` times is recorded as failed.
+# KEYS claims queue done counts deaths failures history attempts
+# ARGV culprit limit payload line
+# A worker died: its unfinished items go back to the head of the queue, except the one
+# it was executing, whose death is counted as a failed attempt; an item whose worker
+# died `limit` times is recorded as failed.
 BURY = """
 local idx = redis.call('HKEYS', KEYS[1])
 local failed = 0
 for _, i in ipairs(idx) do
   if redis.call('GETBIT', KEYS[3], i) == 0 then
-    redis.call('HINCRBY', KEYS[8], i, 1)
-    redis.call('HSET', KEYS[7], i, (redis.call('HGET', KEYS[7], i) or '') .. ARGV[3] .. '\\n')
-    if redis.call('HINCRBY', KEYS[5], i, 1) >= tonumber(ARGV[1]) then
-      failed = failed + redis.call('HSETNX', KEYS[6], i, ARGV[2])
+    if i == ARGV[1] then
+      redis.call('HINCRBY', KEYS[8], i, 1)
+      redis.call('HSET', KEYS[7], i, (redis.call('HGET', KEYS[7], i) or '') .. ARGV[4] .. '\\n')
+    end
+    if i == ARGV[1] and redis.call('HINCRBY', KEYS[5], i, 1) >= tonumber(ARGV[2]) then
+      failed = failed + redis.call('HSETNX', KEYS[6], i, ARGV[3])
     else
       redis.call('LPUSH', KEYS[2], i)
     end

@@ -19,7 +19,6 @@ class _Proc:
     wid: str
     popen: subprocess.Popen[bytes]
     log: Path
-    quarantine: bool
     beacon: Beacon
 
 
@@ -49,9 +48,8 @@ class WorkerPool:
         for _ in range(self.processes):
             self.spawn()
 
-    def spawn(self, quarantine: bool = False) -> None:
-        """Start one worker (at the start, or to replace one that died); a quarantine
-        worker runs suspects one at a time."""
+    def spawn(self) -> None:
+        """Start one worker (at the start, or to replace one that died)."""
         wid = f"{self.token[:8]}-{self._started}"
         self._started += 1
         env = dict(os.environ)
@@ -62,26 +60,21 @@ class WorkerPool:
         beacon_path = self.log_dir / f"{wid}.beacon"
         beacon = Beacon(beacon_path, create=True)
         cmd += ["--concurrency", str(self.concurrency), "--beacon", str(beacon_path)]
-        cmd += ["--quarantine"] if quarantine else []
         log = self.log_dir / f"{wid}.log"
         with open(log, "wb") as out:
             popen = subprocess.Popen(
                 cmd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
             )
-        self.procs.append(_Proc(wid, popen, log, quarantine, beacon))
+        self.procs.append(_Proc(wid, popen, log, beacon))
 
-    def dead(self) -> list[tuple[str, bool, int, str]]:
-        """Workers that exited since the last call: id, whether it ran suspects, exit
-        code, the end of its log."""
+    def dead(self) -> list[tuple[str, int, int, str]]:
+        """Workers that exited since the last call: id, the item it was executing when
+        it died (IDLE if none), exit code, the end of its log."""
         gone = [p for p in self.procs if p.popen.poll() is not None]
         self.procs = [p for p in self.procs if p.popen.returncode is None]
         if gone:
             self._keep_logs = True
-        return [(p.wid, p.quarantine, p.popen.returncode, _tail(p.log)) for p in gone]
-
-    def live(self, quarantine: bool = False) -> list[str]:
-        """Ids of the live workers of one kind."""
-        return [p.wid for p in self.procs if p.quarantine == quarantine and p.popen.poll() is None]
+        return [(p.wid, p.beacon.read()[1], p.popen.returncode, _tail(p.log)) for p in gone]
 
     def blocked(self, age: float) -> list[tuple[str, int]]:
         """Workers whose event loop has not run for `age` seconds, with the item that

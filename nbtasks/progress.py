@@ -40,7 +40,7 @@ class Progress:
             self.bar = tqdm(**options)
 
     def update(self, counts: Counts) -> None:
-        trouble = (counts.failed, counts.retrying + counts.suspects)
+        trouble = (counts.failed, counts.retrying)
         if trouble != self._trouble:
             self._trouble = trouble
             shown = {"failed": counts.failed, "retrying": trouble[1]}

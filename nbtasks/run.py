@@ -88,7 +88,7 @@ class Run:
 
     def _follow(self, pool: WorkerPool, stop: threading.Event) -> Counts:
         """Poll counters (refreshing the heartbeat) until every item is settled, and
-        look after the workers: replace the dead and the stuck, quarantine suspects."""
+        look after the workers: replace the dead and the stuck."""
         counts = self.counts
         while counts.settled < self.spec.total:
             if stop.wait(self.cfg.poll_interval):
@@ -101,8 +101,6 @@ class Run:
             if self.spec.policy.get("timeout"):
                 self._replace_stuck(pool)
             self._replace_dead(pool)
-            if counts.suspects and not pool.live(quarantine=True):
-                pool.spawn(quarantine=True)
         return counts
 
     def _check_owner(self, pool: WorkerPool, counts: Counts) -> None:
@@ -131,11 +129,12 @@ class Run:
             self._killed.add(wid)
 
     def _replace_dead(self, pool: WorkerPool) -> None:
-        """Replace workers that died. Their unfinished items become suspects, run alone
-        by a quarantine worker, so that an input that kills its worker (a segfault,
-        os._exit, the OOM killer) fails after DEATHS_LIMIT deaths and the job goes on."""
+        """Replace workers that died and put their items back in the queue. The item a
+        worker was executing when it died (its beacon says which) is blamed: an input
+        that kills its worker (a segfault, os._exit, the OOM killer) is recorded as
+        failed after DEATHS_LIMIT deaths, so it cannot stall the job."""
         name = self.spec.name
-        for wid, quarantine, code, tail in pool.dead():
+        for wid, running, code, tail in pool.dead():
             if fatal := self.store.fatal(name):
                 raise WorkerError(f"{fatal} Recorded results are kept.")
             if wid in self._killed:
@@ -144,7 +143,7 @@ class Run:
                 how = _how(code)
                 message = f"its worker process died while running it ({how}), {DEATHS_LIMIT} times"
                 payload = codec.failure_record("WorkerDied", message, tail)
-                if self.store.bury(name, wid, DEATHS_LIMIT, payload, f"WorkerDied: {how}") == 0:
+                if self.store.bury(name, wid, running, DEATHS_LIMIT, payload, f"WorkerDied: {how}") == 0:
                     self._idle_deaths += 1
                 if self._idle_deaths > 3 + 2 * self.cfg.processes:
                     raise WorkerError(
@@ -152,8 +151,7 @@ class Run:
                         f"with {how}); {self.counts.done} results are kept. Worker logs: {pool.log_dir}"
                         + (f"\n\nThe last one ended with:\n{tail}" if tail else "")
                     )
-            if not quarantine:
-                pool.spawn()
+            pool.spawn()
 
     def _run_inline(self, func: Callable[[Any], Any]) -> Counts:
         """Run in the caller with the same store calls. The first task that raises is

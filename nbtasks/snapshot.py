@@ -22,7 +22,7 @@ class JobStatus:
     done: int
     failed: int
     running: int
-    retrying: int  # failed attempts waiting for a retry (or for a quarantine run)
+    retrying: int  # failed attempts waiting for their retry
     state: str
     workers: int
     rate: float  # results per second over the current (or last) run

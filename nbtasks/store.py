@@ -17,7 +17,6 @@ Cluster and the Lua scripts below may touch several of its keys.
     nbtasks:{job}:history        hash   index -> one line per failed attempt in this run
     nbtasks:{job}:delayed        zset   indices waiting to be retried, by due time (ms)
     nbtasks:{job}:deaths         hash   index -> times a worker died while running it
-    nbtasks:{job}:suspects       list   indices whose worker died, to be run alone
     nbtasks:{job}:rate           string the rate limit's next free turn (ms)
     nbtasks:{job}:counts         hash   done, failed, running (claimed, not recorded)
     nbtasks:{job}:owner          string token of the caller running the job; expires
@@ -71,7 +70,6 @@ class Counts:
     running: int = 0
     owner: str = "us"  # who runs the job: "us", "other" (another caller), "none", "cancel"
     retrying: int = 0  # failed attempts waiting for their retry
-    suspects: int = 0  # items whose worker died, waiting to run alone
 
     @property
     def settled(self) -> int:
@@ -80,9 +78,9 @@ class Counts:
 
 PARTS = (
     "meta", "func", "inputs", "queue", "workers", "done", "results", "failures", "attempts", "history",
-    "delayed", "deaths", "suspects", "rate", "counts", "owner", "cancel", "fatal",
+    "delayed", "deaths", "rate", "counts", "owner", "cancel", "fatal",
 )  # fmt: skip
-RUN_STATE = ("queue", "failures", "attempts", "history", "delayed", "deaths", "suspects", "fatal", "cancel")
+RUN_STATE = ("queue", "failures", "attempts", "history", "delayed", "deaths", "fatal", "cancel")
 
 
 class JobKeys:
@@ -107,7 +105,6 @@ class JobKeys:
     history: str
     delayed: str
     deaths: str
-    suspects: str
     rate: str
     counts: str
     owner: str
@@ -253,9 +250,9 @@ class Store:
         """Refresh the caller's heartbeat (and its count of live workers) and read the
         counters, in one round trip."""
         k = self.keys[job]
-        keys = [k.owner, k.counts, k.cancel, k.meta, k.delayed, k.suspects]
-        owner, done, failed, running, retrying, suspects = self._poll(keys=keys, args=[token, int(ttl * 1000), workers])
-        return Counts(total, int(done), int(failed), int(running), owner.decode(), int(retrying), int(suspects))
+        keys = [k.owner, k.counts, k.cancel, k.meta, k.delayed]
+        owner, done, failed, running, retrying = self._poll(keys=keys, args=[token, int(ttl * 1000), workers])
+        return Counts(total, int(done), int(failed), int(running), owner.decode(), int(retrying))
 
     def cancel(self, job: str) -> bool:
         """Ask whoever runs the job to stop; False if nobody runs it."""
@@ -290,25 +287,21 @@ class Store:
             pipe.hmget(k.counts, "done", "failed", "running")
             pipe.exists(k.owner)
             pipe.zcard(k.delayed)
-            pipe.llen(k.suspects)
         replies = pipe.execute()
         out = []
-        for i in range(0, len(replies), 5):
+        for i in range(0, len(replies), 4):
             meta = {key.decode(): value.decode() for key, value in replies[i].items()}
-            counts = [int(c or 0) for c in replies[i + 1]] + [replies[i + 3] + replies[i + 4]]
+            counts = [int(c or 0) for c in replies[i + 1]] + [int(replies[i + 3])]
             out.append((meta, counts, bool(replies[i + 2])))
         return out
 
     # -- workers ---------------------------------------------------------------
 
-    def claim(
-        self, job: str, token: str, wid: str, count: int, quarantine: bool = False
-    ) -> list[tuple[int, bytes]] | None:
-        """Take up to `count` items in one round trip (a quarantine worker: suspects);
-        None once the caller let go of the job."""
+    def claim(self, job: str, token: str, wid: str, count: int) -> list[tuple[int, bytes]] | None:
+        """Take up to `count` items in one round trip; None once the caller let go."""
         k = self.keys[job]
-        keys = [k.owner, k.queue, k.claims(wid), k.inputs, k.workers, k.counts, k.delayed, k.suspects]
-        reply = self._claim(keys=keys, args=[token, count, wid, 1 if quarantine else 0])
+        keys = [k.owner, k.queue, k.claims(wid), k.inputs, k.workers, k.counts, k.delayed]
+        reply = self._claim(keys=keys, args=[token, count, wid])
         if reply is None:
             return None
         if not reply:
@@ -332,12 +325,13 @@ class Store:
         k = self.keys[job]
         return int(self._requeue(keys=[k.claims(wid), k.queue, k.done, k.counts]))
 
-    def bury(self, job: str, wid: str, limit: int, payload: bytes, line: str) -> int:
-        """A worker died: its unfinished items become suspects, or fail once their worker
-        died `limit` times. Returns how many items it had claimed."""
+    def bury(self, job: str, wid: str, culprit: int, limit: int, payload: bytes, line: str) -> int:
+        """A worker died executing `culprit` (-1: none): requeue its unfinished items,
+        counting the death against the culprit, which fails after `limit` deaths.
+        Returns how many items the worker had claimed."""
         k = self.keys[job]
-        keys = [k.claims(wid), k.suspects, k.done, k.counts, k.deaths, k.failures, k.history, k.attempts]
-        return int(self._bury(keys=keys, args=[limit, payload, line]))
+        keys = [k.claims(wid), k.queue, k.done, k.counts, k.deaths, k.failures, k.history, k.attempts]
+        return int(self._bury(keys=keys, args=[culprit, limit, payload, line]))
 
     def take_turns(self, job: str, want: int, per_second: float) -> tuple[int, float]:
         """Turns granted under the job's shared rate limit, or seconds to wait for one."""

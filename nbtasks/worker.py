@@ -43,7 +43,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--token", required=True, help="the caller's run token")
     parser.add_argument("--wid", required=True, help="this worker's id")
     parser.add_argument("--concurrency", type=int, required=True)
-    parser.add_argument("--quarantine", action="store_true", help="run suspects, one at a time")
     parser.add_argument("--beacon", type=Path, help="shared memory the caller reads to spot stuck tasks")
     args = parser.parse_args(argv)
     # The caller's import path, so functions from its own modules load here too.
@@ -51,9 +50,8 @@ def main(argv: list[str] | None = None) -> None:
         if entry and entry not in sys.path:
             sys.path.append(entry)
     store = Store.connect(os.environ["NBTASKS_REDIS_URL"])
-    concurrency = 1 if args.quarantine else args.concurrency
     beacon = Beacon(args.beacon) if args.beacon else None
-    Worker(store, args.job, args.token, args.wid, concurrency, args.quarantine, beacon).run()
+    Worker(store, args.job, args.token, args.wid, args.concurrency, beacon).run()
 
 
 class Worker:
@@ -62,10 +60,8 @@ class Worker:
     CLAIM_MAX = 1000  # items per claim; also bounds a Lua call's argument count
     WATCH_INTERVAL = 0.25  # seconds between checks that the caller still owns the job
 
-    def __init__(
-        self, store: Store, job: str, token: str, wid: str, concurrency: int, quarantine: bool, beacon: Beacon | None
-    ) -> None:
-        self.store, self.job, self.token, self.wid, self.quarantine = store, job, token, wid, quarantine
+    def __init__(self, store: Store, job: str, token: str, wid: str, concurrency: int, beacon: Beacon | None) -> None:
+        self.store, self.job, self.token, self.wid = store, job, token, wid
         self.beacon = beacon
         self.tasks: dict[greenlet.greenlet, int] = {}  # green thread -> the item it runs
         self.slots = eventlet.semaphore.Semaphore(concurrency)
@@ -119,7 +115,7 @@ class Worker:
                     eventlet.sleep(wait)
                     continue
                 want = granted
-            items = self.store.claim(self.job, self.token, self.wid, want, self.quarantine)
+            items = self.store.claim(self.job, self.token, self.wid, want)
             if items is None:  # the caller let go of the job
                 return
             for _ in range(want - len(items)):

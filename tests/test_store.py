@@ -119,14 +119,16 @@ def test_rate_turns_are_spaced_by_the_server_clock(r: redis.Redis, redis_server)
     assert granted == 0 and 0 < wait <= 0.05  # the next turn is 100 ms after the first
 
 
-def test_a_dead_workers_items_become_suspects_then_fail(r: redis.Redis, redis_server) -> None:
+def test_a_dead_worker_blames_the_item_it_was_running(r: redis.Redis, redis_server) -> None:
     store = Store.connect(redis_server.url)
     token = make_job(store, "poison", 4)
-    store.claim("poison", token, "w1", 2)
-    assert store.bury("poison", "w1", 2, codec.failure_record("WorkerDied", "died", ""), "WorkerDied") == 2
-    counts = store.poll("poison", token, 4, ttl=60)
-    assert (counts.suspects, counts.running, counts.failed) == (2, 0, 0)
-    assert [i for i, _ in store.claim("poison", token, "q", 5, quarantine=True) or []] == [1]  # one at a time
-    assert store.bury("poison", "q", 2, codec.failure_record("WorkerDied", "died", ""), "WorkerDied") == 1
-    counts = store.poll("poison", token, 4, ttl=60)
-    assert (counts.suspects, counts.failed) == (1, 1)
+    died = codec.failure_record("WorkerDied", "died", "")
+    for death in (1, 2):
+        assert sorted(i for i, _ in store.claim("poison", token, "w", 4) or []) == [0, 1, 2, 3]
+        assert store.bury("poison", "w", 2, 2, died, "WorkerDied: exit code 9") == 4
+        counts = store.poll("poison", token, 4, ttl=60)
+        assert (counts.running, counts.failed) == (0, death - 1)
+    # Item 2 killed its worker twice: failed. The others went back, with no death counted.
+    assert sorted(int(i) for i in r.lrange(JobKeys("poison").queue, 0, -1)) == [0, 1, 3]
+    assert codec.load(store.failures("poison")[2])["exc_type"] == "WorkerDied"
+    assert store.attempts("poison", [1, 2]) == [(0, ""), (2, "WorkerDied: exit code 9\n" * 2)]
