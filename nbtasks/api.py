@@ -122,6 +122,7 @@ def pmap(
 def connect(target: str | redis.Redis | None) -> Store:
     """A store for a URL or client (reused across calls for the same URL); with
     neither, the embedded server, started if it is not running."""
+    embedded = target is None
     if target is None:
         target = server.ensure()
     if not isinstance(target, str):
@@ -129,6 +130,8 @@ def connect(target: str | redis.Redis | None) -> Store:
     store = _stores.get(target)
     if store is None:
         store = _stores[target] = Store.connect(target)
+        if embedded:
+            store.revive = server.ensure  # a run restarts our own server if it dies
     else:
         store.check()
     return store

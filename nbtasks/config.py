@@ -29,6 +29,8 @@ class Settings:
     poll_interval: float = 0.1
     # Workers stop when the caller's heartbeat is older than this (seconds).
     heartbeat_ttl: float = 6.0
+    # How long a run waits for an unreachable Redis to come back (seconds).
+    outage_limit: float = 300.0
 
     def __post_init__(self) -> None:
         if self.processes < 0:

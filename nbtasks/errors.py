@@ -7,6 +7,7 @@ NbtasksError
 ├── JobMismatchError     a job name reused with other inputs
 ├── WorkerError          worker processes cannot start or keep dying
 ├── JobCancelled         the run was cancelled (job.cancel(), the dashboard)
+├── JobLost              Redis came back without the job's data
 ├── UnknownJob           no job of that name in the store
 └── TaskError            some tasks raised; carries every Failure
 """
@@ -43,6 +44,10 @@ class WorkerError(NbtasksError):
 
 class JobCancelled(NbtasksError):
     """The run was cancelled; recorded results are kept."""
+
+
+class JobLost(NbtasksError):
+    """Redis lost the job's data mid-run (it restarted empty)."""
 
 
 class UnknownJob(NbtasksError, LookupError):

@@ -43,6 +43,7 @@ class WorkerPool:
         self._started = 0
         self.log_dir = Path(tempfile.mkdtemp(prefix="nbtasks-workers-"))
         self._keep_logs = False
+        self._stopped_since: dict[str, float] = {}
 
     def start(self) -> None:
         for _ in range(self.processes):
@@ -86,6 +87,19 @@ class WorkerPool:
                 out.append((p.wid, index))
         return out
 
+    def frozen(self, age: float) -> list[str]:
+        """Workers stopped (SIGSTOP, a debugger) for more than `age` seconds (Linux)."""
+        now = time.monotonic()
+        out = []
+        for p in self.procs:
+            if _state(p.popen.pid) in ("T", "t"):
+                since = self._stopped_since.setdefault(p.wid, now)
+                if now - since > age:
+                    out.append(p.wid)
+            else:
+                self._stopped_since.pop(p.wid, None)
+        return out
+
     def kill(self, wid: str) -> None:
         """Kill a worker at once (its task is stuck); `dead` reports it."""
         for p in self.procs:
@@ -111,6 +125,14 @@ class WorkerPool:
         self.stop()
         if not self._keep_logs:
             shutil.rmtree(self.log_dir, ignore_errors=True)
+
+
+def _state(pid: int) -> str:
+    """A process's state letter from /proc (R running, S sleeping, T stopped...)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "?"
 
 
 def _tail(path: Path, lines: int = 15) -> str:

@@ -25,6 +25,7 @@ def in_notebook() -> bool:
 class Progress:
     def __init__(self, job: str, start: Counts, enabled: bool = True) -> None:
         self._trouble = (0, 0)
+        self._desc = job
         self._handle: Any = None
         options: dict[str, Any] = dict(
             total=start.total, initial=start.done, desc=job, unit="task", disable=not enabled, dynamic_ncols=True
@@ -47,6 +48,10 @@ class Progress:
             self.bar.set_postfix({k: v for k, v in shown.items() if v}, refresh=False)
         if counts.done > self.bar.n:
             self.bar.update(counts.done - self.bar.n)
+
+    def note(self, text: str | None) -> None:
+        """Show (or, with None, clear) a word on the bar, e.g. during a Redis outage."""
+        self.bar.set_description(f"{self._desc} ({text})" if text else self._desc)
 
     def close(self) -> None:
         self.bar.close()

@@ -6,25 +6,24 @@ then followed there (`pmap`) or in a background thread (`Job`).
 
 from __future__ import annotations
 
-import signal
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 from . import codec
 from .config import Settings
-from .errors import JobCancelled, WorkerError
+from .errors import JobCancelled, JobLost, RedisUnavailable
 from .job import JobSpec
 from .pool import WorkerPool
 from .progress import Progress
-from .store import Counts, Outcome, Store
+from .store import REFUSED, TRANSIENT, Counts, Outcome, Store, safe_url
+from .supervise import Supervisor
 
 INLINE_TTL = 24 * 3600.0  # an inline run has no workers waiting on its heartbeat
 INLINE_BATCH = 100
-DEATHS_LIMIT = 3  # times a worker may die running an item before it is recorded as failed
-STUCK_GRACE = 2.0  # seconds past its timeout before a task that never yields is stopped
 
 
 class _Stop(Exception):
@@ -43,8 +42,8 @@ class Run:
         self.ttl = INLINE_TTL if self.inline else cfg.heartbeat_ttl
         self.counts = store.begin_run(spec.name, self.token, spec.total, self.ttl)
         self.bar = Progress(spec.name, self.counts, progress)
-        self._killed: set[str] = set()  # workers we stopped for a stuck task
-        self._idle_deaths = 0  # workers that died holding no item
+        self._epoch = store.meta(spec.name).get("epoch")
+        self._outage_since: float | None = None
         self.pool = None
         if not self.inline:
             self.pool = WorkerPool(store.url, spec.name, self.token, cfg.processes, cfg.concurrency)
@@ -64,7 +63,10 @@ class Run:
             return self._follow(self.pool, stop or threading.Event())
         except (KeyboardInterrupt, _Stop) as exc:
             self._stop()
-            self.counts = self.store.poll(self.spec.name, self.token, self.spec.total, self.ttl)
+            try:
+                self.counts = self.store.poll(self.spec.name, self.token, self.spec.total, self.ttl)
+            except TRANSIENT:
+                pass  # Redis is gone: report the last counts seen
             self.bar.update(self.counts)
             what = "interrupted" if isinstance(exc, KeyboardInterrupt) else "cancelled"
             message = (
@@ -82,76 +84,90 @@ class Run:
     def _stop(self) -> None:
         try:
             self.store.end_run(self.spec.name, self.token)  # workers see the owner gone and leave
+        except TRANSIENT:
+            pass  # Redis is gone: the workers are killed below, and the owner key expires
         finally:
             if self.pool is not None:
                 self.pool.close()  # even when Redis is gone: no worker outlives the call
 
     def _follow(self, pool: WorkerPool, stop: threading.Event) -> Counts:
-        """Poll counters (refreshing the heartbeat) until every item is settled, and
-        look after the workers: replace the dead and the stuck."""
-        counts = self.counts
-        while counts.settled < self.spec.total:
-            if stop.wait(self.cfg.poll_interval):
+        """Poll counters (refreshing the heartbeat) and look after the workers until
+        every item is settled, riding out a Redis outage (restart, failover)."""
+        supervisor = Supervisor(self.store, self.spec, self.cfg, pool)
+        pause = self.cfg.poll_interval
+        while True:
+            if stop.wait(pause):
                 raise _Stop
-            counts = self.counts = self.store.poll(
-                self.spec.name, self.token, self.spec.total, self.ttl, len(pool.procs)
-            )
-            self.bar.update(counts)
-            self._check_owner(pool, counts)
-            if self.spec.policy.get("timeout"):
-                self._replace_stuck(pool)
-            self._replace_dead(pool)
-        return counts
+            try:
+                if self._outage_since is not None:
+                    self._recover(supervisor)
+                if self._step(pool, supervisor):
+                    return self.counts
+                pause = self.cfg.poll_interval
+            except TRANSIENT as exc:
+                pause = self._in_outage(exc, pause)
+            except REFUSED as exc:
+                raise RedisUnavailable(
+                    f"Redis at {safe_url(self.store.url)} refuses writes ({exc}). Recorded results are kept; "
+                    "free memory there (nbtasks.reset() old jobs, or raise maxmemory) and run the call again."
+                ) from None
 
-    def _check_owner(self, pool: WorkerPool, counts: Counts) -> None:
+    def _step(self, pool: WorkerPool, supervisor: Supervisor) -> bool:
+        """One poll; True once every item is settled (checked against the bitmap)."""
+        name, total = self.spec.name, self.spec.total
+        counts = self.counts = self.store.poll(name, self.token, total, self.ttl, len(pool.procs))
+        self.bar.update(counts)
         if counts.owner == "cancel":
             raise _Stop
         if counts.owner == "none":
             # Our heartbeat lapsed (the machine slept?): take the job back; live workers
             # go on, and items of those that left are queued again.
-            self.store.begin_run(self.spec.name, self.token, self.spec.total, self.ttl)
-            if not pool.procs:
-                pool.start()
+            self.store.begin_run(name, self.token, total, self.ttl, resume=True)
+            supervisor.top_up()
         elif counts.owner == "other":
             pool.stop()  # another caller took the job over; follow its progress
+        supervisor.check(counts.done)
+        if counts.settled < total:
+            return False
+        if self.store.settled(name) >= total:
+            return True
+        # The counters say done but the bitmap disagrees (the server lost its last
+        # second of writes): queue what is missing again rather than report holes.
+        self.store.begin_run(name, self.token, total, self.ttl, resume=True)
+        return False
 
-    def _replace_stuck(self, pool: WorkerPool) -> None:
-        """A task past its timeout that never yields (CPU, C code) blocks its whole
-        worker: record the attempt as timed out and replace the process."""
-        policy = self.spec.policy
-        timeout = policy["timeout"]
-        for wid, index in pool.blocked(timeout + STUCK_GRACE):
-            exc = TimeoutError(f"timed out after {timeout} s (stuck in CPU or C code: its worker was replaced)")
-            kind = "r" if policy.get("retry_timeouts") else "0"
-            outcome = Outcome(index, kind, codec.failure_payload(exc), codec.failure_line(exc))
-            self.store.record(self.spec.name, wid, [outcome], policy.get("retries", 0), policy.get("retry_delay", 0))
-            pool.kill(wid)
-            self._killed.add(wid)
+    def _in_outage(self, exc: Exception, pause: float) -> float:
+        """Redis does not answer: say so on the bar, restart the embedded server if it
+        is ours, and wait longer each time, up to the settings' outage_limit."""
+        now = time.monotonic()
+        if self._outage_since is None:
+            self._outage_since = now
+        self.bar.note("Redis unreachable, retrying")
+        if now - self._outage_since > self.cfg.outage_limit:
+            raise RedisUnavailable(
+                f"Lost Redis at {safe_url(self.store.url)} for {self.cfg.outage_limit:.0f} s ({exc}). Every result "
+                "recorded before is kept: run the same call again once the server is back."
+            ) from None
+        if self.store.revive is not None:
+            try:
+                self.store.revive()
+            except Exception:  # noqa: BLE001 (not started yet: the next round tries again)
+                pass
+        return min(pause * 2, 2.0)
 
-    def _replace_dead(self, pool: WorkerPool) -> None:
-        """Replace workers that died and put their items back in the queue. The item a
-        worker was executing when it died (its beacon says which) is blamed: an input
-        that kills its worker (a segfault, os._exit, the OOM killer) is recorded as
-        failed after DEATHS_LIMIT deaths, so it cannot stall the job."""
-        name = self.spec.name
-        for wid, running, code, tail in pool.dead():
-            if fatal := self.store.fatal(name):
-                raise WorkerError(f"{fatal} Recorded results are kept.")
-            if wid in self._killed:
-                self.store.requeue(name, wid)
-            else:
-                how = _how(code)
-                message = f"its worker process died while running it ({how}), {DEATHS_LIMIT} times"
-                payload = codec.failure_record("WorkerDied", message, tail)
-                if self.store.bury(name, wid, running, DEATHS_LIMIT, payload, f"WorkerDied: {how}") == 0:
-                    self._idle_deaths += 1
-                if self._idle_deaths > 3 + 2 * self.cfg.processes:
-                    raise WorkerError(
-                        f"Worker processes of job '{name}' keep dying before they run anything (the last "
-                        f"with {how}); {self.counts.done} results are kept. Worker logs: {pool.log_dir}"
-                        + (f"\n\nThe last one ended with:\n{tail}" if tail else "")
-                    )
-            pool.spawn()
+    def _recover(self, supervisor: Supervisor) -> None:
+        """Redis is back: check it still holds the job, queue again whatever it lost or
+        whatever dead workers held, and bring the pool back to size."""
+        meta = self.store.meta(self.spec.name)
+        if meta.get("epoch") != self._epoch:
+            raise JobLost(
+                f"Redis at {safe_url(self.store.url)} came back without job '{self.spec.name}' (it restarted "
+                "without its data). Run the same call again to start the job over."
+            )
+        self.store.begin_run(self.spec.name, self.token, self.spec.total, self.ttl, resume=True)
+        supervisor.top_up()
+        self._outage_since = None
+        self.bar.note(None)
 
     def _run_inline(self, func: Callable[[Any], Any]) -> Counts:
         """Run in the caller with the same store calls. The first task that raises is
@@ -177,13 +193,3 @@ class Run:
 def run(store: Store, spec: JobSpec, cfg: Settings, func: Callable[[Any], Any] | None, progress: bool = True) -> Counts:
     """Begin a run and follow it here."""
     return Run(store, spec, cfg, func, progress).follow()
-
-
-def _how(code: int) -> str:
-    """How a process ended, from its exit code."""
-    if code >= 0:
-        return f"exit code {code}"
-    try:
-        return f"killed by {signal.Signals(-code).name}"
-    except ValueError:
-        return f"killed by signal {-code}"

@@ -30,7 +30,8 @@ from __future__ import annotations
 import random
 import re
 import time
-from collections.abc import Iterable, Iterator
+import uuid
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -42,6 +43,9 @@ from . import lua
 from .errors import ConfigError, RedisUnavailable
 
 RedisError = redis.RedisError  # for callers that must not import redis themselves
+# Errors that pass when the server is back (a restart, a failover), and refusals to write.
+TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+REFUSED = (redis.OutOfMemoryError, redis.ReadOnlyError)
 
 FORMAT = "1"
 REGISTRY = "nbtasks:jobs"
@@ -143,6 +147,7 @@ class Store:
         # Typed loosely: redis-py's annotations cannot know decode_responses=False.
         self.client: Any = client
         self.url = url
+        self.revive: Callable[[], object] | None = None  # restarts the server, if it is ours
         self._claim = client.register_script(lua.CLAIM)
         self._record = client.register_script(lua.RECORD)
         self._poll = client.register_script(lua.POLL)
@@ -203,7 +208,9 @@ class Store:
     def define(self, job: str, meta: dict[str, Any], func: bytes) -> None:
         k = self.keys[job]
         pipe = self.client.pipeline()
-        pipe.hset(k.meta, mapping={"format": FORMAT, "created": time.time(), **meta})
+        pipe.hset(k.meta, mapping={"format": FORMAT, **meta})
+        pipe.hsetnx(k.meta, "created", time.time())
+        pipe.hsetnx(k.meta, "epoch", uuid.uuid4().hex)  # tells this job from one stored again
         pipe.set(k.func, func)
         pipe.sadd(REGISTRY, job)
         pipe.execute()
@@ -224,27 +231,48 @@ class Store:
 
     # -- one run ---------------------------------------------------------------
 
-    def begin_run(self, job: str, token: str, total: int, ttl: float) -> Counts:
+    def begin_run(self, job: str, token: str, total: int, ttl: float, resume: bool = False) -> Counts:
         """Take the job over and queue every item without a result, failed ones included.
 
         Workers of an earlier run see the new owner token and stop claiming; anything
-        they still record is idempotent.
+        they still record is idempotent. With `resume` (the same run, after an outage or
+        a lapsed heartbeat) failures, retries and attempts are kept, and only the
+        claims are taken back: items without a result, a failure or a pending retry go
+        back to the queue.
         """
         k = self.keys[job]
         self.client.set(k.owner, token, px=int(ttl * 1000))
-        bitmap = self.client.get(k.done) or b""
-        pending = list(pending_indices(bitmap, total))
-        wids = self.client.smembers(k.workers)
         pipe = self.client.pipeline()
-        pipe.delete(k.workers, *(getattr(k, part) for part in RUN_STATE), *(k.claims(w.decode()) for w in wids))
-        pipe.hset(k.counts, mapping={"done": total - len(pending), "failed": 0, "running": 0})
-        pipe.hset(k.meta, mapping={"started": time.time(), "done_at_start": total - len(pending), "workers": 0})
-        pipe.hdel(k.meta, "ended")
+        pipe.get(k.done)
+        pipe.hkeys(k.failures)
+        pipe.zrange(k.delayed, 0, -1)
+        pipe.smembers(k.workers)
+        bitmap, failed, delayed, wids = pipe.execute()
+        waiting = {int(i) for i in [*failed, *delayed]} if resume else set()
+        pending = [i for i in pending_indices(bitmap or b"", total) if i not in waiting]
+        done = total - len(pending) - len(waiting)
+        claims = [k.claims(w.decode()) for w in wids]
+        if resume:
+            pipe.delete(k.queue, *claims)
+            pipe.hset(k.counts, mapping={"done": done, "failed": len(failed), "running": 0})
+        else:
+            pipe.delete(k.workers, *(getattr(k, part) for part in RUN_STATE), *claims)
+            pipe.hset(k.counts, mapping={"done": done, "failed": 0, "running": 0})
+            pipe.hset(k.meta, mapping={"started": time.time(), "done_at_start": done, "workers": 0})
+            pipe.hdel(k.meta, "ended")
         pipe.execute()
         for chunk in _chunks(pending, BATCH):
             pipe.rpush(k.queue, *chunk)
             pipe.execute()
-        return Counts(total, total - len(pending), 0)
+        return Counts(total, done, len(failed) if resume else 0)
+
+    def settled(self, job: str) -> int:
+        """Items with a recorded result or final failure, from the bitmap itself."""
+        k = self.keys[job]
+        pipe = self.client.pipeline(transaction=False)
+        pipe.bitcount(k.done)
+        pipe.hlen(k.failures)
+        return sum(pipe.execute())
 
     def poll(self, job: str, token: str, total: int, ttl: float, workers: int = 0) -> Counts:
         """Refresh the caller's heartbeat (and its count of live workers) and read the

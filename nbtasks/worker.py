@@ -24,7 +24,7 @@ import traceback  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from contextlib import nullcontext  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any, NoReturn  # noqa: E402
+from typing import Any, NoReturn, TypeVar  # noqa: E402
 
 import eventlet  # noqa: E402
 import eventlet.queue  # noqa: E402
@@ -34,7 +34,9 @@ from greenlet import GreenletExit  # noqa: E402
 
 from . import codec  # noqa: E402
 from .beacon import IDLE, Beacon  # noqa: E402
-from .store import Outcome, Store  # noqa: E402
+from .store import TRANSIENT, Outcome, Store  # noqa: E402
+
+T = TypeVar("T")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -59,6 +61,7 @@ class Worker:
 
     CLAIM_MAX = 1000  # items per claim; also bounds a Lua call's argument count
     WATCH_INTERVAL = 0.25  # seconds between checks that the caller still owns the job
+    OUTAGE_LIMIT = 300.0  # seconds a worker waits for Redis to come back
 
     def __init__(self, store: Store, job: str, token: str, wid: str, concurrency: int, beacon: Beacon | None) -> None:
         self.store, self.job, self.token, self.wid = store, job, token, wid
@@ -108,14 +111,14 @@ class Worker:
             while want < self.CLAIM_MAX and self.slots.acquire(blocking=False):
                 want += 1
             if rate:  # the job's shared rate limit decides how many may start now
-                granted, wait = self.store.take_turns(self.job, want, rate)
+                granted, wait = self._retrying(self.store.take_turns, self.job, want, rate)
                 for _ in range(want - granted):
                     self.slots.release()
                 if not granted:
                     eventlet.sleep(wait)
                     continue
                 want = granted
-            items = self.store.claim(self.job, self.token, self.wid, want)
+            items = self._retrying(self.store.claim, self.job, self.token, self.wid, want)
             if items is None:  # the caller let go of the job
                 return
             for _ in range(want - len(items)):
@@ -165,13 +168,27 @@ class Worker:
             while len(batch) < self.CLAIM_MAX and not self.outcomes.empty():
                 batch.append(self.outcomes.get_nowait())
             retries, delay = self.policy.get("retries", 0), self.policy.get("retry_delay", 0.0)
-            self.store.record(self.job, self.wid, batch, retries, delay)
+            self._retrying(self.store.record, self.job, self.wid, batch, retries, delay)
             self.recording = False
 
     def _watch_owner(self) -> None:
-        while self.store.owner(self.job) == self.token:
+        while self._retrying(self.store.owner, self.job) == self.token:
             eventlet.sleep(self.WATCH_INTERVAL)
         self._exit()
+
+    def _retrying(self, call: Callable[..., T], *args: Any) -> T:
+        """`call(*args)`, waiting out a Redis outage (a restart, a failover): results
+        finished meanwhile stay in memory and are recorded once it is back."""
+        pause, waited = 0.05, 0.0
+        while True:
+            try:
+                return call(*args)
+            except TRANSIENT:
+                if waited > self.OUTAGE_LIMIT:
+                    raise
+                eventlet.sleep(pause)
+                waited += pause
+                pause = min(pause * 2, 1.0)
 
     def _guard(self, loop: Callable[[], None]) -> None:
         # A helper green thread that dies would leave the process looking alive while

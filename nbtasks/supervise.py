@@ -1,0 +1,100 @@
+"""Looks after the worker processes of a run, from the caller (which runs no user code):
+replaces the dead, the stuck and the frozen, and puts their items back.
+
+Liveness is the process itself (and its beacon), never a heartbeat written by the
+worker: a green-thread heartbeat starves while a task blocks the loop, and a false
+"dead" would run a live task twice.
+"""
+
+from __future__ import annotations
+
+import signal
+
+from . import codec
+from .config import Settings
+from .errors import WorkerError
+from .job import JobSpec
+from .pool import WorkerPool
+from .store import Outcome, Store
+
+DEATHS_LIMIT = 3  # times a worker may die running an item before it is recorded as failed
+STUCK_GRACE = 2.0  # seconds past its timeout before a task that never yields is stopped
+
+
+class Supervisor:
+    def __init__(self, store: Store, spec: JobSpec, cfg: Settings, pool: WorkerPool) -> None:
+        self.store, self.spec, self.cfg, self.pool = store, spec, cfg, pool
+        self._killed: set[str] = set()  # workers we stopped for a stuck task
+        self._frozen: set[str] = set()  # workers stopped (SIGSTOP) whose items went back
+        self._idle_deaths = 0  # workers that died holding no item
+
+    def check(self, done: int) -> None:
+        """One round: replace stuck, frozen and dead workers."""
+        if self.spec.policy.get("timeout"):
+            self._replace_stuck()
+        self._replace_frozen()
+        self._replace_dead(done)
+
+    def top_up(self) -> None:
+        """Start workers until the pool has its size again (after an outage)."""
+        while len([p for p in self.pool.procs if p.wid not in self._frozen]) < self.cfg.processes:
+            self.pool.spawn()
+
+    def _replace_stuck(self) -> None:
+        """A task past its timeout that never yields (CPU, C code) blocks its whole
+        worker: record the attempt as timed out and replace the process."""
+        policy = self.spec.policy
+        timeout = policy["timeout"]
+        for wid, index in self.pool.blocked(timeout + STUCK_GRACE):
+            exc = TimeoutError(f"timed out after {timeout} s (stuck in CPU or C code: its worker was replaced)")
+            kind = "r" if policy.get("retry_timeouts") else "0"
+            outcome = Outcome(index, kind, codec.failure_payload(exc), codec.failure_line(exc))
+            self.store.record(self.spec.name, wid, [outcome], policy.get("retries", 0), policy.get("retry_delay", 0))
+            self.pool.kill(wid)
+            self._killed.add(wid)
+
+    def _replace_frozen(self) -> None:
+        """A worker stopped (SIGSTOP, a debugger) longer than the heartbeat's lifetime
+        gives its items back; if it wakes, what it records late is idempotent."""
+        for wid in self.pool.frozen(self.cfg.heartbeat_ttl):
+            if wid not in self._frozen:
+                self._frozen.add(wid)
+                self.store.requeue(self.spec.name, wid)
+                self.pool.spawn()
+
+    def _replace_dead(self, done: int) -> None:
+        """Replace workers that died and put their items back in the queue. The item a
+        worker was executing when it died (its beacon says which) is blamed: an input
+        that kills its worker (a segfault, os._exit, the OOM killer) is recorded as
+        failed after DEATHS_LIMIT deaths, so it cannot stall the job."""
+        name = self.spec.name
+        for wid, running, code, tail in self.pool.dead():
+            if fatal := self.store.fatal(name):
+                raise WorkerError(f"{fatal} Recorded results are kept.")
+            if wid in self._killed or wid in self._frozen:
+                self.store.requeue(name, wid)
+                if wid in self._frozen:
+                    continue  # already replaced
+            else:
+                how = _how(code)
+                message = f"its worker process died while running it ({how}), {DEATHS_LIMIT} times"
+                payload = codec.failure_record("WorkerDied", message, tail)
+                if self.store.bury(name, wid, running, DEATHS_LIMIT, payload, f"WorkerDied: {how}") == 0:
+                    self._idle_deaths += 1
+                if self._idle_deaths > 3 + 2 * self.cfg.processes:
+                    raise WorkerError(
+                        f"Worker processes of job '{name}' keep dying before they run anything (the last "
+                        f"with {how}); {done} results are kept. Worker logs: {self.pool.log_dir}"
+                        + (f"\n\nThe last one ended with:\n{tail}" if tail else "")
+                    )
+            self.pool.spawn()
+
+
+def _how(code: int) -> str:
+    """How a process ended, from its exit code."""
+    if code >= 0:
+        return f"exit code {code}"
+    try:
+        return f"killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"killed by signal {-code}"
