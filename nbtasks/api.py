@@ -19,7 +19,7 @@ from .job import JobSpec
 from .progress import in_notebook
 from .run import Run
 from .snapshot import JobStatus, detail, snapshots, table
-from .store import RedisError, Store, safe_url
+from .store import REFUSED, RedisError, Store, safe_url
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -112,6 +112,11 @@ def pmap(
         if not spec.finished:
             Run(store, spec, cfg, func, progress).follow()
         return job.gather(store, spec, errors)
+    except REFUSED as exc:
+        raise RedisUnavailable(
+            f"Redis at {safe_url(store.url)} refuses writes ({exc}). Nothing was recorded wrong; free "
+            "memory there (nbtasks.reset() old jobs, or raise its maxmemory) and run the call again."
+        ) from exc
     except RedisError as exc:
         raise RedisUnavailable(
             f"Lost Redis at {safe_url(store.url)} ({exc}). Every result recorded before is kept: "

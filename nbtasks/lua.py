@@ -73,7 +73,8 @@ return {done, failed}
 # KEYS owner counts cancel meta delayed
 # ARGV token ttl_ms workers
 # The caller's heartbeat: refresh the owner key only while it is still ours, note how
-# many workers it has alive, and tell it whether someone asked the job to stop.
+# many workers it has alive, and tell it whether someone asked the job to stop, and
+# which epoch of the job the server holds (none: it lost the job).
 POLL = """
 local owner = 'none'
 local current = redis.call('GET', KEYS[1])
@@ -87,7 +88,8 @@ elseif current then
   owner = 'other'
 end
 local c = redis.call('HMGET', KEYS[2], 'done', 'failed', 'running')
-return {owner, tonumber(c[1]) or 0, tonumber(c[2]) or 0, tonumber(c[3]) or 0, redis.call('ZCARD', KEYS[5])}
+return {owner, tonumber(c[1]) or 0, tonumber(c[2]) or 0, tonumber(c[3]) or 0, redis.call('ZCARD', KEYS[5]),
+        redis.call('HGET', KEYS[4], 'epoch')}
 """
 
 # KEYS claims queue done counts

@@ -115,7 +115,9 @@ class Run:
     def _step(self, pool: WorkerPool, supervisor: Supervisor) -> bool:
         """One poll; True once every item is settled (checked against the bitmap)."""
         name, total = self.spec.name, self.spec.total
-        counts = self.counts = self.store.poll(name, self.token, total, self.ttl, len(pool.procs))
+        counts = self.store.poll(name, self.token, total, self.ttl, len(pool.procs))
+        self._check_epoch(counts.epoch)
+        self.counts = counts
         self.bar.update(counts)
         if counts.owner == "cancel":
             raise _Stop
@@ -155,15 +157,19 @@ class Run:
                 pass
         return min(pause * 2, 2.0)
 
+    def _check_epoch(self, epoch: str | None) -> None:
+        """The server must still hold this incarnation of the job, or nothing it says
+        about the job can be trusted (it restarted empty, or the job was reset)."""
+        if epoch != self._epoch:
+            raise JobLost(
+                f"Redis at {safe_url(self.store.url)} no longer holds job '{self.spec.name}' as this run "
+                "stored it (restarted without its data, or reset). Run the same call again to start over."
+            )
+
     def _recover(self, supervisor: Supervisor) -> None:
         """Redis is back: check it still holds the job, queue again whatever it lost or
         whatever dead workers held, and bring the pool back to size."""
-        meta = self.store.meta(self.spec.name)
-        if meta.get("epoch") != self._epoch:
-            raise JobLost(
-                f"Redis at {safe_url(self.store.url)} came back without job '{self.spec.name}' (it restarted "
-                "without its data). Run the same call again to start the job over."
-            )
+        self._check_epoch(self.store.meta(self.spec.name).get("epoch"))
         self.store.begin_run(self.spec.name, self.token, self.spec.total, self.ttl, resume=True)
         supervisor.top_up()
         self._outage_since = None

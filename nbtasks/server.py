@@ -21,7 +21,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -104,9 +104,10 @@ def _wait_until_it_answers(folder: Path, alive: Callable[[], bool], what: str) -
         time.sleep(0.01)
 
 
-def launch(folder: Path, binary: str | None = None) -> subprocess.Popen[bytes]:
-    """Start a throwaway server (no persistence) as a child process; return once it answers."""
-    cmd = _command(folder, durable=False, binary=binary)
+def launch(folder: Path, binary: str | None = None, extra: Sequence[str] = ()) -> subprocess.Popen[bytes]:
+    """Start a throwaway server (no persistence, unless `extra` options say otherwise) as
+    a child process; return once it answers."""
+    cmd = _command(folder, durable=False, binary=binary) + list(extra)
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_until_it_answers(folder, lambda: proc.poll() is None, cmd[0])

@@ -74,6 +74,7 @@ class Counts:
     running: int = 0
     owner: str = "us"  # who runs the job: "us", "other" (another caller), "none", "cancel"
     retrying: int = 0  # failed attempts waiting for their retry
+    epoch: str | None = None  # which incarnation of the job the server holds
 
     @property
     def settled(self) -> int:
@@ -279,8 +280,9 @@ class Store:
         counters, in one round trip."""
         k = self.keys[job]
         keys = [k.owner, k.counts, k.cancel, k.meta, k.delayed]
-        owner, done, failed, running, retrying = self._poll(keys=keys, args=[token, int(ttl * 1000), workers])
-        return Counts(total, int(done), int(failed), int(running), owner.decode(), int(retrying))
+        owner, done, failed, running, retrying, epoch = self._poll(keys=keys, args=[token, int(ttl * 1000), workers])
+        epoch = epoch.decode() if epoch is not None else None
+        return Counts(total, int(done), int(failed), int(running), owner.decode(), int(retrying), epoch)
 
     def cancel(self, job: str) -> bool:
         """Ask whoever runs the job to stop; False if nobody runs it."""

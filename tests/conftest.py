@@ -39,14 +39,18 @@ def server_bin(request: pytest.FixtureRequest) -> str:
 class RedisServer:
     """A private server on a unix socket in its own temp dir; no TCP port."""
 
-    def __init__(self, folder: Path, binary: str | None = None) -> None:
-        self.folder = folder
+    def __init__(self, folder: Path, binary: str | None = None, *extra: str) -> None:
+        self.folder, self.binary, self.extra = folder, binary, extra
         self.url = server.url_for(folder)
-        self.proc = server.launch(folder, binary)
+        self.proc = server.launch(folder, binary, extra)
 
     def stop(self) -> None:
         self.proc.kill()
         self.proc.wait()
+
+    def restart(self) -> None:
+        """Start again on the same socket and folder (and append-only file, if any)."""
+        self.proc = server.launch(self.folder, self.binary, self.extra)
 
 
 @pytest.fixture(scope="session")

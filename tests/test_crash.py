@@ -1,0 +1,156 @@
+"""Crash safety: workers killed or frozen, Redis restarted (with or without its data),
+two callers at once, Redis refusing writes. Nothing lost, nothing recorded twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+import nbtasks
+from nbtasks.store import JobKeys
+
+from .conftest import RedisServer, wait_until, worker_pids
+from .test_pmap import SCRIPT, executions
+
+
+def exact(r: redis.Redis, job: str, total: int) -> None:
+    """Each item recorded once: counter, bitmap and results agree."""
+    k = JobKeys(job)
+    assert int(r.hget(k.counts, "done") or 0) == r.bitcount(k.done) == r.hlen(k.results) == total
+
+
+def tagged(x: int) -> tuple[int, int]:
+    time.sleep(0.05)
+    return x * x, os.getpid()
+
+
+def test_a_killed_workers_items_come_back_and_a_replacement_starts(r: redis.Redis) -> None:
+    job = nbtasks.pmap(tagged, range(600), name="killed", background=True, concurrency=10, progress=False)
+    wait_until(lambda: job.counts().done >= 100 and len(worker_pids("killed")) == 2, 60, "progress")
+    victim = worker_pids("killed")[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: victim not in worker_pids("killed") and len(worker_pids("killed")) == 2, 30, "a replacement")
+    assert [v for v, _ in job.result(timeout=60)] == [x * x for x in range(600)]
+    exact(r, "killed", 600)
+
+
+def _wid_of(pid: int) -> str:
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    return argv[argv.index(b"--wid") + 1].decode()
+
+
+def test_a_frozen_worker_gives_its_items_back_and_its_late_results_change_nothing(r: redis.Redis) -> None:
+    nbtasks.configure(heartbeat_ttl=2.0)  # the window after which a stopped worker is replaced
+    job = nbtasks.pmap(tagged, range(800), name="frozen", background=True, concurrency=10, progress=False)
+    wait_until(lambda: job.counts().done >= 100 and len(worker_pids("frozen")) == 2, 60, "progress")
+    victim = worker_pids("frozen")[0]
+    os.kill(victim, signal.SIGSTOP)
+    held = [int(i) for i in r.hkeys(JobKeys("frozen").claims(_wid_of(victim)))]
+    try:
+        # Its items go back and are recorded by others while it sleeps...
+        wait_until(lambda: all(r.getbit(JobKeys("frozen").done, i) for i in held), 60, "its items, done elsewhere")
+    finally:
+        os.kill(victim, signal.SIGCONT)  # ...then it wakes and records them late.
+    results = job.result(timeout=60)
+    assert [v for v, _ in results] == [x * x for x in range(800)]
+    assert held and all(results[i][1] != victim for i in held), "a late result replaced the first one"
+    exact(r, "frozen", 800)
+
+
+def spin(x: int) -> int:
+    if x == 5:
+        end = time.monotonic() + 3  # blocks the worker's loop longer than the heartbeat lives
+        while time.monotonic() < end:
+            pass
+    return x
+
+
+def test_a_task_blocking_its_loop_is_not_declared_dead(r: redis.Redis, tmp_path: Path) -> None:
+    nbtasks.configure(heartbeat_ttl=1.0)
+    log = str(tmp_path / "log")
+
+    def logged(x: int) -> int:
+        with open(log, "a") as f:
+            f.write(f"{x}\n")
+        return spin(x)
+
+    assert nbtasks.pmap(logged, range(20), concurrency=2, progress=False) == list(range(20))
+    assert executions(tmp_path / "log") == {i: 1 for i in range(20)}
+
+
+def test_redis_restarted_mid_job_the_run_rides_it_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    own = RedisServer(tmp_path / "srv", None, "--appendonly", "yes", "--appendfsync", "always")
+    client = redis.Redis.from_url(own.url)
+
+    def restart_after_some_results() -> None:
+        wait_until(lambda: client.bitcount(JobKeys("outage").done) >= 150, 60, "150 results")
+        own.stop()
+        time.sleep(0.5)  # the outage itself: a restart that takes half a second
+        own.restart()
+
+    chaos = threading.Thread(target=restart_after_some_results)
+    chaos.start()
+    try:
+        out = nbtasks.pmap(tagged, range(600), name="outage", redis=own.url, concurrency=10)
+    finally:
+        chaos.join()
+    assert [v for v, _ in out] == [x * x for x in range(600)]
+    assert "Redis unreachable, retrying" in capsys.readouterr().err
+    exact(client, "outage", 600)
+    client.close()
+    own.stop()
+
+
+def test_redis_restarted_empty_is_detected_not_reported_complete(tmp_path: Path) -> None:
+    own = RedisServer(tmp_path / "srv")  # no persistence: a restart loses everything
+    client = redis.Redis.from_url(own.url)
+
+    def restart_empty() -> None:
+        wait_until(lambda: client.bitcount(JobKeys("amnesia").done) >= 100, 60, "100 results")
+        own.stop()
+        shutil.rmtree(own.folder / "appendonlydir", ignore_errors=True)
+        own.restart()
+
+    chaos = threading.Thread(target=restart_empty)
+    chaos.start()
+    try:
+        with pytest.raises(nbtasks.JobLost, match="no longer holds job 'amnesia'"):
+            nbtasks.pmap(tagged, range(600), name="amnesia", redis=own.url, concurrency=10, progress=False)
+    finally:
+        chaos.join()
+        client.close()
+        own.stop()
+
+
+def test_two_callers_at_once_share_one_set_of_items(r: redis.Redis, redis_server, tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    cmd = [sys.executable, str(SCRIPT), "--redis", redis_server.url, "--log", str(log), "--n", "400"]
+    cmd += ["--name", "twice", "--delay", "0.02", "--concurrency", "5"]
+    callers = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [c.communicate(timeout=120) for c in callers]
+    assert [c.returncode for c in callers] == [0, 0], [err for _, err in outs]
+    for out, _ in outs:
+        assert json.loads(out)["results"] == [x * x for x in range(400)]
+    exact(r, "twice", 400)
+
+
+def test_redis_refusing_writes_is_a_clear_error(tmp_path: Path) -> None:
+    own = RedisServer(tmp_path / "srv", None, "--maxmemory", "2mb")
+    client = redis.Redis.from_url(own.url)
+    try:
+        with pytest.raises(nbtasks.RedisUnavailable, match="refuses writes .*maxmemory"):
+            nbtasks.pmap(len, ["x" * 1000] * 5000, name="too-big", redis=own.url, progress=False)
+        assert client.exists(JobKeys("too-big").results, JobKeys("too-big").counts) == 0
+    finally:
+        client.close()
+        own.stop()
