@@ -101,7 +101,7 @@ for _, i in ipairs(idx) do
   if redis.call('GETBIT', KEYS[3], i) == 0 then back[#back + 1] = i end
 end
 redis.call('DEL', KEYS[1])
-redis.call('HINCRBY', KEYS[4], 'running', -#idx)
+if #idx > 0 then redis.call('HINCRBY', KEYS[4], 'running', -#idx) end  -- never '-0': not an integer to Redis
 for s = 1, #back, 1000 do
   redis.call('LPUSH', KEYS[2], unpack(back, s, math.min(s + 999, #back)))
 end
@@ -130,7 +130,7 @@ for _, i in ipairs(idx) do
   end
 end
 redis.call('DEL', KEYS[1])
-redis.call('HINCRBY', KEYS[4], 'running', -#idx)
+if #idx > 0 then redis.call('HINCRBY', KEYS[4], 'running', -#idx) end  -- never '-0': not an integer to Redis
 if failed ~= 0 then redis.call('HINCRBY', KEYS[4], 'failed', failed) end
 return #idx
 """
@@ -152,6 +152,15 @@ end
 return {0, math.max(1, math.ceil(tat - window - now))}
 """
 )
+
+# KEYS counts done failures
+# Counters from the bitmap and the failures themselves, atomically: a worker recording
+# between a read and a write here would otherwise be counted out.
+RECOUNT = """
+local done, failed = redis.call('BITCOUNT', KEYS[2]), redis.call('HLEN', KEYS[3])
+redis.call('HSET', KEYS[1], 'done', done, 'failed', failed, 'running', 0)
+return redis.call('HMGET', KEYS[1], 'done', 'failed')
+"""
 
 # KEYS owner cancel meta   ARGV token now
 # Release the job if it is still ours: its workers see the owner gone and leave.

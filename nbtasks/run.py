@@ -44,6 +44,7 @@ class Run:
         self.bar = Progress(spec.name, self.counts, progress)
         self._epoch = store.meta(spec.name).get("epoch")
         self._outage_since: float | None = None
+        self._polls = 0
         self.pool = None
         if not self.inline:
             self.pool = WorkerPool(store.url, spec.name, self.token, cfg.processes, cfg.concurrency)
@@ -129,10 +130,15 @@ class Run:
         elif counts.owner == "other":
             pool.stop()  # another caller took the job over; follow its progress
         supervisor.check(counts.done)
-        if counts.settled < total:
+        # The counters decide when to look; the bitmap decides. (Now and then it is
+        # read anyway, so that no drift of the counters can stall a run.)
+        self._polls += 1
+        if counts.settled < total and self._polls % 20:
             return False
         if self.store.settled(name) >= total:
             return True
+        if counts.settled < total:
+            return False
         # The counters say done but the bitmap disagrees (the server lost its last
         # second of writes): queue what is missing again rather than report holes.
         self.store.begin_run(name, self.token, total, self.ttl, resume=True)

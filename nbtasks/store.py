@@ -156,6 +156,7 @@ class Store:
         self._bury = client.register_script(lua.BURY)
         self._take = client.register_script(lua.TAKE)
         self._release = client.register_script(lua.RELEASE)
+        self._recount = client.register_script(lua.RECOUNT)
 
     @classmethod
     def connect(cls, target: str | redis.Redis) -> Store:
@@ -251,21 +252,19 @@ class Store:
         bitmap, failed, delayed, wids = pipe.execute()
         waiting = {int(i) for i in [*failed, *delayed]} if resume else set()
         pending = [i for i in pending_indices(bitmap or b"", total) if i not in waiting]
-        done = total - len(pending) - len(waiting)
         claims = [k.claims(w.decode()) for w in wids]
         if resume:
             pipe.delete(k.queue, *claims)
-            pipe.hset(k.counts, mapping={"done": done, "failed": len(failed), "running": 0})
         else:
             pipe.delete(k.workers, *(getattr(k, part) for part in RUN_STATE), *claims)
-            pipe.hset(k.counts, mapping={"done": done, "failed": 0, "running": 0})
-            pipe.hset(k.meta, mapping={"started": time.time(), "done_at_start": done, "workers": 0})
+            pipe.hset(k.meta, mapping={"started": time.time(), "done_at_start": total - len(pending), "workers": 0})
             pipe.hdel(k.meta, "ended")
         pipe.execute()
         for chunk in _chunks(pending, BATCH):
             pipe.rpush(k.queue, *chunk)
             pipe.execute()
-        return Counts(total, done, len(failed) if resume else 0)
+        done, failed_count = self._recount(keys=[k.counts, k.done, k.failures])
+        return Counts(total, int(done), int(failed_count))
 
     def settled(self, job: str) -> int:
         """Items with a recorded result or final failure, from the bitmap itself."""

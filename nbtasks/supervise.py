@@ -26,10 +26,13 @@ class Supervisor:
         self.store, self.spec, self.cfg, self.pool = store, spec, cfg, pool
         self._killed: set[str] = set()  # workers we stopped for a stuck task
         self._frozen: set[str] = set()  # workers stopped (SIGSTOP) whose items went back
-        self._idle_deaths = 0  # workers that died holding no item
+        self._idle_deaths = 0  # workers that died holding no item since the last progress
+        self._done = 0
 
     def check(self, done: int) -> None:
         """One round: replace stuck, frozen and dead workers."""
+        if done > self._done:  # progress: earlier deaths were not a worker that cannot start
+            self._done, self._idle_deaths = done, 0
         if self.spec.policy.get("timeout"):
             self._replace_stuck()
         self._replace_frozen()

@@ -132,3 +132,11 @@ def test_a_dead_worker_blames_the_item_it_was_running(r: redis.Redis, redis_serv
     assert sorted(int(i) for i in r.lrange(JobKeys("poison").queue, 0, -1)) == [0, 1, 3]
     assert codec.load(store.failures("poison")[2])["exc_type"] == "WorkerDied"
     assert store.attempts("poison", [1, 2]) == [(0, ""), (2, "WorkerDied: exit code 9\n" * 2)]
+
+
+def test_a_worker_that_dies_or_stops_holding_nothing_is_fine(r: redis.Redis, redis_server) -> None:
+    store = Store.connect(redis_server.url)
+    token = make_job(store, "empty", 3)
+    assert store.requeue("empty", "nobody") == 0
+    assert store.bury("empty", "nobody", -1, 3, codec.failure_record("WorkerDied", "", ""), "WorkerDied") == 0
+    assert store.poll("empty", token, 3, ttl=60).running == 0
