@@ -4,7 +4,6 @@ No Redis calls of their own: they wire the steps of `job`, `run` and `status`.""
 from __future__ import annotations
 
 import atexit
-import html
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -163,6 +162,7 @@ class Job:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._error: BaseException | None = None
+        self._shown = False
 
     @classmethod
     def _start(cls, store: Store, spec: JobSpec, cfg: Settings, progress: bool) -> Job:
@@ -178,8 +178,14 @@ class Job:
 
     def _run(self, cfg: Settings, progress: bool) -> None:
         spec = self._spec
-        # Begun here, in the caller's thread, so the progress bar shows in this cell.
-        run = Run(self._store, spec, cfg, None, progress)
+        # In Jupyter the job's live dashboard row is its progress widget (with its
+        # buttons); elsewhere a text bar. Begun here, in the caller's thread, so either
+        # shows in the calling cell.
+        widget = progress and in_notebook()
+        run = Run(self._store, spec, cfg, None, progress and not widget)
+        if widget:
+            self._shown = False
+            self._ipython_display_()
         self._stop, self._error = threading.Event(), None
         self._thread = threading.Thread(target=self._follow, args=(run,), name=f"nbtasks {self.name}", daemon=True)
         self._thread.start()
@@ -252,8 +258,14 @@ class Job:
         s = self.counts()
         return f"<nbtasks.Job {self.name!r} {s.state}: {s.done}/{s.total} done, {s.failed} failed>"
 
-    def _repr_html_(self) -> str:
-        return f"<pre>{html.escape(table([self.counts()]))}</pre>"
+    def _ipython_display_(self) -> None:
+        """In Jupyter: the job's live dashboard row (bar, counts, cancel, retry, failures)."""
+        if self._shown:
+            return  # pmap(..., background=True) showed it already
+        from .dashboard import Dashboard
+
+        self._shown = True
+        Dashboard(self._store, [self.name]).show()
 
 
 _background: dict[tuple[str, str], Job] = {}  # runs this process drives, by (url, job)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import html
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,6 +44,12 @@ class JobStatus:
     @property
     def age(self) -> float:
         return self.taken_at - self.created
+
+    def __str__(self) -> str:
+        return table([self])
+
+    def _repr_html_(self) -> str:
+        return f"<pre>{html.escape(table([self]))}</pre>"
 
 
 def snapshots(store: Store, names: Sequence[str] | None = None) -> list[JobStatus]:
