@@ -1,0 +1,368 @@
+"""The benchmark suite: nbtasks against what users would pick instead, each workload in
+the same run, best of `--repeat`, as ratios to that workload's reference. Prints a table,
+writes benchmarks/results/results.json and a chart (benchmarks/results/chart.png).
+
+    .venv/bin/pip install -e '.[bench]'
+    .venv/bin/python benchmarks/run.py [--repeat 3] [--quick]
+
+Uses a throwaway Redis-compatible server (the one nbtasks would start) on a unix socket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import redis
+
+import nbtasks
+from nbtasks.server import TemporaryServer
+from nbtasks.store import JobKeys
+
+HERE = Path(__file__).parent
+OUT = HERE / "results"
+IO_WAIT = 0.05
+Row = dict[str, object]
+
+
+def wait_io(x: int) -> int:
+    time.sleep(IO_WAIT)  # green in nbtasks' workers: eventlet patches time.sleep
+    return x
+
+
+def noop(x: int) -> int:
+    return x
+
+
+def get(url: str) -> int:
+    import requests
+
+    return len(requests.get(url, timeout=60).content)
+
+
+def pmap_call(func: Callable[[int], object], items: object, url: str, **options: object) -> Callable[[], object]:
+    """A fresh pmap run of `func` over `items`, ready to time."""
+    return lambda: nbtasks.pmap(func, items, redis=url, fresh=True, progress=False, **options)  # type: ignore[arg-type]
+
+
+def best(fn: Callable[[], object], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def rows(workload: str, items: int, timings: list[tuple[str, float]]) -> list[Row]:
+    """Rows of one workload; the first timing is its reference."""
+    ref = timings[0][1]
+    return [
+        {
+            "workload": workload,
+            "tool": tool,
+            "seconds": round(t, 4),
+            "items_per_s": round(items / t),
+            "ratio": round(t / ref, 2),
+        }
+        for tool, t in timings
+    ]
+
+
+# -- 1. waiting on I/O -------------------------------------------------------------
+
+
+async def _asyncio_ideal(n: int, in_flight: int) -> None:
+    gate = asyncio.Semaphore(in_flight)
+
+    async def one(x: int) -> None:
+        async with gate:
+            await asyncio.sleep(IO_WAIT)
+
+    await asyncio.gather(*(one(x) for x in range(n)))
+
+
+def io_workload(url: str, n: int, repeat: int) -> list[Row]:
+    from tqdm.contrib.concurrent import thread_map
+
+    per_process = 1000 // 2
+    sample = 200
+    timings = [
+        ("asyncio + semaphore(1000) (ideal)", best(lambda: asyncio.run(_asyncio_ideal(n, 1000)), repeat)),
+        ("ThreadPoolExecutor(1000)", best(lambda: list(ThreadPoolExecutor(1000).map(wait_io, range(n))), repeat)),
+        (
+            f"tqdm thread_map defaults (on {sample}, extrapolated)",
+            best(lambda: thread_map(wait_io, range(sample), disable=True), 1) * n / sample,
+        ),
+        (
+            "nbtasks.pmap, 2 x 500 green threads (workers included)",
+            best(pmap_call(wait_io, range(n), url, concurrency=per_process), repeat),
+        ),
+    ]
+    return rows(f"{n:,} x 50 ms I/O, 1,000 in flight", n, timings)
+
+
+# -- 2. HTTP GETs with requests ----------------------------------------------------
+
+
+@contextmanager
+def http_server(delay: float) -> Iterator[str]:
+    cmd = [sys.executable, str(HERE / "http_server.py"), "--delay", str(delay)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    port = int(proc.stdout.readline())
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+EVENTLET_FLOOR = """
+import sys, warnings
+warnings.filterwarnings("ignore")
+import eventlet
+eventlet.monkey_patch()
+import requests
+urls = sys.stdin.read().split()
+pool = eventlet.GreenPool(500)
+session = requests.Session()
+adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=500)
+session.mount("http://", adapter)
+list(pool.imap(lambda u: len(session.get(u, timeout=60).content), urls))
+"""
+
+
+def _eventlet_floor(urls: list[str]) -> None:
+    """The hand-written floor: 2 processes, each an eventlet pool of 500 over half."""
+    procs = [
+        subprocess.Popen([sys.executable, "-c", EVENTLET_FLOOR], stdin=subprocess.PIPE, text=True) for _ in range(2)
+    ]
+    for i, proc in enumerate(procs):
+        assert proc.stdin is not None
+        proc.stdin.write("\n".join(urls[i::2]))
+        proc.stdin.close()
+    for proc in procs:
+        proc.wait()
+
+
+async def _aiohttp(urls: list[str]) -> None:
+    import aiohttp
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1000)) as session:
+
+        async def one(u: str) -> int:
+            async with session.get(u) as response:
+                return len(await response.read())
+
+        await asyncio.gather(*(one(u) for u in urls))
+
+
+def http_workload(url: str, n: int, repeat: int) -> list[Row]:
+    with http_server(IO_WAIT) as base:
+        urls = [f"{base}/page/{i}" for i in range(n)]
+        timings = [
+            ("hand-written eventlet pool, 2 x 500 (floor)", best(lambda: _eventlet_floor(urls), repeat)),
+            ("ThreadPoolExecutor(200) + requests", best(lambda: list(ThreadPoolExecutor(200).map(get, urls)), repeat)),
+            ("aiohttp, 1,000 connections", best(lambda: asyncio.run(_aiohttp(urls)), repeat)),
+            (
+                "nbtasks.pmap + requests, 2 x 500",
+                best(pmap_call(get, urls, url, concurrency=500), repeat),
+            ),
+        ]
+    return rows(f"{n:,} HTTP GETs (requests), 50 ms server", n, timings)
+
+
+# -- 3. no-op tasks, 4. a finished job again, 5. ten items ---------------------------
+
+
+def noop_workload(url: str, n: int, repeat: int) -> list[Row]:
+    from tqdm.contrib.concurrent import process_map
+
+    def pool_map() -> None:
+        with multiprocessing.get_context("spawn").Pool(2) as pool:
+            pool.map(noop, range(n))
+
+    def executor_map() -> None:
+        with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as ex:
+            list(ex.map(noop, range(n)))
+
+    timings = [
+        ("tqdm process_map defaults", best(lambda: process_map(noop, range(n), max_workers=2, disable=True), 1)),
+        ("ProcessPoolExecutor(2).map", best(executor_map, 1)),
+        ("multiprocessing.Pool(2).map (not durable)", best(pool_map, repeat)),
+        (
+            "nbtasks.pmap (durable, resumable)",
+            best(pmap_call(noop, range(n), url), repeat),
+        ),
+    ]
+    return rows(f"{n:,} no-op tasks", n, timings)
+
+
+def finished_workload(url: str, n: int, repeat: int) -> list[Row]:
+    nbtasks.pmap(noop, range(n), name="finished", redis=url, fresh=True, progress=False)
+    client = redis.Redis.from_url(url)
+    key = JobKeys("finished").results
+
+    def again() -> None:
+        nbtasks.pmap(noop, range(n), name="finished", redis=url, progress=False)
+
+    def floor() -> None:
+        pipe = client.pipeline(transaction=False)
+        for start in range(0, n, 1000):
+            pipe.hmget(key, list(range(start, min(start + 1000, n))))
+        [v for chunk in pipe.execute() for v in chunk]
+
+    timings = [
+        ("one pipelined read with redis-py (floor)", best(floor, repeat)),
+        (
+            "nbtasks.pmap, same call again",
+            best(again, repeat),
+        ),
+    ]
+    client.close()
+    return rows(f"pmap again on a finished {n:,}-item job", n, timings)
+
+
+def small_workload(url: str, repeat: int) -> list[Row]:
+    def spawn_pool() -> None:
+        with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as ex:
+            list(ex.map(noop, range(10)))
+
+    timings = [
+        ("ProcessPoolExecutor(2), spawn", best(spawn_pool, repeat)),
+        (
+            "nbtasks.pmap, server running",
+            best(pmap_call(noop, range(10), url), repeat),
+        ),
+    ]
+    return rows("10 items, end to end", 10, timings)
+
+
+# -- 6. a million small inputs: the caller's memory ------------------------------------
+
+MEMORY = """
+import sys, tracemalloc, nbtasks
+url, n = sys.argv[1], int(sys.argv[2])
+tracemalloc.start()
+out = nbtasks.pmap(abs, range(n), redis=url, fresh=True, progress=False)
+peak = tracemalloc.get_traced_memory()[1]
+size = sys.getsizeof(out) + sum(sys.getsizeof(x) for x in out)  # the list and its values
+print(peak, size)
+"""
+
+
+def memory_workload(url: str, n: int) -> list[Row]:
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", MEMORY, url, str(n)], capture_output=True, text=True, check=True)
+    seconds = time.perf_counter() - start
+    peak, size = map(int, out.stdout.split())
+    return [
+        {
+            "workload": f"{n:,} small inputs",
+            "tool": "result list (reference size)",
+            "seconds": 0,
+            "items_per_s": 0,
+            "ratio": 1.0,
+            "bytes": size,
+        },
+        {
+            "workload": f"{n:,} small inputs",
+            "tool": "nbtasks.pmap: caller's peak memory growth",
+            "seconds": round(seconds, 2),
+            "items_per_s": round(n / seconds),
+            "ratio": round(peak / size, 2),
+            "bytes": peak,
+        },
+    ]
+
+
+# -- scaling, output -----------------------------------------------------------------
+
+
+def scaling(url: str, n: int) -> list[Row]:
+    out: list[Row] = []
+    for processes in (1, 2):
+        for concurrency in (10, 100, 1000):
+            t = best(pmap_call(wait_io, range(n), url, processes=processes, concurrency=concurrency), 1)
+            out.append({"processes": processes, "concurrency": concurrency, "items_per_s": round(n / t)})
+    return out
+
+
+def chart(results: list[Row], scale: list[Row], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    workloads = list(dict.fromkeys(str(r["workload"]) for r in results if r["seconds"]))
+    fig, axes = plt.subplots(1, len(workloads) + 1, figsize=(5 * (len(workloads) + 1), 4.5))
+    for ax, workload in zip(axes, workloads, strict=False):
+        these = [r for r in results if r["workload"] == workload]
+        colors = ["tab:orange" if str(r["tool"]).startswith("nbtasks") else "tab:gray" for r in these]
+        ax.barh([str(r["tool"]) for r in these], [float(r["seconds"]) for r in these], color=colors)  # type: ignore[arg-type]
+        ax.set_title(workload, fontsize=9)
+        ax.set_xlabel("seconds (lower is better)")
+        ax.tick_params(axis="y", labelsize=7)
+        ax.invert_yaxis()
+    ax = axes[-1]
+    for processes in (1, 2):
+        points = [r for r in scale if r["processes"] == processes]
+        ax.plot(
+            [r["concurrency"] for r in points],
+            [r["items_per_s"] for r in points],
+            marker="o",
+            label=f"{processes} process(es)",
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("green threads per process")
+    ax.set_ylabel("items/s (50 ms waits)")
+    ax.set_title("scaling", fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="a tenth of the sizes, for a smoke run")
+    args = parser.parse_args()
+    scale = 10 if args.quick else 1
+    OUT.mkdir(exist_ok=True)
+    with TemporaryServer() as url:
+        results = [
+            *io_workload(url, 20_000 // scale, args.repeat),
+            *http_workload(url, 5_000 // scale, args.repeat),
+            *noop_workload(url, 100_000 // scale, args.repeat),
+            *finished_workload(url, 100_000 // scale, args.repeat),
+            *small_workload(url, args.repeat),
+            *memory_workload(url, 1_000_000 // scale),
+        ]
+        scale_rows = scaling(url, 10_000 // scale)
+    print(f"\n{'workload':42} {'tool':58} {'wall s':>8} {'items/s':>10} {'x ref':>7}")
+    for r in results:
+        print(f"{r['workload']!s:42} {r['tool']!s:58} {r['seconds']:>8} {r['items_per_s']:>10,} {r['ratio']:>7}")
+    print(
+        "\nscaling (10,000 x 50 ms):",
+        ", ".join(f"{r['processes']}p x {r['concurrency']}: {r['items_per_s']:,}/s" for r in scale_rows),
+    )
+    (OUT / "results.json").write_text(
+        json.dumps({"results": results, "scaling": scale_rows, "cpus": os.cpu_count()}, indent=2)
+    )
+    chart(results, scale_rows, OUT / "chart.png")
+    print(f"\nwrote {OUT / 'results.json'} and {OUT / 'chart.png'}")
+
+
+if __name__ == "__main__":
+    main()
