@@ -120,9 +120,9 @@ class WorkerPool:
             p.popen.wait()
         self.procs = []
 
-    def close(self) -> None:
-        """Stop every worker; remove their logs unless one of them died."""
-        self.stop()
+    def close(self, grace: float = 1.0) -> None:
+        """Stop every worker (see `stop`); remove their logs unless one of them died."""
+        self.stop(grace)
         if not self._keep_logs:
             shutil.rmtree(self.log_dir, ignore_errors=True)
 

@@ -45,6 +45,7 @@ class Run:
         self._epoch = store.meta(spec.name).get("epoch")
         self._outage_since: float | None = None
         self._polls = 0
+        self._complete = False
         self.pool = None
         if not self.inline:
             self.pool = WorkerPool(store.url, spec.name, self.token, cfg.processes, cfg.concurrency)
@@ -89,7 +90,9 @@ class Run:
             pass  # Redis is gone: the workers are killed below, and the owner key expires
         finally:
             if self.pool is not None:
-                self.pool.close()  # even when Redis is gone: no worker outlives the call
+                # Even when Redis is gone, no worker outlives the call. Once every item is
+                # recorded there is nothing left for them to save: no need to wait.
+                self.pool.close(grace=0.0 if self._complete else 1.0)
 
     def _follow(self, pool: WorkerPool, stop: threading.Event) -> Counts:
         """Poll counters (refreshing the heartbeat) and look after the workers until
@@ -103,6 +106,7 @@ class Run:
                 if self._outage_since is not None:
                     self._recover(supervisor)
                 if self._step(pool, supervisor):
+                    self._complete = True
                     return self.counts
                 pause = self.cfg.poll_interval
             except TRANSIENT as exc:
