@@ -302,11 +302,13 @@ def scaling(url: str, n: int) -> list[Row]:
 def chart(results: list[Row], scale: list[Row], path: Path) -> None:
     """Each timed workload as ratios to its reference (log scale), and the scaling curve."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    workloads = list(dict.fromkeys(str(r["workload"]) for r in results if r["seconds"]))
+    # Timed workloads only (the memory one is a ratio of bytes, not of time).
+    workloads = list(dict.fromkeys(str(r["workload"]) for r in results if r["ratio"] == 1.0 and r["seconds"]))
     fig, axes = plt.subplots(2, 3, figsize=(15, 7.5))
     flat = list(axes.flat)
     for ax, workload in zip(flat, workloads, strict=False):
@@ -315,6 +317,7 @@ def chart(results: list[Row], scale: list[Row], path: Path) -> None:
         ax.barh([str(r["tool"]) for r in these], [float(r["ratio"]) for r in these], color=colors)  # type: ignore[arg-type]
         ax.axvline(1.0, color="black", linewidth=0.8)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_title(workload, fontsize=9)
         ax.set_xlabel("time / reference (lower is better)", fontsize=8)
         ax.tick_params(axis="y", labelsize=7)
@@ -341,7 +344,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="a tenth of the sizes, for a smoke run")
+    parser.add_argument("--replot", action="store_true", help="only draw the chart again from results.json")
     args = parser.parse_args()
+    if args.replot:
+        saved = json.loads((OUT / "results.json").read_text())
+        chart(saved["results"], saved["scaling"], OUT / "chart.png")
+        return
     scale = 10 if args.quick else 1
     OUT.mkdir(exist_ok=True)
     with TemporaryServer() as url:

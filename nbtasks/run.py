@@ -205,7 +205,3 @@ class Run:
                 self.bar.update(self.counts)
         return self.counts
 
-
-def run(store: Store, spec: JobSpec, cfg: Settings, func: Callable[[Any], Any] | None, progress: bool = True) -> Counts:
-    """Begin a run and follow it here."""
-    return Run(store, spec, cfg, func, progress).follow()
