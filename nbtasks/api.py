@@ -99,13 +99,13 @@ def pmap(
     retry_on = retry_on if isinstance(retry_on, tuple) else (retry_on,)
     policy = Policy(retries, retry_delay, retry_on, timeout, parse_rate(rate), errors)
     func_payload = codec.dump_function(func, policy.retry_on)
-    payloads, digest = job.serialize_inputs(items)
-    if not payloads:
+    inputs, digest = job.fingerprint_inputs(items)
+    if not inputs:
         return []
     store = connect(redis if redis is not None else cfg.redis_url)
     try:
-        spec = job.define(store, func, func_payload, payloads, digest, name=name, fresh=fresh, policy=policy)
-        del payloads  # the store has them; don't hold them through the run
+        spec = job.define(store, func, func_payload, inputs, digest, name=name, fresh=fresh, policy=policy)
+        del inputs  # the store has them; don't hold them through the run
         if background:
             return Job._start(store, spec, cfg, progress)
         if not spec.finished:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,16 +35,20 @@ class JobSpec:
         return cls(name, total, finished=store.done_count(name) >= total, policy=policy)
 
 
-def serialize_inputs(items: Iterator[Any]) -> tuple[list[bytes], str]:
-    """Pickle every input once, and hash them in order (the inputs' part of the identity)."""
-    digest = hashlib.sha256()
-    payloads = []
-    for index, item in enumerate(items):
-        data = codec.dump_input(item, index)
-        digest.update(len(data).to_bytes(8, "little"))
-        digest.update(data)
-        payloads.append(data)
-    return payloads, digest.hexdigest()
+def fingerprint_inputs(iterable: Iterable[Any]) -> tuple[list[Any], str]:
+    """The inputs as a list, and a hash of them in order (the inputs' part of a job's
+    identity). One pickle of the whole list is fast; inputs plain pickle cannot take
+    (lambdas, say) are hashed one by one, and one that nothing can pickle is an error."""
+    items = list(iterable)
+    try:
+        return items, "list:" + hashlib.sha256(pickle.dumps(items, protocol=codec.PROTOCOL)).hexdigest()
+    except Exception:  # noqa: BLE001 (any pickling error: the slow path names the culprit)
+        digest = hashlib.sha256()
+        for index, item in enumerate(items):
+            data = codec.dump_input(item, index)
+            digest.update(len(data).to_bytes(8, "little"))
+            digest.update(data)
+        return items, "items:" + digest.hexdigest()
 
 
 def check_name(name: object) -> None:
@@ -55,7 +60,7 @@ def define(
     store: Store,
     func: Callable[..., Any],
     func_payload: bytes,
-    payloads: list[bytes],
+    items: list[Any],
     inputs_digest: str,
     *,
     name: str | None,
@@ -71,7 +76,7 @@ def define(
     code_digest = codec.func_digest(func, func_payload)
     if name is None:
         name = f"{codec.func_label(func)}-{hashlib.sha256((code_digest + inputs_digest).encode()).hexdigest()[:12]}"
-    total = len(payloads)
+    total = len(items)
     meta = store.meta(name)
     if meta and fresh:
         store.delete(name)
@@ -95,7 +100,7 @@ def define(
     # across Python versions or edits. So is the policy: each call sets its own.
     store.define(name, {**new_meta, "python": python, "policy": json.dumps(numbers)}, func_payload)
     if meta.get("ready") != "1":
-        store.store_inputs(name, payloads)
+        store.store_inputs(name, (codec.dump_input(item, index) for index, item in enumerate(items)))
     return JobSpec(name, total, finished=done == total, policy=numbers)
 
 

@@ -136,6 +136,19 @@ def pending_indices(bitmap: bytes, total: int) -> Iterator[int]:
                 yield base + bit
 
 
+def _batches(items: Iterable[Any], size: int) -> Iterator[tuple[int, list[Any]]]:
+    """(offset, up to `size` items) from any iterable, without holding more."""
+    batch: list[Any] = []
+    offset = 0
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield offset, batch
+            offset, batch = offset + size, []
+    if batch:
+        yield offset, batch
+
+
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -195,14 +208,13 @@ class Store:
         raw = self.client.hgetall(self.keys[job].meta)
         return {k.decode(): v.decode() for k, v in raw.items()}
 
-    def store_inputs(self, job: str, payloads: list[bytes]) -> None:
-        """Write every input in pipelined batches, then mark the job ready."""
+    def store_inputs(self, job: str, payloads: Iterable[bytes]) -> None:
+        """Write every input in pipelined batches as they come, then mark the job ready."""
         k = self.keys[job]
         pipe = self.client.pipeline(transaction=False)
         pipe.delete(k.inputs)
-        for start, chunk in enumerate(_chunks(payloads, BATCH)):
-            offset = start * BATCH
-            pipe.hset(k.inputs, mapping={offset + i: p for i, p in enumerate(chunk)})
+        for offset, chunk in _batches(payloads, BATCH):
+            pipe.hset(k.inputs, mapping=dict(zip(range(offset, offset + len(chunk)), chunk, strict=True)))
             pipe.execute()
         pipe.hset(k.meta, "ready", "1")
         pipe.execute()
