@@ -33,7 +33,7 @@ return {idx, redis.call('HMGET', KEYS[4], unpack(idx))}
 """
 )
 
-# KEYS done results failures counts claims attempts history delayed
+# KEYS done results failures counts claims attempts history delayed meta finished
 # ARGV retries base_delay_ms, then per item: index kind payload jitter line
 # kind: '1' a result, 'r' a failure that may be retried, '0' a final failure.
 # Idempotent: a result is stored only if its done bit was not set, so counters never
@@ -66,6 +66,13 @@ end
 if done ~= 0 then redis.call('HINCRBY', KEYS[4], 'done', done) end
 if failed ~= 0 then redis.call('HINCRBY', KEYS[4], 'failed', failed) end
 if settled ~= 0 then redis.call('HINCRBY', KEYS[4], 'running', -settled) end
+if done + failed > 0 then
+  -- The last result wakes the caller at once, rather than at its next poll.
+  local c = redis.call('HMGET', KEYS[4], 'done', 'failed')
+  if (tonumber(c[1]) or 0) + (tonumber(c[2]) or 0) >= tonumber(redis.call('HGET', KEYS[9], 'total') or 0) then
+    redis.call('LPUSH', KEYS[10], 1)
+  end
+end
 return {done, failed}
 """
 )

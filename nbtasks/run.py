@@ -100,11 +100,15 @@ class Run:
         supervisor = Supervisor(self.store, self.spec, self.cfg, pool)
         pause = self.cfg.poll_interval
         while True:
-            if stop.wait(pause):
+            if stop.is_set():
                 raise _Stop
             try:
                 if self._outage_since is not None:
+                    if stop.wait(pause):
+                        raise _Stop
                     self._recover(supervisor)
+                else:
+                    self.store.wait_finished(self.spec.name, pause)  # a poll's pause, or less
                 if self._step(pool, supervisor):
                     self._complete = True
                     return self.counts

@@ -23,6 +23,7 @@ Cluster and the Lua scripts below may touch several of its keys.
                                         when the caller stops refreshing it
     nbtasks:{job}:cancel         string set to ask whoever runs the job to stop
     nbtasks:{job}:fatal          string why a worker could not start
+    nbtasks:{job}:finished       list   pushed when the last item settles: wakes the caller
 """
 
 from __future__ import annotations
@@ -83,9 +84,9 @@ class Counts:
 
 PARTS = (
     "meta", "func", "inputs", "queue", "workers", "done", "results", "failures", "attempts", "history",
-    "delayed", "deaths", "rate", "counts", "owner", "cancel", "fatal",
+    "delayed", "deaths", "rate", "counts", "owner", "cancel", "fatal", "finished",
 )  # fmt: skip
-RUN_STATE = ("queue", "failures", "attempts", "history", "delayed", "deaths", "fatal", "cancel")
+RUN_STATE = ("queue", "failures", "attempts", "history", "delayed", "deaths", "fatal", "cancel", "finished")
 
 
 class JobKeys:
@@ -115,6 +116,7 @@ class JobKeys:
     owner: str
     cancel: str
     fatal: str
+    finished: str
 
     def claims(self, wid: str) -> str:
         return f"{self.prefix}claims:{wid}"
@@ -278,6 +280,10 @@ class Store:
         done, failed_count = self._recount(keys=[k.counts, k.done, k.failures])
         return Counts(total, int(done), int(failed_count))
 
+    def wait_finished(self, job: str, timeout: float) -> bool:
+        """Block up to `timeout` seconds for the job's last item to settle."""
+        return self.client.blpop([self.keys[job].finished], timeout=timeout) is not None
+
     def settled(self, job: str) -> int:
         """Items with a recorded result or final failure, from the bitmap itself."""
         k = self.keys[job]
@@ -359,7 +365,7 @@ class Store:
             args += (o.index, o.kind, o.payload, random.uniform(0.75, 1.25), o.line)
         if len(args) > 2:
             keys = [k.done, k.results, k.failures, k.counts, k.claims(wid), k.attempts, k.history, k.delayed]
-            self._record(keys=keys, args=args)
+            self._record(keys=[*keys, k.meta, k.finished], args=args)
 
     def requeue(self, job: str, wid: str) -> int:
         """Give a stopped worker's unfinished items back to the queue; how many went back."""
