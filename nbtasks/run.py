@@ -208,4 +208,3 @@ class Run:
                 self.counts = self.store.poll(name, self.token, total, self.ttl)
                 self.bar.update(self.counts)
         return self.counts
-
