@@ -57,7 +57,8 @@ def pmap(
         name: a job name that survives edits of ``func``; by default the job is named
             after the function, its source and the inputs.
         processes: worker processes (default: the CPU count); 0 runs every item here,
-            one by one, and lets the first exception through unchanged (for ``%debug``).
+            one by one, and lets the first exception through unchanged (for ``%debug``;
+            retries, timeouts and rate limits apply to worker processes only).
         concurrency: green threads per worker process (default 200, suited to network
             work); 1 for CPU-bound functions.
         fresh: discard the job's stored results and start over.
