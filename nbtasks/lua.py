@@ -43,16 +43,35 @@ RECORD = (
     _NOW
     + """
 local retries, base = tonumber(ARGV[1]), tonumber(ARGV[2])
-local done, failed, settled = 0, 0, 0
+local done, failed = 0, 0
+local ok, settled, failures = {}, {}, {}
 for i = 3, #ARGV, 5 do
-  local idx, kind = ARGV[i], ARGV[i + 1]
-  if kind == '1' then
-    if redis.call('SETBIT', KEYS[1], idx, 1) == 0 then
-      redis.call('HSET', KEYS[2], idx, ARGV[i + 2])
+  settled[#settled + 1] = ARGV[i]
+  if ARGV[i + 1] == '1' then ok[#ok + 1] = i else failures[#failures + 1] = i end
+end
+-- Results first, a whole batch per command: flip their bits in one BITFIELD and store
+-- the results whose bit was clear in one HSET (a command per item cost more than the
+-- rest of the work together).
+if #ok > 0 then
+  local ops, fields = {}, {}
+  for _, i in ipairs(ok) do
+    ops[#ops + 1], ops[#ops + 2], ops[#ops + 3], ops[#ops + 4] = 'SET', 'u1', '#' .. ARGV[i], 1
+  end
+  local before = redis.call('BITFIELD', KEYS[1], unpack(ops))
+  local replaced = redis.call('HLEN', KEYS[3]) > 0
+  for k, i in ipairs(ok) do
+    if before[k] == 0 then
+      fields[#fields + 1], fields[#fields + 2] = ARGV[i], ARGV[i + 2]
       done = done + 1
-      failed = failed - redis.call('HDEL', KEYS[3], idx)
+      -- a late success of an item recorded as failed replaces the failure
+      if replaced then failed = failed - redis.call('HDEL', KEYS[3], ARGV[i]) end
     end
-  elseif redis.call('GETBIT', KEYS[1], idx) == 0 then
+  end
+  if #fields > 0 then redis.call('HSET', KEYS[2], unpack(fields)) end
+end
+for _, i in ipairs(failures) do
+  local idx, kind = ARGV[i], ARGV[i + 1]
+  if redis.call('GETBIT', KEYS[1], idx) == 0 then
     local n = redis.call('HINCRBY', KEYS[6], idx, 1)
     redis.call('HSET', KEYS[7], idx, (redis.call('HGET', KEYS[7], idx) or '') .. ARGV[i + 4] .. '\\n')
     if kind == 'r' and n <= retries then
@@ -61,8 +80,8 @@ for i = 3, #ARGV, 5 do
       failed = failed + redis.call('HSETNX', KEYS[3], idx, ARGV[i + 2])
     end
   end
-  settled = settled + redis.call('HDEL', KEYS[5], idx)
 end
+settled = redis.call('HDEL', KEYS[5], unpack(settled))
 if done ~= 0 then redis.call('HINCRBY', KEYS[4], 'done', done) end
 if failed ~= 0 then redis.call('HINCRBY', KEYS[4], 'failed', failed) end
 if settled ~= 0 then redis.call('HINCRBY', KEYS[4], 'running', -settled) end
