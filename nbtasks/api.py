@@ -101,8 +101,8 @@ def pmap(
     policy = Policy(retries, retry_delay, retry_on, timeout, parse_rate(rate), errors)
     func_payload = codec.dump_function(func, policy.retry_on)
     inputs, digest = job.fingerprint_inputs(items)
-    if not inputs:
-        return []
+    if not inputs and not background:
+        return []  # nothing to run: no server, no workers
     store = connect(redis if redis is not None else cfg.redis_url)
     try:
         spec = job.define(store, func, func_payload, inputs, digest, name=name, fresh=fresh, policy=policy)

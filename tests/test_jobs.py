@@ -179,3 +179,8 @@ def test_dashboard_refreshes_by_itself_while_jobs_run_then_stops(r: redis.Redis,
     wait_until(lambda: row.bar.value == 300 and row.bar.bar_style == "success", 60, "the bar to fill by itself")
     wait_until(lambda: not board.running(), 10, "refreshing to stop once nothing changes")
     assert job.done()
+
+
+def test_background_with_no_inputs_is_still_a_job(r: redis.Redis) -> None:
+    job = nbtasks.pmap(abs, [], background=True, progress=False)
+    assert isinstance(job, nbtasks.Job) and job.done() and job.result() == []
