@@ -62,11 +62,14 @@ class Worker:
     CLAIM_MAX = 1000  # items per claim; also bounds a Lua call's argument count
     WATCH_INTERVAL = 0.25  # seconds between checks that the caller still owns the job
     OUTAGE_LIMIT = 300.0  # seconds a worker waits for Redis to come back
+    SYNC_STREAK = 200  # items in a row that never yielded before batches run in one green thread
 
     def __init__(self, store: Store, job: str, token: str, wid: str, concurrency: int, beacon: Beacon | None) -> None:
         self.store, self.job, self.token, self.wid = store, job, token, wid
         self.beacon = beacon
         self.tasks: dict[greenlet.greenlet, int] = {}  # green thread -> the item it runs
+        self.switches = 0  # green-thread switches seen by the trace
+        self.streak = 0  # items in a row that ran without yielding
         self.slots = eventlet.semaphore.Semaphore(concurrency)
         self.outcomes: eventlet.queue.LightQueue = eventlet.queue.LightQueue()
         self.recording = False
@@ -110,14 +113,10 @@ class Worker:
             want = 1
             while want < self.CLAIM_MAX and self.slots.acquire(blocking=False):
                 want += 1
-            if rate:  # the job's shared rate limit decides how many may start now
-                granted, wait = self._retrying(self.store.take_turns, self.job, want, rate)
-                for _ in range(want - granted):
-                    self.slots.release()
-                if not granted:
-                    eventlet.sleep(wait)
+            if rate:
+                want = self._turns(want, rate)
+                if not want:
                     continue
-                want = granted
             items = self._retrying(self.store.claim, self.job, self.token, self.wid, want)
             if items is None:  # the caller let go of the job
                 return
@@ -128,14 +127,42 @@ class Worker:
                 idle = min(idle * 2, 0.2)
                 continue
             idle = 0.01
-            for index, payload in items:
-                eventlet.spawn_n(self._execute, func, index, payload)
+            if self.streak >= self.SYNC_STREAK:
+                eventlet.spawn_n(self._run_batch, func, items)
+            else:
+                for index, payload in items:
+                    eventlet.spawn_n(self._execute, func, index, payload)
 
-    def _execute(self, func: Callable[[Any], Any], index: int, payload: bytes) -> None:
+    def _turns(self, want: int, rate: float) -> int:
+        """How many of `want` items may start now under the job's shared rate limit;
+        with none, wait for the next turn (the slots go back)."""
+        granted, wait = self._retrying(self.store.take_turns, self.job, want, rate)
+        for _ in range(want - granted):
+            self.slots.release()
+        if not granted:
+            eventlet.sleep(wait)
+        return granted
+
+    def _run_batch(self, func: Callable[[Any], Any], items: list[tuple[int, bytes]]) -> None:
+        """Run a claimed batch one item after another in this one green thread: for a
+        function that never waits, a green thread per item costs several times the
+        work itself. The first item that does wait sends the rest back to one green
+        thread each, so waits on the network still overlap."""
+        for k, (index, payload) in enumerate(items):
+            if not self._execute(func, index, payload):
+                for rest in items[k + 1 :]:
+                    eventlet.spawn_n(self._execute, func, *rest)
+                return
+            if k % 100 == 99:
+                eventlet.sleep(0)  # let the recorder and the watcher run
+
+    def _execute(self, func: Callable[[Any], Any], index: int, payload: bytes) -> bool:
+        """Run one item and queue its outcome; whether it ran without yielding."""
         timeout = self.policy.get("timeout")
         self.tasks[greenlet.getcurrent()] = index
         if self.beacon is not None:
             self.beacon.running(index)
+        switches = self.switches
         try:
             # A green timeout cuts waits on the network; a task stuck in CPU or C code
             # never yields, and the caller replaces its process instead.
@@ -147,12 +174,17 @@ class Worker:
         except BaseException as exc:  # a task's SystemExit is its failure, not ours
             kind = "r" if isinstance(exc, self.retry_on) else "0"
             outcome = Outcome(index, kind, codec.failure_payload(exc), codec.failure_line(exc))
+        # Without the trace (no beacon) switches are not counted: never batch then.
+        synchronous = self.beacon is not None and self.switches == switches
+        self.streak = self.streak + 1 if synchronous else 0
         del self.tasks[greenlet.getcurrent()]
         self.outcomes.put(outcome)
         self.slots.release()
+        return synchronous
 
     def _trace(self, event: str, args: tuple[greenlet.greenlet, greenlet.greenlet]) -> None:
         if event in ("switch", "throw") and self.beacon is not None:
+            self.switches += 1
             self.beacon.running(self.tasks.get(args[1], IDLE))
 
     def _tick(self) -> None:

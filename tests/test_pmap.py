@@ -175,3 +175,16 @@ def _pid_and_eventlet(_: int) -> tuple[int, bool]:
     from eventlet import patcher
 
     return os.getpid(), patcher.is_monkey_patched("socket")
+
+
+def mostly_instant(url: str) -> str:
+    # Most items return at once (after a streak of those, a worker runs claimed batches
+    # in one green thread); every 500th waits on the network, and must still overlap.
+    return demo.fetch(url) if url.endswith("?delay=0.3") else url
+
+
+def test_fast_items_run_in_batches_and_slow_ones_still_overlap(r: redis.Redis, http_url: str) -> None:
+    urls = [f"{http_url}/{i}" + ("?delay=0.3" if i % 500 == 250 else "") for i in range(3000)]
+    out = nbtasks.pmap(mostly_instant, urls, concurrency=50, progress=False)
+    assert out == [u if not u.endswith("?delay=0.3") else u[len(http_url) :] for u in urls]
+    assert demo.SlowHandler.peak >= 3, f"only {demo.SlowHandler.peak} slow requests overlapped"
