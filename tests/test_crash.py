@@ -102,13 +102,13 @@ def test_redis_restarted_mid_job_the_run_rides_it_out(tmp_path: Path, capsys: py
     chaos.start()
     try:
         out = nbtasks.pmap(tagged, range(600), name="outage", redis=own.url, concurrency=10)
+        assert [v for v, _ in out] == [x * x for x in range(600)]
+        assert "Redis unreachable, retrying" in capsys.readouterr().err
+        exact(client, "outage", 600)
     finally:
         chaos.join()
-    assert [v for v, _ in out] == [x * x for x in range(600)]
-    assert "Redis unreachable, retrying" in capsys.readouterr().err
-    exact(client, "outage", 600)
-    client.close()
-    own.stop()
+        client.close()
+        own.stop()
 
 
 def test_redis_restarted_empty_is_detected_not_reported_complete(tmp_path: Path) -> None:

@@ -177,4 +177,5 @@ def test_losing_redis_for_good_is_a_clear_error_and_leaves_no_worker(tmp_path: P
     finally:
         killer.join()
         client.close()
+        own.stop()  # already stopped unless the test failed early
     assert worker_pids("lost") == []
