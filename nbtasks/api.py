@@ -127,18 +127,32 @@ def pmap(
 def connect(target: str | redis.Redis | None) -> Store:
     """A store for a URL or client (reused across calls for the same URL); with
     neither, the embedded server, started if it is not running."""
-    embedded = target is None
     if target is None:
-        target = server.ensure()
+        return _embedded()
     if not isinstance(target, str):
         return Store.connect(target)
     store = _stores.get(target)
     if store is None:
         store = _stores[target] = Store.connect(target)
-        if embedded:
-            store.revive = server.ensure  # a run restarts our own server if it dies
     else:
         store.check()
+    return store
+
+
+def _embedded() -> Store:
+    """nbtasks' own server: one ping when it runs (the cached store's), started or
+    restarted only when it does not answer."""
+    store = _stores.get(server.url_for(server.home()))
+    if store is not None:
+        try:
+            store.check()
+            return store
+        except RedisUnavailable:
+            pass
+    url = server.ensure()
+    store = _stores.get(url) or Store.connect(url)
+    _stores[url] = store
+    store.revive = server.ensure  # a run restarts our own server if it dies
     return store
 
 
