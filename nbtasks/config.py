@@ -20,11 +20,14 @@ class Settings:
     redis_url:   where jobs live (``redis://``, ``rediss://`` or ``unix://``).
     processes:   worker processes per job (0 runs inline in the caller).
     concurrency: green threads per worker process (1 for CPU-bound work).
+    warm:        seconds worker processes wait for the next call once a run is complete
+                 (0: they leave at once), so repeated calls start without a new process.
     """
 
     redis_url: str | None = None
     processes: int = dataclasses.field(default_factory=lambda: os.cpu_count() or 1)
     concurrency: int = DEFAULT_CONCURRENCY
+    warm: float = 60.0
     # How often the caller polls counters and refreshes its heartbeat (seconds).
     poll_interval: float = 0.1
     # Workers stop when the caller's heartbeat is older than this (seconds).
@@ -37,12 +40,14 @@ class Settings:
             raise ConfigError(f"processes must be 0 (inline) or more, not {self.processes}.")
         if self.concurrency < 1:
             raise ConfigError(f"concurrency must be 1 or more, not {self.concurrency}.")
+        if self.warm < 0:
+            raise ConfigError(f"warm must be 0 (no warm workers) or more seconds, not {self.warm}.")
         if not 0 < self.poll_interval < self.heartbeat_ttl / 4:
             raise ConfigError("poll_interval must be positive and well below heartbeat_ttl.")
 
     @classmethod
     def from_env(cls) -> Settings:
-        """Settings from NBTASKS_REDIS_URL, NBTASKS_PROCESSES and NBTASKS_CONCURRENCY."""
+        """Settings from NBTASKS_REDIS_URL, NBTASKS_PROCESSES, NBTASKS_CONCURRENCY and NBTASKS_WARM."""
         values: dict[str, object] = {}
         if url := os.environ.get("NBTASKS_REDIS_URL"):
             values["redis_url"] = url
@@ -53,6 +58,11 @@ class Settings:
                     values[field] = int(raw)
                 except ValueError:
                     raise ConfigError(f"NBTASKS_{field.upper()} must be a whole number, not {raw!r}.") from None
+        if raw := os.environ.get("NBTASKS_WARM"):
+            try:
+                values["warm"] = float(raw)
+            except ValueError:
+                raise ConfigError(f"NBTASKS_WARM must be a number of seconds, not {raw!r}.") from None
         return cls(**values)  # type: ignore[arg-type]
 
     def replace(self, **changes: Any) -> Settings:

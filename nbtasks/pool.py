@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -11,7 +13,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import standby
 from .beacon import IDLE, Beacon
+from .standby import Assignment
 
 
 @dataclass
@@ -20,10 +24,13 @@ class _Proc:
     popen: subprocess.Popen[bytes]
     log: Path
     beacon: Beacon
+    beacon_path: Path
+    control: socket.socket | None = None  # warm workers only
 
 
 class WorkerPool:
-    """`processes` fresh interpreters running ``python -m nbtasks.worker``.
+    """`processes` worker processes running ``python -m nbtasks.worker``, taken warm
+    from an earlier run when one waits (see `standby`), else started fresh.
 
     Fresh interpreters, not forks of the caller: a forked Jupyter kernel would carry its
     threads and sockets, and eventlet must patch the standard library before anything
@@ -36,14 +43,14 @@ class WorkerPool:
     hold the caller's pipes open.
     """
 
-    def __init__(self, url: str, job: str, token: str, processes: int, concurrency: int) -> None:
+    def __init__(self, url: str, job: str, token: str, processes: int, concurrency: int, warm: float = 0.0) -> None:
         self.url, self.job, self.token = url, job, token
-        self.processes, self.concurrency = processes, concurrency
+        self.processes, self.concurrency, self.warm = processes, concurrency, warm
         self.procs: list[_Proc] = []
         self._started = 0
-        self.log_dir = Path(tempfile.mkdtemp(prefix="nbtasks-workers-"))
-        self._keep_logs = False
+        self.log_dir = _log_dir()
         self._stopped_since: dict[str, float] = {}
+        self.reused = 0  # workers taken warm from an earlier run
 
     def start(self) -> None:
         for _ in range(self.processes):
@@ -53,29 +60,50 @@ class WorkerPool:
         """Start one worker (at the start, or to replace one that died)."""
         wid = f"{self.token[:8]}-{self._started}"
         self._started += 1
-        env = dict(os.environ)
-        # Passed in the environment, not argv: the URL may hold a password.
-        env["NBTASKS_REDIS_URL"] = self.url
-        env["NBTASKS_SYS_PATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
-        cmd = [sys.executable, "-m", "nbtasks.worker", "--job", self.job, "--token", self.token, "--wid", wid]
         beacon_path = self.log_dir / f"{wid}.beacon"
         beacon = Beacon(beacon_path, create=True)
+        # The caller's import path, so functions from its own modules load there too.
+        sys_path = [p or os.getcwd() for p in sys.path]
+        env = {**os.environ, "NBTASKS_REDIS_URL": self.url}  # not in argv: the URL may hold a password
+        if self.warm > 0:
+            a = Assignment(self.job, self.token, wid, self.concurrency, str(beacon_path), self.url, sys_path)
+            a.env, a.cwd = env, os.getcwd()
+            if taken := standby.take(a):
+                popen, control, log = taken
+                self.procs.append(_Proc(wid, popen, log, beacon, beacon_path, control))
+                self.reused += 1
+                return
+        env["NBTASKS_SYS_PATH"] = os.pathsep.join(sys_path)
+        cmd = [sys.executable, "-m", "nbtasks.worker", "--job", self.job, "--token", self.token, "--wid", wid]
         cmd += ["--concurrency", str(self.concurrency), "--beacon", str(beacon_path)]
+        ours, theirs = socket.socketpair() if self.warm > 0 else (None, None)
+        if theirs is not None:
+            cmd += ["--control", str(theirs.fileno()), "--warm", str(self.warm)]
         log = self.log_dir / f"{wid}.log"
         with open(log, "wb") as out:
             popen = subprocess.Popen(
-                cmd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
+                cmd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+                pass_fds=(theirs.fileno(),) if theirs else (),
             )
-        self.procs.append(_Proc(wid, popen, log, beacon))
+        if theirs is not None:
+            theirs.close()
+        self.procs.append(_Proc(wid, popen, log, beacon, beacon_path, ours))
 
     def dead(self) -> list[tuple[str, int, int, str]]:
         """Workers that exited since the last call: id, the item it was executing when
         it died (IDLE if none), exit code, the end of its log."""
         gone = [p for p in self.procs if p.popen.poll() is not None]
         self.procs = [p for p in self.procs if p.popen.returncode is None]
-        if gone:
-            self._keep_logs = True
-        return [(p.wid, p.beacon.read()[1], p.popen.returncode, _tail(p.log)) for p in gone]
+        out = [(p.wid, p.beacon.read()[1], p.popen.returncode, _tail(p.log)) for p in gone]
+        for p in gone:
+            _kept.add(p.log)
+            self._forget(p)
+        return out
 
     def blocked(self, age: float) -> list[tuple[str, int]]:
         """Workers whose event loop has not run for `age` seconds, with the item that
@@ -118,13 +146,49 @@ class WorkerPool:
                 p.popen.kill()
         for p in self.procs:
             p.popen.wait()
+            self._forget(p)
         self.procs = []
 
+    def keep_warm(self) -> None:
+        """The run is complete: hand live workers to the next run (see `standby`)."""
+        for p in self.procs:
+            if p.control is not None and p.popen.poll() is None:
+                standby.release(p.popen, p.control, p.log, self.warm)
+                self._forget(p, warm=True)
+        self.procs = [p for p in self.procs if p.control is None or p.popen.returncode is not None]
+
     def close(self, grace: float = 1.0) -> None:
-        """Stop every worker (see `stop`); remove their logs unless one of them died."""
+        """Stop every worker that is not kept warm (see `stop`)."""
         self.stop(grace)
-        if not self._keep_logs:
-            shutil.rmtree(self.log_dir, ignore_errors=True)
+
+    def _forget(self, p: _Proc, warm: bool = False) -> None:
+        """Let go of a worker's beacon, and of its log unless it died or stays warm."""
+        p.beacon.close()
+        p.beacon_path.unlink(missing_ok=True)
+        if not warm:
+            if p.log not in _kept:
+                p.log.unlink(missing_ok=True)
+            if p.control is not None:
+                p.control.close()
+
+
+_logs: list[Path] = []
+_kept: set[Path] = set()  # logs of workers that died: their last lines explain why
+
+
+def _log_dir() -> Path:
+    """One folder of worker logs per caller process (warm workers outlive a run),
+    removed at exit unless a worker died there."""
+    if not _logs:
+        _logs.append(Path(tempfile.mkdtemp(prefix="nbtasks-workers-")))
+        atexit.register(_remove_logs)
+    return _logs[0]
+
+
+def _remove_logs() -> None:
+    standby.close_all()  # first, so that warm workers' logs are closed
+    if not _kept:
+        shutil.rmtree(_logs[0], ignore_errors=True)
 
 
 def _state(pid: int) -> str:

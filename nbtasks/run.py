@@ -48,7 +48,7 @@ class Run:
         self._complete = False
         self.pool = None
         if not self.inline:
-            self.pool = WorkerPool(store.url, spec.name, self.token, cfg.processes, cfg.concurrency)
+            self.pool = WorkerPool(store.url, spec.name, self.token, cfg.processes, cfg.concurrency, cfg.warm)
             self.pool.start()
 
     def follow(self, stop: threading.Event | None = None) -> Counts:
@@ -84,6 +84,8 @@ class Run:
             self.bar.close()
 
     def _stop(self) -> None:
+        if self._complete and self.pool is not None:
+            self.pool.keep_warm()  # told before the owner key goes, so they wait rather than leave
         try:
             self.store.end_run(self.spec.name, self.token)  # workers see the owner gone and leave
         except TRANSIENT:

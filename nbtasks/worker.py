@@ -12,14 +12,21 @@ if __name__ == "__main__":
     # eventlet must patch the standard library before redis-py (or anything that opens
     # sockets) is imported; its deprecation notice is for library authors, not users.
     warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
+    import os
+
+    # eventlet's own resolver imports dnspython, a third of a worker's start-up; the
+    # system resolver in eventlet's thread pool (see _green_resolver) is as concurrent.
+    os.environ.setdefault("EVENTLET_NO_GREENDNS", "yes")
     import eventlet
 
     eventlet.monkey_patch()
 
 import argparse  # noqa: E402
+import functools  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
 import traceback  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from contextlib import nullcontext  # noqa: E402
@@ -27,6 +34,7 @@ from pathlib import Path  # noqa: E402
 from typing import Any, NoReturn, TypeVar  # noqa: E402
 
 import eventlet  # noqa: E402
+import eventlet.event  # noqa: E402
 import eventlet.queue  # noqa: E402
 import eventlet.semaphore  # noqa: E402
 import greenlet  # noqa: E402
@@ -34,9 +42,26 @@ from greenlet import GreenletExit  # noqa: E402
 
 from . import codec  # noqa: E402
 from .beacon import IDLE, Beacon  # noqa: E402
+from .standby import Assignment, Control, Modules  # noqa: E402
 from .store import TRANSIENT, Outcome, Store  # noqa: E402
 
 T = TypeVar("T")
+
+
+def _green_resolver() -> None:
+    """Name lookups in eventlet's thread pool: the system resolver (with /etc/hosts and
+    nsswitch) waits in a real thread while the other green threads go on."""
+    if os.environ.get("EVENTLET_NO_GREENDNS") != "yes":
+        return  # eventlet's own green resolver is in place
+    import socket
+
+    import eventlet.green.socket
+    from eventlet import tpool
+
+    for name in ("getaddrinfo", "gethostbyname", "gethostbyname_ex", "getnameinfo"):
+        lookup = functools.partial(tpool.execute, getattr(socket, name))
+        setattr(socket, name, lookup)
+        setattr(eventlet.green.socket, name, lookup)  # its create_connection looks here
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -46,14 +71,38 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--wid", required=True, help="this worker's id")
     parser.add_argument("--concurrency", type=int, required=True)
     parser.add_argument("--beacon", type=Path, help="shared memory the caller reads to spot stuck tasks")
+    parser.add_argument("--control", type=int, help="file descriptor of the caller's socket (warm workers)")
+    parser.add_argument("--warm", type=float, default=0.0, help="seconds to wait for another run")
     args = parser.parse_args(argv)
-    # The caller's import path, so functions from its own modules load here too.
-    for entry in os.environ.get("NBTASKS_SYS_PATH", "").split(os.pathsep):
-        if entry and entry not in sys.path:
-            sys.path.append(entry)
-    store = Store.connect(os.environ["NBTASKS_REDIS_URL"])
-    beacon = Beacon(args.beacon) if args.beacon else None
-    Worker(store, args.job, args.token, args.wid, args.concurrency, beacon).run()
+    # The first run comes with the command line; later ones (warm) over the control socket.
+    assignment: Assignment | None = Assignment(
+        args.job,
+        args.token,
+        args.wid,
+        args.concurrency,
+        str(args.beacon or ""),
+        os.environ["NBTASKS_REDIS_URL"],
+        os.environ.get("NBTASKS_SYS_PATH", "").split(os.pathsep),  # functions from the caller's modules
+    )
+    control = Control(args.control) if args.control is not None else None
+    modules = Modules()
+    stores: dict[str, Store] = {}
+    while assignment is not None:
+        assignment.apply()
+        store = stores.get(assignment.url) or stores.setdefault(assignment.url, Store.connect(assignment.url))
+        try:
+            beacon = Beacon(Path(assignment.beacon)) if assignment.beacon else None
+        except FileNotFoundError:
+            beacon = None  # started so late that its run is already complete
+        a, began = assignment, time.time()
+        reusable = Worker(store, a.job, a.token, a.wid, a.concurrency, beacon, control).run()
+        if beacon is not None:
+            beacon.close()
+        if not reusable or control is None:
+            break
+        modules.note(began)
+        assignment = control.next_assignment(args.warm, stale=modules.changed)
+    os._exit(0)
 
 
 class Worker:
@@ -64,9 +113,19 @@ class Worker:
     OUTAGE_LIMIT = 300.0  # seconds a worker waits for Redis to come back
     SYNC_STREAK = 200  # items in a row that never yielded before batches run in one green thread
 
-    def __init__(self, store: Store, job: str, token: str, wid: str, concurrency: int, beacon: Beacon | None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        job: str,
+        token: str,
+        wid: str,
+        concurrency: int,
+        beacon: Beacon | None,
+        control: Control | None = None,
+    ) -> None:
         self.store, self.job, self.token, self.wid = store, job, token, wid
-        self.beacon = beacon
+        self.beacon, self.control = beacon, control
+        self.over = eventlet.event.Event()  # the caller said the run is complete
         self.tasks: dict[greenlet.greenlet, int] = {}  # green thread -> the item it runs
         self.switches = 0  # green-thread switches seen by the trace
         self.streak = 0  # items in a row that ran without yielding
@@ -76,15 +135,30 @@ class Worker:
         self.policy: dict[str, Any] = {}
         self.retry_on: tuple[type[BaseException], ...] = (Exception,)
 
-    def run(self) -> None:
+    def run(self) -> bool:
+        """Work until the run is over; whether this process may take another run (the
+        caller said the run is complete and nothing is left running here)."""
         func = self._load_function()
-        eventlet.spawn_n(self._guard, self._record_loop)
-        eventlet.spawn_n(self._guard, self._watch_owner)
+        helpers = [eventlet.spawn(self._guard, self._record_loop), eventlet.spawn(self._guard, self._watch_owner)]
         if self.beacon is not None:
             greenlet.settrace(self._trace)
-            eventlet.spawn_n(self._guard, self._tick)
+            helpers.append(eventlet.spawn(self._guard, self._tick))
+        if self.control is not None:
+            helpers.append(eventlet.spawn(self._guard, self._watch_control))
         self._claim_loop(func)
-        self._exit()
+        if self.control is not None:
+            # A complete run's "end" is sent before the owner key goes: when the claims
+            # stopped first, it is already in the socket, a loop turn away.
+            self.over.wait(0.1)
+        if not self.over.ready():
+            self._exit()
+        # Helpers are stopped by their own checks, never killed: a green thread killed
+        # inside a Redis call would leave half a reply on the shared connection.
+        self.outcomes.put(None)
+        for helper in helpers:
+            helper.wait()
+        greenlet.settrace(None)
+        return not self.tasks and self.outcomes.empty()
 
     def _load_function(self) -> Callable[[Any], Any]:
         meta = self.store.meta(self.job)
@@ -108,7 +182,7 @@ class Worker:
     def _claim_loop(self, func: Callable[[Any], Any]) -> None:
         idle = 0.01
         rate = self.policy.get("rate")
-        while True:
+        while not self.over.ready():
             self.slots.acquire()
             want = 1
             while want < self.CLAIM_MAX and self.slots.acquire(blocking=False):
@@ -123,7 +197,7 @@ class Worker:
             for _ in range(want - len(items)):
                 self.slots.release()
             if not items:
-                eventlet.sleep(idle)
+                self.over.wait(idle)
                 idle = min(idle * 2, 0.2)
                 continue
             idle = 0.01
@@ -188,25 +262,40 @@ class Worker:
             self.beacon.running(self.tasks.get(args[1], IDLE))
 
     def _tick(self) -> None:
-        while self.beacon is not None:
+        while self.beacon is not None and not self.over.ready():
             self.beacon.tick()
-            eventlet.sleep(0.1)
+            self.over.wait(0.1)
 
     def _record_loop(self) -> None:
         # Whatever finished while the last round trip was in flight goes in the next one.
-        while True:
+        stop = False
+        while not stop:
             batch = [self.outcomes.get()]
             self.recording = True
             while len(batch) < self.CLAIM_MAX and not self.outcomes.empty():
                 batch.append(self.outcomes.get_nowait())
+            stop = None in batch  # the run is over (see run)
+            batch = [outcome for outcome in batch if outcome is not None]
             retries, delay = self.policy.get("retries", 0), self.policy.get("retry_delay", 0.0)
-            self._retrying(self.store.record, self.job, self.wid, batch, retries, delay)
+            if batch:
+                self._retrying(self.store.record, self.job, self.wid, batch, retries, delay)
             self.recording = False
 
     def _watch_owner(self) -> None:
         while self._retrying(self.store.owner, self.job) == self.token:
-            eventlet.sleep(self.WATCH_INTERVAL)
-        self._exit()
+            if self.over.wait(self.WATCH_INTERVAL):
+                return
+        if not self.over.ready():
+            self._exit()
+
+    def _watch_control(self) -> None:
+        """The caller's word: "end" (the run is complete) or end of file (it is gone)."""
+        assert self.control is not None
+        line = self.control.line(None)
+        if line == b"end" and not self.tasks and not self.recording and self.outcomes.empty():
+            self.over.send(True)
+            return
+        self._exit()  # the caller is gone, or tasks still run: record what finished, then leave
 
     def _retrying(self, call: Callable[..., T], *args: Any) -> T:
         """`call(*args)`, waiting out a Redis outage (a restart, a failover): results
@@ -241,4 +330,5 @@ class Worker:
 
 
 if __name__ == "__main__":
+    _green_resolver()
     main()

