@@ -33,6 +33,10 @@ _EXPORTS = {
     "JobMismatchError": "errors",
     "WorkerError": "errors",
     "TaskError": "errors",
+    "ship": "codec",
+    "set_func": "script",
+    "set_redis": "script",
+    "main": "script",
 }
 
 __all__ = [
@@ -55,6 +59,10 @@ __all__ = [
     "JobMismatchError",
     "WorkerError",
     "TaskError",
+    "ship",
+    "set_func",
+    "set_redis",
+    "main",
     "server",
     "__version__",
 ]
@@ -62,6 +70,7 @@ __all__ = [
 if TYPE_CHECKING:
     from . import server
     from .api import Job, jobs, pmap, reset, status
+    from .codec import ship
     from .config import Settings, configure
     from .errors import (
         ConfigError,
@@ -75,6 +84,7 @@ if TYPE_CHECKING:
         UnknownJob,
         WorkerError,
     )
+    from .script import main, set_func, set_redis
     from .snapshot import JobStatus
 
 

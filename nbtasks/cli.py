@@ -3,29 +3,134 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
+from typing import Any
 
-from . import demo, server
+from .exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NOT_RUNNING, EXIT_UNKNOWN_JOB, EXIT_UNREACHABLE, EXITS, confirm
+
+REDIS_HELP = "the Redis holding the jobs (default: NBTASKS_REDIS_URL, else nbtasks' own server)"
+
+
+def parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    top = argparse.ArgumentParser(
+        prog="nbtasks",
+        description="Parallel, resumable map for notebooks: see and manage jobs, lend this machine's processes.",
+        epilog=EXITS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    top.add_argument("--version", action="version", version=f"nbtasks {__version__}")
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name, help=help, description=help, epilog=EXITS, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+        if name not in ("server", "demo"):
+            sub.add_argument("--redis", metavar="URL", help=REDIS_HELP)
+        return sub
+
+    status = command("status", "every job as a table, or one job with its first failures")
+    status.add_argument("name", nargs="?", metavar="NAME")
+    command("jobs", "one line per job: name, state, done/total, failed (for scripts)")
+    failures = command("failures", "the failures of a job, with their remote tracebacks")
+    failures.add_argument("name", metavar="NAME")
+    failures.add_argument("--limit", type=int, default=20, help="at most this many (default 20; 0: all)")
+    reset = command("reset", "delete a job, its inputs and its results (stopping it first)")
+    reset.add_argument("name", metavar="NAME")
+    reset.add_argument("--yes", action="store_true", help="do not ask first")
+    worker = command("worker", "lend this machine's processes to the jobs that callers run")
+    worker.add_argument("--processes", type=int, help="worker processes (default: NBTASKS_PROCESSES, else CPUs)")
+    worker.add_argument("--concurrency", type=int, help="green threads per process (default 200)")
+    worker.add_argument("--job", metavar="NAME", help="only this job (default: any job)")
+    worker.add_argument(
+        "--heartbeat", type=float, default=6.0, help="seconds after which a silent worker's items go back (default 6)"
+    )
+    server = command("server", "the embedded Redis-compatible server (NBTASKS_HOME)")
+    server.add_argument("action", choices=["status", "start", "stop"])
+    command("demo", "fetch pages from a local HTTP server: for-loop against pmap")
+    return top
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="nbtasks", description="Parallel, resumable map for notebooks.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    srv = commands.add_parser("server", help="the embedded Redis-compatible server (NBTASKS_HOME)")
-    srv.add_argument("action", choices=["status", "start", "stop"])
-    commands.add_parser("demo", help="fetch pages from a local HTTP server: for-loop against pmap")
-    args, rest = parser.parse_known_args(argv)
-
+    args, rest = parser().parse_known_args(argv)
     if args.command == "demo":
+        from . import demo
+
         demo.main(rest)
         return 0
     if rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    if args.action == "status":
+        parser().error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "server":
+        return _server(args.action)
+    from .errors import RedisUnavailable, UnknownJob
+
+    try:
+        return _jobs_command(args)
+    except UnknownJob as exc:
+        print(f"nbtasks: {exc}", file=sys.stderr)
+        return EXIT_UNKNOWN_JOB
+    except RedisUnavailable as exc:
+        print(f"nbtasks: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+def _jobs_command(args: Any) -> int:
+    from . import job
+    from .api import Job, connect, reset
+    from .config import settings
+    from .snapshot import detail, snapshots, table
+
+    cfg = settings()
+    store = connect(args.redis or cfg.redis_url)
+    width = shutil.get_terminal_size().columns
+    if args.command == "status":
+        if args.name is None:
+            print(table(snapshots(store), width))
+            return 0
+        state = Job(args.name, redis=store.client).counts()
+        print(detail(state, job.load_failures(store, args.name), width=width, refusals=store.refusals(args.name)))
+        return 0
+    if args.command == "jobs":
+        for s in snapshots(store):
+            print(f"{s.name}\t{s.state}\t{s.done}/{s.total}\t{s.failed}")
+        return 0
+    if args.command == "failures":
+        Job(args.name, redis=store.client)  # UnknownJob unless it exists
+        found = job.load_failures(store, args.name)
+        shown = found if args.limit <= 0 else found[: args.limit]
+        for f in shown:
+            print(f"{f}\n{f.traceback.rstrip()}\n")
+        more = f" ({len(found) - len(shown)} more: --limit 0 shows all)" if len(shown) < len(found) else ""
+        print(f"{len(found)} failed{more}.")
+        return EXIT_FAILED if found else 0
+    if args.command == "reset":
+        state = Job(args.name, redis=store.client).counts()
+        if not args.yes and not confirm(f"Delete job '{args.name}': {state.total} inputs, {state.done} results?"):
+            print("Nothing deleted.", file=sys.stderr)
+            return EXIT_FAILED
+        reset(args.name, redis=store.client)
+        print(f"{args.name}: deleted.")
+        return 0
+    from .service import Service
+
+    processes = args.processes if args.processes is not None else cfg.processes
+    concurrency = args.concurrency if args.concurrency is not None else cfg.concurrency
+    return Service(store, max(1, processes), concurrency, args.job, args.heartbeat).serve()
+
+
+def _server(action: str) -> int:
+    from . import server
+
+    if action == "status":
         state = server.status()
         print(state)
-        return 0 if state.running else 3
-    if args.action == "start":
+        return 0 if state.running else EXIT_NOT_RUNNING
+    if action == "start":
         print(server.start())
         return 0
     stopped = server.stop()

@@ -9,7 +9,7 @@ import os
 import pickle
 import traceback
 from collections.abc import Callable, Iterator
-from types import CellType, CodeType, FunctionType
+from types import CellType, CodeType, FunctionType, ModuleType
 from typing import Any
 
 import cloudpickle
@@ -18,6 +18,21 @@ from .errors import NotPicklableError
 
 PROTOCOL = 5
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_shipped: set[bytes] = set()  # names of the modules that travel by value (see ship)
+
+
+def ship(module: ModuleType) -> None:
+    """Send `module`'s functions and classes to worker processes by value, so that
+    workers on machines where it is not installed can run them (by default a function
+    from your own module travels by name, and a worker imports that module).
+
+    Call it before `pmap`, e.g. ``nbtasks.ship(mytools)``. Modules that `module`
+    imports still travel by name.
+    """
+    if not isinstance(module, ModuleType):
+        raise TypeError(f"ship() takes a module, not {type(module).__name__}.")
+    cloudpickle.register_pickle_by_value(module)
+    _shipped.add(module.__name__.encode())
 
 
 def dump(value: Any) -> bytes:
@@ -31,7 +46,7 @@ def dump(value: Any) -> bytes:
         data = pickle.dumps(value, protocol=PROTOCOL)
     except (pickle.PicklingError, TypeError, AttributeError):
         return _cloudpickle(value)
-    if b"__main__" in data:
+    if b"__main__" in data or any(name in data for name in _shipped):
         return _cloudpickle(value)
     return data
 

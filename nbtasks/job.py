@@ -104,6 +104,40 @@ def define(
     return JobSpec(name, total, finished=done == total, policy=numbers)
 
 
+APPENDABLE = "appended"  # the inputs digest of a job that grows by appending
+
+
+def append(
+    store: Store, name: str, func: Callable[..., Any], func_payload: bytes, items: list[Any], policy: Policy
+) -> JobSpec:
+    """Find or create a job whose inputs grow by appending (a script's ``add``), store
+    the function, and append `items` after the inputs it holds."""
+    meta = store.meta(name)
+    if meta and meta.get("inputs") != APPENDABLE:
+        raise JobMismatchError(
+            f"Job '{name}' was made by pmap with fixed inputs, so nothing can be appended to it; "
+            "name the script's job otherwise with set_func(func, name=...)."
+        )
+    code_digest = codec.func_digest(func, func_payload)
+    total = int(meta.get("total", 0))
+    done = store.done_count(name) if meta else 0
+    if meta and meta.get("code") != code_digest and done < total:
+        print(
+            f"nbtasks: the code of job '{name}' changed; its {done} finished results are kept and "
+            f"the new code runs the other {total - done}.",
+            file=sys.stderr,
+        )
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    numbers = policy.numbers()
+    new_meta = {"inputs": APPENDABLE, "code": code_digest, "function": codec.func_label(func), "python": python}
+    store.define(name, {**new_meta, "policy": json.dumps(numbers)}, func_payload)
+    if items or not meta:
+        start = store.reserve_inputs(name, len(items))
+        payloads = [codec.dump_input(item, start + offset) for offset, item in enumerate(items)]
+        total = store.append_inputs(name, start, payloads)
+    return JobSpec(name, total, finished=done >= total, policy=numbers)
+
+
 def gather(store: Store, spec: JobSpec, errors: str = "raise") -> list[Any]:
     """The results in input order. Failures raise one TaskError naming them all, or
     with ``errors="return"`` stand in the list as `Failure` objects."""

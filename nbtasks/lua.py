@@ -197,3 +197,13 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+# KEYS meta   ARGV end
+# Appended inputs up to index `end` are stored: raise the total to cover them (appends
+# may finish out of order) and mark the job ready.
+GROW = """
+local total = tonumber(redis.call('HGET', KEYS[1], 'total') or 0)
+if total < tonumber(ARGV[1]) then total = tonumber(ARGV[1]) end
+redis.call('HSET', KEYS[1], 'total', total, 'ready', '1')
+return total
+"""

@@ -114,18 +114,37 @@ def row(s: JobStatus) -> tuple[str, ...]:
     )
 
 
-def table(items: Sequence[JobStatus]) -> str:
-    """The snapshots as a plain-text table (what a terminal shows)."""
+# Dropped in this order when the table is wider than the terminal.
+OPTIONAL = ("function", "age", "workers", "retrying", "ETA", "rate", "running")
+
+
+def table(items: Sequence[JobStatus], width: int | None = None) -> str:
+    """The snapshots as a plain-text table (what a terminal shows), no wider than
+    `width` characters when columns can be dropped to fit."""
     if not items:
         return "No jobs. nbtasks.pmap(func, items) creates one."
     rows = [HEADER, *(row(s) for s in items)]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+    columns = list(range(len(HEADER)))
+    widths = [max(len(r[i]) for r in rows) for i in columns]
+    for name in OPTIONAL:
+        if width is None or sum(widths[i] + 2 for i in columns) - 2 <= width:
+            break
+        columns.remove(HEADER.index(name))
+    return "\n".join("  ".join(r[i].ljust(widths[i]) for i in columns).rstrip() for r in rows)
 
 
-def detail(s: JobStatus, failures: Sequence[Failure], limit: int = 3) -> str:
-    """One job in detail: its row and its first failures with their tracebacks."""
-    lines = [table([s])]
+def detail(
+    s: JobStatus,
+    failures: Sequence[Failure],
+    limit: int = 3,
+    width: int | None = None,
+    refusals: dict[str, str] | None = None,
+) -> str:
+    """One job in detail: its row, the workers that refused it, and its first failures
+    with their tracebacks."""
+    lines = [table([s], width)]
+    for who, why in (refusals or {}).items():
+        lines.append(f"refused by a worker on {who}: {why}")
     if failures:
         lines.append(f"\n{len(failures)} failed; the first {min(limit, len(failures))}:")
         for f in failures[:limit]:

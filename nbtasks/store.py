@@ -9,6 +9,7 @@ Cluster and the Lua scripts below may touch several of its keys.
     nbtasks:{job}:inputs         hash   index -> pickled input
     nbtasks:{job}:queue          list   indices waiting for a worker
     nbtasks:{job}:claims:<wid>   hash   index -> when a worker took it (not yet recorded)
+    nbtasks:{job}:alive:<wid>    string set while a worker on another machine lives; expires
     nbtasks:{job}:workers        set    worker ids of the current run
     nbtasks:{job}:done           bitmap bit i set once item i has a recorded result
     nbtasks:{job}:results        hash   index -> pickled result
@@ -23,6 +24,7 @@ Cluster and the Lua scripts below may touch several of its keys.
                                         when the caller stops refreshing it
     nbtasks:{job}:cancel         string set to ask whoever runs the job to stop
     nbtasks:{job}:fatal          string why a worker could not start
+    nbtasks:{job}:refused        hash   host and Python -> why a worker there refused the job
     nbtasks:{job}:finished       list   pushed when the last item settles: wakes the caller
 """
 
@@ -39,6 +41,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import redis
+from redis.cluster import RedisCluster
 
 from . import lua
 from .errors import ConfigError, RedisUnavailable
@@ -84,9 +87,9 @@ class Counts:
 
 PARTS = (
     "meta", "func", "inputs", "queue", "workers", "done", "results", "failures", "attempts", "history",
-    "delayed", "deaths", "rate", "counts", "owner", "cancel", "fatal", "finished",
+    "delayed", "deaths", "rate", "counts", "owner", "cancel", "fatal", "finished", "refused",
 )  # fmt: skip
-RUN_STATE = ("queue", "failures", "attempts", "history", "delayed", "deaths", "fatal", "cancel", "finished")
+RUN_STATE = ("queue", "failures", "attempts", "history", "delayed", "deaths", "fatal", "cancel", "finished", "refused")
 
 
 class JobKeys:
@@ -117,13 +120,18 @@ class JobKeys:
     cancel: str
     fatal: str
     finished: str
+    refused: str
 
     def claims(self, wid: str) -> str:
         return f"{self.prefix}claims:{wid}"
 
+    def alive(self, wid: str) -> str:
+        return f"{self.prefix}alive:{wid}"
+
     def all(self, wids: Iterable[bytes]) -> list[str]:
         """Every key of the job, given the ids of its workers."""
-        return [self.prefix + part for part in PARTS] + [self.claims(w.decode()) for w in wids]
+        per_worker = [key for w in wids for key in (self.claims(w.decode()), self.alive(w.decode()))]
+        return [self.prefix + part for part in PARTS] + per_worker
 
 
 def pending_indices(bitmap: bytes, total: int) -> Iterator[int]:
@@ -159,7 +167,7 @@ def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
 class Store:
     """A connection to the Redis that holds the jobs."""
 
-    def __init__(self, client: redis.Redis, url: str) -> None:
+    def __init__(self, client: redis.Redis | RedisCluster, url: str) -> None:
         # Typed loosely: redis-py's annotations cannot know decode_responses=False.
         self.client: Any = client
         self.url = url
@@ -172,20 +180,23 @@ class Store:
         self._take = client.register_script(lua.TAKE)
         self._release = client.register_script(lua.RELEASE)
         self._recount = client.register_script(lua.RECOUNT)
+        self._grow = client.register_script(lua.GROW)
 
     @classmethod
-    def connect(cls, target: str | redis.Redis) -> Store:
+    def connect(cls, target: str | redis.Redis | RedisCluster) -> Store:
         """Connect to a URL or adopt a redis-py client, and check that it answers."""
+        client: redis.Redis | RedisCluster
         if isinstance(target, redis.Redis):
             client, url = target, client_url(target)
+        elif isinstance(target, RedisCluster):
+            client, url = target, _cluster_url(target)
         elif isinstance(target, str):
-            try:
-                client = redis.Redis.from_url(target, socket_connect_timeout=5, health_check_interval=30)
-            except ValueError as exc:
-                raise ConfigError(f"{safe_url(target)} is not a Redis URL: {exc}.") from None
-            url = target
+            client, url = _client_for(target), target
         else:
-            raise ConfigError(f"redis= takes a URL or a redis.Redis client, not {type(target).__name__}.")
+            raise ConfigError(
+                "redis= takes a URL, a redis.Redis or a redis.cluster.RedisCluster client, "
+                f"not {type(target).__name__}."
+            )
         store = cls(client, url)
         store.check()
         return store
@@ -221,6 +232,21 @@ class Store:
         pipe.hset(k.meta, "ready", "1")
         pipe.execute()
 
+    def reserve_inputs(self, job: str, count: int) -> int:
+        """Reserve `count` indices after those already appended; the first of them."""
+        return int(self.client.hincrby(self.keys[job].meta, "reserved", count)) - count
+
+    def append_inputs(self, job: str, start: int, payloads: list[bytes]) -> int:
+        """Store inputs at the indices reserved from `start`; the job's new total."""
+        k = self.keys[job]
+        pipe = self.client.pipeline(transaction=False)
+        for offset, chunk in _batches(payloads, BATCH):
+            pipe.hset(
+                k.inputs, mapping=dict(zip(range(start + offset, start + offset + len(chunk)), chunk, strict=True))
+            )
+            pipe.execute()
+        return int(self._grow(keys=[k.meta], args=[start + len(payloads)]))
+
     def define(self, job: str, meta: dict[str, Any], func: bytes) -> None:
         k = self.keys[job]
         pipe = self.client.pipeline()
@@ -228,8 +254,8 @@ class Store:
         pipe.hsetnx(k.meta, "created", time.time())
         pipe.hsetnx(k.meta, "epoch", uuid.uuid4().hex)  # tells this job from one stored again
         pipe.set(k.func, func)
-        pipe.sadd(REGISTRY, job)
         pipe.execute()
+        self.client.sadd(REGISTRY, job)  # another slot on a Cluster: not in the transaction
 
     def done_count(self, job: str) -> int:
         return int(self.client.bitcount(self.keys[job].done))
@@ -240,10 +266,8 @@ class Store:
 
     def delete(self, job: str) -> None:
         k = self.keys[job]
-        pipe = self.client.pipeline()
-        pipe.delete(*k.all(self.client.smembers(k.workers)))
-        pipe.srem(REGISTRY, job)
-        pipe.execute()
+        self.client.delete(*k.all(self.client.smembers(k.workers)))
+        self.client.srem(REGISTRY, job)
 
     # -- one run ---------------------------------------------------------------
 
@@ -377,6 +401,55 @@ class Store:
         keys = [k.claims(wid), k.queue, k.done, k.counts, k.deaths, k.failures, k.history, k.attempts]
         return int(self._bury(keys=keys, args=[culprit, limit, payload, line]))
 
+    # -- workers on other machines ---------------------------------------------
+
+    def alive(self, job: str, wid: str, ttl: float) -> None:
+        """A worker on another machine lives; said again before `ttl` seconds pass."""
+        self.client.set(self.keys[job].alive(wid), 1, px=int(ttl * 1000))
+
+    def lost_workers(self, job: str, local: Callable[[str], bool]) -> list[str]:
+        """Workers of other machines whose heartbeat expired (a cut link, a dead host):
+        their unfinished items go back to the queue, and they leave the run."""
+        k = self.keys[job]
+        remote = [w.decode() for w in self.client.smembers(k.workers) if not local(w.decode())]
+        if not remote:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for wid in remote:
+            pipe.exists(k.alive(wid))
+        lost = [wid for wid, alive in zip(remote, pipe.execute(), strict=True) if not alive]
+        for wid in lost:
+            self.requeue(job, wid)
+            self.client.srem(k.workers, wid)
+        return lost
+
+    def refuse(self, job: str, who: str, message: str) -> None:
+        """Note why a worker (`who`: its host and Python) cannot run the job."""
+        self.client.hset(self.keys[job].refused, who, message)
+
+    def refusals(self, job: str) -> dict[str, str]:
+        return {k.decode(): v.decode() for k, v in self.client.hgetall(self.keys[job].refused).items()}
+
+    def runs(self) -> list[tuple[str, str, dict[str, str], int]]:
+        """Jobs a caller runs now: name, the run's token, meta, and items waiting
+        (queued or to be retried)."""
+        names = self.job_names()
+        pipe = self.client.pipeline(transaction=False)
+        for job in names:
+            k = self.keys[job]
+            pipe.get(k.owner)
+            pipe.hgetall(k.meta)
+            pipe.llen(k.queue)
+            pipe.zcard(k.delayed)
+        replies = pipe.execute()
+        out = []
+        for i, job in enumerate(names):
+            token, meta, queued, delayed = replies[4 * i : 4 * i + 4]
+            if token is not None and meta:
+                decoded = {key.decode(): value.decode() for key, value in meta.items()}
+                out.append((job, token.decode(), decoded, int(queued) + int(delayed)))
+        return out
+
     def take_turns(self, job: str, want: int, per_second: float) -> tuple[int, float]:
         """Turns granted under the job's shared rate limit, or seconds to wait for one."""
         granted, wait_ms = self._take(keys=[self.keys[job].rate], args=[1000 / per_second, want, RATE_WINDOW_MS])
@@ -426,6 +499,34 @@ class _KeyCache(dict[str, JobKeys]):
     def __missing__(self, job: str) -> JobKeys:
         keys = self[job] = JobKeys(job)
         return keys
+
+
+def _client_for(url: str) -> redis.Redis | RedisCluster:
+    """A client for `url`; for a Redis Cluster (as the server itself says), a cluster client."""
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
+    except ValueError as exc:
+        raise ConfigError(f"{safe_url(url)} is not a Redis URL: {exc}.") from None
+    if url.startswith("unix:"):
+        return client  # a Cluster speaks TCP
+    try:
+        cluster = client.info("cluster").get("cluster_enabled") == 1
+    except redis.RedisError:
+        return client  # unreachable (check() says so), or a user not allowed INFO: not a Cluster
+    if not cluster:
+        return client
+    client.close()
+    return RedisCluster.from_url(url, socket_connect_timeout=5)
+
+
+def _cluster_url(client: RedisCluster) -> str:
+    node = client.get_default_node()  # type: ignore[no-untyped-call]
+    kw = client.nodes_manager.connection_kwargs
+    auth = ""
+    if kw.get("password"):
+        auth = f"{quote(kw.get('username') or '', safe='')}:{quote(kw['password'], safe='')}@"
+    scheme = "rediss" if kw.get("ssl") else "redis"
+    return f"{scheme}://{auth}{node.host}:{node.port}"
 
 
 def client_url(client: redis.Redis) -> str:

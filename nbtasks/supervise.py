@@ -19,6 +19,7 @@ from .store import Outcome, Store
 
 DEATHS_LIMIT = 3  # times a worker may die running an item before it is recorded as failed
 STUCK_GRACE = 2.0  # seconds past its timeout before a task that never yields is stopped
+REMOTE_EVERY = 10  # checks (polls) between looks at the heartbeats of other machines' workers
 
 
 class Supervisor:
@@ -28,6 +29,7 @@ class Supervisor:
         self._frozen: set[str] = set()  # workers stopped (SIGSTOP) whose items went back
         self._idle_deaths = 0  # workers that died holding no item since the last progress
         self._done = 0
+        self._checks = 0
 
     def check(self, done: int) -> None:
         """One round: replace stuck, frozen and dead workers."""
@@ -37,6 +39,15 @@ class Supervisor:
             self._replace_stuck()
         self._replace_frozen()
         self._replace_dead(done)
+        self._checks += 1
+        if self._checks % REMOTE_EVERY == 0:
+            self._drop_lost_remote()
+
+    def _drop_lost_remote(self) -> None:
+        """Workers of `nbtasks worker` on other machines whose heartbeat lapsed (a cut
+        link, a dead host): their items go back to the queue."""
+        ours = f"{self.pool.token[:8]}-"
+        self.store.lost_workers(self.spec.name, local=lambda wid: wid.startswith(ours))
 
     def top_up(self) -> None:
         """Start workers until the pool has its size again (after an outage)."""

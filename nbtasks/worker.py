@@ -25,6 +25,8 @@ import argparse  # noqa: E402
 import functools  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
@@ -42,6 +44,7 @@ from greenlet import GreenletExit  # noqa: E402
 
 from . import codec  # noqa: E402
 from .beacon import IDLE, Beacon  # noqa: E402
+from .exits import EXIT_REFUSED  # noqa: E402
 from .standby import Assignment, Control, Modules  # noqa: E402
 from .store import TRANSIENT, Outcome, Store  # noqa: E402
 
@@ -73,6 +76,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--beacon", type=Path, help="shared memory the caller reads to spot stuck tasks")
     parser.add_argument("--control", type=int, help="file descriptor of the caller's socket (warm workers)")
     parser.add_argument("--warm", type=float, default=0.0, help="seconds to wait for another run")
+    parser.add_argument(
+        "--heartbeat", type=float, help="a worker of `nbtasks worker`: say it lives in Redis every so many seconds"
+    )
     args = parser.parse_args(argv)
     # The first run comes with the command line; later ones (warm) over the control socket.
     assignment: Assignment | None = Assignment(
@@ -95,7 +101,8 @@ def main(argv: list[str] | None = None) -> None:
         except FileNotFoundError:
             beacon = None  # started so late that its run is already complete
         a, began = assignment, time.time()
-        reusable = Worker(store, a.job, a.token, a.wid, a.concurrency, beacon, control).run()
+        worker = Worker(store, a.job, a.token, a.wid, a.concurrency, beacon, control, args.heartbeat)
+        reusable = worker.run()
         if beacon is not None:
             beacon.close()
         if not reusable or control is None:
@@ -122,9 +129,11 @@ class Worker:
         concurrency: int,
         beacon: Beacon | None,
         control: Control | None = None,
+        heartbeat: float | None = None,
     ) -> None:
         self.store, self.job, self.token, self.wid = store, job, token, wid
-        self.beacon, self.control = beacon, control
+        self.beacon, self.control, self.heartbeat = beacon, control, heartbeat
+        self.stopping = False  # SIGTERM: claim no more
         self.over = eventlet.event.Event()  # the caller said the run is complete
         self.tasks: dict[greenlet.greenlet, int] = {}  # green thread -> the item it runs
         self.switches = 0  # green-thread switches seen by the trace
@@ -140,6 +149,12 @@ class Worker:
         caller said the run is complete and nothing is left running here)."""
         func = self._load_function()
         helpers = [eventlet.spawn(self._guard, self._record_loop), eventlet.spawn(self._guard, self._watch_owner)]
+        if self.heartbeat is not None:
+            # On another machine the caller cannot see this process: say it lives, in
+            # Redis, before the first claim (an item claimed without it would go back).
+            self.store.alive(self.job, self.wid, self.heartbeat)
+            helpers.append(eventlet.spawn(self._guard, self._say_alive))
+            signal.signal(signal.SIGTERM, lambda *_: eventlet.spawn_n(self._terminate))
         if self.beacon is not None:
             greenlet.settrace(self._trace)
             helpers.append(eventlet.spawn(self._guard, self._tick))
@@ -176,13 +191,29 @@ class Worker:
         return func
 
     def _fatal(self, message: str) -> NoReturn:
+        if self.heartbeat is not None:
+            # A worker on another machine refuses the job and leaves its items to others.
+            who = f"{socket.gethostname()} (Python {sys.version_info.major}.{sys.version_info.minor})"
+            self.store.refuse(self.job, who, message)
+            print(f"nbtasks worker: refused job '{self.job}': {message} Its items are left to other workers.")
+            sys.exit(EXIT_REFUSED)
         self.store.set_fatal(self.job, f"A worker of job '{self.job}' stopped: {message}")
         sys.exit(3)
+
+    def _say_alive(self) -> None:
+        assert self.heartbeat is not None
+        while not self.over.wait(self.heartbeat / 3):
+            self._retrying(self.store.alive, self.job, self.wid, self.heartbeat)
+
+    def _terminate(self) -> None:
+        """SIGTERM: claim no more, record what finished, put the rest back, leave."""
+        self.stopping = True
+        self._exit(requeue=True)
 
     def _claim_loop(self, func: Callable[[Any], Any]) -> None:
         idle = 0.01
         rate = self.policy.get("rate")
-        while not self.over.ready():
+        while not self.over.ready() and not self.stopping:
             self.slots.acquire()
             want = 1
             while want < self.CLAIM_MAX and self.slots.acquire(blocking=False):
@@ -320,12 +351,15 @@ class Worker:
             traceback.print_exc()
             os._exit(1)
 
-    def _exit(self) -> None:
-        """Record what has finished, then leave; unfinished claims go back at the next run."""
+    def _exit(self, requeue: bool = False) -> None:
+        """Record what has finished, then leave; unfinished claims go back now with
+        `requeue`, else at the next run."""
         for _ in range(100):
             if self.outcomes.empty() and not self.recording:
                 break
             eventlet.sleep(0.01)
+        if requeue:
+            self.store.requeue(self.job, self.wid)
         os._exit(0)
 
 

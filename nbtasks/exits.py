@@ -1,0 +1,35 @@
+"""Exit codes of the ``nbtasks`` command and of tasks.py-style scripts, the same for
+both so that shell scripts can rely on them, and the yes/no question before deleting."""
+
+from __future__ import annotations
+
+import sys
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # items failed, or the answer was no
+EXIT_USAGE = 2  # a wrong command line (argparse's own code)
+EXIT_NOT_RUNNING = 3  # `server status`: the embedded server is not running
+EXIT_UNKNOWN_JOB = 4  # no job of that name
+EXIT_UNREACHABLE = 5  # Redis cannot be reached
+EXIT_REFUSED = 6  # a worker process of `nbtasks worker` cannot run the job it was given
+EXIT_INTERRUPTED = 130  # Ctrl-C; what was recorded is kept
+
+EXITS = """exit codes:
+  0    done
+  1    some items failed (or the answer was no)
+  2    wrong command line
+  3    the embedded server is not running (server status)
+  4    no job of that name
+  5    Redis cannot be reached
+  130  interrupted; every recorded result is kept"""
+
+
+def confirm(question: str) -> bool:
+    """Ask on the terminal; without one (a pipe, cron) the answer is no."""
+    if not sys.stdin.isatty():
+        print(f"{question} Not asked: standard input is not a terminal; pass --yes.", file=sys.stderr)
+        return False
+    try:
+        return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+    except EOFError:
+        return False
