@@ -91,7 +91,7 @@ class Service:
         self._say(f"refused job '{job}': {why} Its items are left to other workers.")
 
     def _start(self, job: str, token: str, code: str) -> None:
-        wid = f"{self.host}-{uuid.uuid4().hex[:8]}"
+        wid = f"{self.host}:{uuid.uuid4().hex[:8]}"  # never like a caller's own (token-n)
         cmd = [sys.executable, "-m", "nbtasks.worker", "--job", job, "--token", token, "--wid", wid]
         cmd += ["--concurrency", str(self.concurrency), "--heartbeat", str(self.heartbeat)]
         env = {**os.environ, "NBTASKS_REDIS_URL": self.store.url, "NBTASKS_SYS_PATH": os.getcwd()}

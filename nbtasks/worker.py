@@ -187,7 +187,10 @@ class Worker:
         try:
             func, self.retry_on = codec.load_function(payload)
         except Exception as exc:
-            self._fatal(f"the function could not be loaded here: {type(exc).__name__}: {exc}")
+            self._fatal(
+                f"the function could not be loaded here: {type(exc).__name__}: {exc}. Install what it needs "
+                "where the workers run, or send your own module by value with nbtasks.ship(module)."
+            )
         return func
 
     def _fatal(self, message: str) -> NoReturn:
