@@ -249,7 +249,7 @@ class Store:
 
     def define(self, job: str, meta: dict[str, Any], func: bytes) -> None:
         k = self.keys[job]
-        pipe = self.client.pipeline()
+        pipe = self.client.pipeline(transaction=True)
         pipe.hset(k.meta, mapping={"format": FORMAT, **meta})
         pipe.hsetnx(k.meta, "created", time.time())
         pipe.hsetnx(k.meta, "epoch", uuid.uuid4().hex)  # tells this job from one stored again
@@ -282,7 +282,7 @@ class Store:
         """
         k = self.keys[job]
         self.client.set(k.owner, token, px=int(ttl * 1000))
-        pipe = self.client.pipeline()
+        pipe = self.client.pipeline(transaction=True)
         pipe.get(k.done)
         pipe.hkeys(k.failures)
         pipe.zrange(k.delayed, 0, -1)
