@@ -84,6 +84,7 @@ class Idle:
 
 _idle: list[Idle] = []
 _lock = threading.Lock()
+_reaper: threading.Thread | None = None
 
 
 def release(popen: subprocess.Popen[bytes], control: socket.socket, log: Path, warm: float) -> None:
@@ -93,12 +94,13 @@ def release(popen: subprocess.Popen[bytes], control: socket.socket, log: Path, w
     except OSError:
         _discard(popen, control)
         return
+    global _reaper
     with _lock:
         _idle.append(Idle(popen, control, log))
-    # Reap it once it has left on its own, so no zombie stays in a quiet kernel.
-    timer = threading.Timer(warm + 1.0, _prune)
-    timer.daemon = True
-    timer.start()
+        if _reaper is None or not _reaper.is_alive():
+            # Reaps those that left on their own, so no zombie stays in a quiet kernel.
+            _reaper = threading.Thread(target=_reap, args=(warm + 1.0,), name="nbtasks warm workers", daemon=True)
+            _reaper.start()
 
 
 def take(assignment: Assignment) -> tuple[subprocess.Popen[bytes], socket.socket, Path] | None:
@@ -155,9 +157,14 @@ def _discard(popen: subprocess.Popen[bytes], control: socket.socket) -> None:
     popen.wait()
 
 
-def _prune() -> None:
-    with _lock:
-        _prune_locked()
+def _reap(every: float) -> None:
+    """Forget idle workers that left, every so often, until none is left."""
+    while True:
+        time.sleep(every)
+        with _lock:
+            _prune_locked()
+            if not _idle:
+                return
 
 
 def _prune_locked() -> None:

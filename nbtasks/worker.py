@@ -56,8 +56,6 @@ def _green_resolver() -> None:
     nsswitch) waits in a real thread while the other green threads go on."""
     if os.environ.get("EVENTLET_NO_GREENDNS") != "yes":
         return  # eventlet's own green resolver is in place
-    import socket
-
     import eventlet.green.socket
     from eventlet import tpool
 
