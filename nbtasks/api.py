@@ -170,7 +170,9 @@ class Job:
         self._store = store
         meta = store.meta(name)
         if not meta:
-            raise UnknownJob(f"No job named {name!r} at {safe_url(store.url)}; nbtasks.jobs() lists them.")
+            raise UnknownJob(
+                f"No job named {name!r} at {safe_url(store.url)}; nbtasks.jobs() (or `nbtasks jobs`) lists them."
+            )
         self.name = name
         self._spec = JobSpec.of(store, name, meta)
         self.total = self._spec.total

@@ -26,7 +26,12 @@ def parser() -> argparse.ArgumentParser:
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(
-            name, help=help, description=help, epilog=EXITS, formatter_class=argparse.RawDescriptionHelpFormatter
+            name,
+            help=help,
+            description=help,
+            epilog=EXITS,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            add_help=name != "demo",  # the demo's own parser answers --help, with its options
         )
         if name not in ("server", "demo"):
             sub.add_argument("--redis", metavar="URL", help=REDIS_HELP)

@@ -68,7 +68,7 @@ def fetch(url: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m nbtasks.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="nbtasks demo", description=__doc__)
     parser.add_argument("-n", type=int, default=2000, help="pages to fetch (default 2000)")
     parser.add_argument("--delay", type=float, default=0.05, help="seconds the server waits per page")
     parser.add_argument("--sample", type=int, default=40, help="pages the for-loop fetches (then extrapolated)")

@@ -9,7 +9,10 @@ NbtasksError
 ├── JobCancelled         the run was cancelled (job.cancel(), the dashboard)
 ├── JobLost              Redis came back without the job's data
 ├── UnknownJob           no job of that name in the store
+├── PayloadRejected      a stored payload failed its signature check: never unpickled
 └── TaskError            some tasks raised; carries every Failure
+
+SecurityWarning          a Redis reachable from other hosts, and no secret set
 """
 
 from __future__ import annotations
@@ -52,6 +55,23 @@ class JobLost(NbtasksError):
 
 class UnknownJob(NbtasksError, LookupError):
     """No job of that name is in the store."""
+
+
+class PayloadRejected(NbtasksError):
+    """A payload read from Redis failed its signature check, so it was not unpickled:
+    someone wrote to the server, or the secret differs (see `nbtasks.trust`)."""
+
+    def __init__(self, job: str, index: int, why: str) -> None:
+        self.job, self.index = job, index
+        what = "the function" if index < 0 else f"item {index}"
+        super().__init__(
+            f"Refused a payload of job '{job}' ({what}): {why}. It was not unpickled. If nobody else "
+            "writes to this Redis, check that every machine has the same NBTASKS_SECRET."
+        )
+
+
+class SecurityWarning(UserWarning):
+    """nbtasks uses a Redis that other hosts can reach, without a secret."""
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import codec
+from . import codec, trust
 from .config import Policy
-from .errors import ConfigError, Failure, JobMismatchError, NbtasksError, TaskError
+from .errors import ConfigError, Failure, JobMismatchError, NbtasksError, PayloadRejected, TaskError
 from .store import Store
 
 MAX_NAME = 200
@@ -155,7 +155,12 @@ def gather(store: Store, spec: JobSpec, errors: str = "raise") -> list[Any]:
                 f"Job '{spec.name}' has no result for item {index} ({missing} missing in all); "
                 "run the same call again to compute what is missing."
             )
-        results.append(codec.load(payload))
+        try:
+            results.append(codec.load(payload))
+        except Exception:
+            if payload.startswith(trust.MAGIC):  # signed, and this process has no secret
+                raise PayloadRejected(spec.name, index, "it is signed and no secret is set here") from None
+            raise
     return results
 
 
@@ -167,7 +172,10 @@ def load_failures(store: Store, job: str) -> list[Failure]:
     out = []
     for index, input_payload, (attempts, history) in zip(indices, inputs, store.attempts(job, indices), strict=True):
         info = codec.load(raw[index])
-        value = codec.load(input_payload) if input_payload is not None else None
+        if isinstance(input_payload, PayloadRejected):
+            value: Any = "(not shown: it failed its signature check)"
+        else:
+            value = codec.load(input_payload) if input_payload is not None else None
         lines = tuple(history.splitlines())
         out.append(Failure(index=index, input=value, attempts=max(1, attempts, len(lines)), history=lines, **info))
     return out

@@ -15,7 +15,7 @@ from typing import Any
 
 from . import codec
 from .config import Settings
-from .errors import JobCancelled, JobLost, RedisUnavailable
+from .errors import JobCancelled, JobLost, PayloadRejected, RedisUnavailable
 from .job import JobSpec
 from .pool import WorkerPool
 from .progress import Progress
@@ -34,9 +34,16 @@ class Run:
     """Every item of a job that has no result, run once more."""
 
     def __init__(
-        self, store: Store, spec: JobSpec, cfg: Settings, func: Callable[[Any], Any] | None, progress: bool = True
+        self,
+        store: Store,
+        spec: JobSpec,
+        cfg: Settings,
+        func: Callable[[Any], Any] | None,
+        progress: bool = True,
+        resume_hint: str = "Run the same call again to resume.",
     ) -> None:
         self.store, self.spec, self.cfg, self.func = store, spec, cfg, func
+        self.resume_hint = resume_hint
         self.token = uuid.uuid4().hex
         self.inline = cfg.processes == 0
         self.ttl = INLINE_TTL if self.inline else cfg.heartbeat_ttl
@@ -73,7 +80,7 @@ class Run:
             what = "interrupted" if isinstance(exc, KeyboardInterrupt) else "cancelled"
             message = (
                 f"nbtasks: {what}; {self.counts.done} of {self.spec.total} results of job '{self.spec.name}' "
-                "are stored. Run the same call again to resume."
+                f"are stored. {self.resume_hint}"
             )
             print(message, file=sys.stderr)
             if isinstance(exc, KeyboardInterrupt):
@@ -200,6 +207,8 @@ class Run:
             try:
                 for index, payload in items:
                     try:
+                        if isinstance(payload, PayloadRejected):
+                            raise payload  # never unpickled, never run
                         value = func(codec.load(payload))
                     except Exception as exc:
                         outcomes.append(Outcome(index, "0", codec.failure_payload(exc), codec.failure_line(exc)))

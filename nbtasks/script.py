@@ -161,7 +161,8 @@ def _run(store: Store, name: str) -> int:
     spec = job.append(store, name, _func, codec.dump_function(_func, _policy().retry_on), [], _policy())
     cfg = settings().replace(processes=_options.get("processes"), concurrency=_options.get("concurrency"))
     if not spec.finished:
-        Run(store, spec, cfg, _func, progress=True).follow()
+        hint = f"Run `{Path(sys.argv[0]).name} run` again to resume."
+        Run(store, spec, cfg, _func, progress=True, resume_hint=hint).follow()
     state = snapshots(store, [name])[0]
     print(f"{name}: {state.done} of {state.total} done, {state.failed} failed.")
     if state.failed:

@@ -2,9 +2,10 @@
 
 When no Redis URL is configured, nbtasks uses a server of its own in ``NBTASKS_HOME``
 (default: the user data directory, e.g. ``~/.local/share/nbtasks``). It listens on a
-unix socket in that folder (mode 0700) and on no TCP port, keeps an append-only file
-fsynced every second, and outlives the process that started it, so a job survives a
-kernel restart and a reboot. A lock file makes concurrent first calls start one server;
+unix socket in that folder (mode 0700) and on no TCP port, asks for a random password
+kept in a file there that only its owner can read (so neither other users nor a stray
+client of another program get in), keeps an append-only file fsynced every second, and
+outlives the process that started it, so a job survives a kernel restart and a reboot. A lock file makes concurrent first calls start one server;
 a pidfile lets a later call tell a live server from the leftovers of a killed one.
 
     nbtasks.server.status()   nbtasks.server.start()   nbtasks.server.stop()
@@ -16,6 +17,7 @@ import contextlib
 import fcntl
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -36,6 +38,7 @@ from .errors import ConfigError
 MIN_VERSION = (6, 2)  # LPOP with a count
 START_TIMEOUT = 60.0  # seconds; loading a large append-only file takes a while
 SOCKET = "redis.sock"
+PASSWORD = "password"  # mode 0600; the server reads it from server.conf, never from argv
 _SOCKET_MAX = 100  # unix socket paths are limited to about 104 bytes
 _NO_RETRY = Retry(NoBackoff(), 0)
 
@@ -46,7 +49,24 @@ def home() -> Path:
 
 
 def url_for(folder: Path) -> str:
-    return f"unix://{folder / SOCKET}"
+    """The URL of the server of `folder`, with its password if it has one."""
+    password = _password(folder)
+    return f"unix://:{password}@{folder / SOCKET}" if password else f"unix://{folder / SOCKET}"
+
+
+def _password(folder: Path) -> str | None:
+    try:
+        return (folder / PASSWORD).read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def _private_file(path: Path, text: str) -> None:
+    """Write `path` readable by its owner alone (created so, never widened)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(text)
 
 
 def find_binary() -> str:
@@ -84,7 +104,15 @@ def _command(folder: Path, *, durable: bool, binary: str | None = None) -> list[
     socket = folder / SOCKET
     if len(str(socket)) > _SOCKET_MAX:
         raise ConfigError(f"The socket path {socket} is too long for a unix socket; set a shorter NBTASKS_HOME.")
-    cmd = [binary or find_binary(), "--port", "0", "--unixsocket", str(socket), "--unixsocketperm", "700"]
+    cmd = [binary or find_binary()]
+    if durable:
+        # The embedded server asks for a password. It goes in a config file, not on the
+        # command line, which every user of the machine can read in /proc.
+        if _password(folder) is None:
+            _private_file(folder / PASSWORD, secrets.token_hex(32))
+        _private_file(folder / "server.conf", f"requirepass {_password(folder)}\n")
+        cmd.append(str(folder / "server.conf"))
+    cmd += ["--port", "0", "--unixsocket", str(socket), "--unixsocketperm", "700"]
     cmd += ["--dir", str(folder), "--save", "", "--logfile", "server.log", "--maxmemory-policy", "noeviction"]
     if durable:
         # Daemonized: the server detaches into its own session, so neither Jupyter's
@@ -98,7 +126,7 @@ def _command(folder: Path, *, durable: bool, binary: str | None = None) -> list[
 
 def _wait_until_it_answers(folder: Path, alive: Callable[[], bool], what: str) -> None:
     deadline = time.monotonic() + START_TIMEOUT
-    while not _answers(folder / SOCKET):
+    while not _answers(folder):
         if not alive() or time.monotonic() > deadline:
             raise ConfigError(f"The Redis server {what} did not start; see {folder / 'server.log'}.")
         time.sleep(0.01)
@@ -128,9 +156,9 @@ def _launch_daemon(folder: Path) -> None:
     _wait_until_it_answers(folder, lambda: _pid(folder) is not None or time.monotonic() - started < 5, cmd[0])
 
 
-def _answers(socket: Path) -> bool:
-    """True once a server answers on `socket` (and has loaded its data)."""
-    client = _client(socket)
+def _answers(folder: Path) -> bool:
+    """True once a server answers on the folder's socket (and has loaded its data)."""
+    client = _client(folder)
     try:
         return bool(client.ping())
     except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
@@ -139,19 +167,25 @@ def _answers(socket: Path) -> bool:
         client.close()
 
 
-def _client(socket: Path) -> redis.Redis:
+def _client(folder: Path) -> redis.Redis:
     # No retries: redis-py's default backoff would spend seconds on a missing socket,
     # and on the connection that SHUTDOWN closes.
-    return redis.Redis(unix_socket_path=str(socket), socket_connect_timeout=2, socket_timeout=10, retry=_NO_RETRY)
+    return redis.Redis(
+        unix_socket_path=str(folder / SOCKET),
+        password=_password(folder),
+        socket_connect_timeout=2,
+        socket_timeout=10,
+        retry=_NO_RETRY,
+    )
 
 
 def ensure(folder: Path | None = None) -> str:
     """The URL of the embedded server, starting it first if it is not running."""
     folder = folder or home()
-    if (folder / SOCKET).exists() and _answers(folder / SOCKET):
+    if (folder / SOCKET).exists() and _answers(folder):
         return url_for(folder)
     with _locked(folder):
-        if not _answers(folder / SOCKET):
+        if not _answers(folder):
             _clear_leftovers(folder)
             _launch_daemon(folder)
     return url_for(folder)
@@ -189,14 +223,14 @@ def _clear_leftovers(folder: Path) -> None:
     pid = _pid(folder)
     if pid is not None:
         deadline = time.monotonic() + START_TIMEOUT
-        while _pid(folder) == pid and not _answers(folder / SOCKET):
+        while _pid(folder) == pid and not _answers(folder):
             if time.monotonic() > deadline:
                 raise ConfigError(
                     f"The nbtasks server (pid {pid}) does not answer on {folder / SOCKET}; "
                     "stop it with `nbtasks server stop` and try again."
                 )
             time.sleep(0.05)
-        if _answers(folder / SOCKET):
+        if _answers(folder):
             return
     for leftover in (folder / SOCKET, folder / "server.pid"):
         leftover.unlink(missing_ok=True)
@@ -231,9 +265,9 @@ def status(folder: Path | None = None) -> ServerStatus:
     """What the embedded server is doing; never starts it."""
     folder = folder or home()
     socket = folder / SOCKET
-    if not (socket.exists() and _answers(socket)):
+    if not (socket.exists() and _answers(folder)):
         return ServerStatus(folder, socket, running=False)
-    client = _client(socket)
+    client = _client(folder)
     try:
         info = client.info()
         jobs = int(client.scard("nbtasks:jobs"))
@@ -262,7 +296,7 @@ def stop(folder: Path | None = None, timeout: float = 30.0) -> bool:
         pid = _pid(folder)
         if pid is None:
             return False
-        client = _client(folder / SOCKET)
+        client = _client(folder)
         try:
             client.shutdown()  # flushes the append-only file first
         except redis.RedisError:

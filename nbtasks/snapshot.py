@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import html
+import textwrap
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -115,7 +116,7 @@ def row(s: JobStatus) -> tuple[str, ...]:
 
 
 # Dropped in this order when the table is wider than the terminal.
-OPTIONAL = ("function", "age", "workers", "retrying", "ETA", "rate", "running")
+OPTIONAL = ("function", "age", "workers", "retrying", "ETA", "rate", "running", "pending")
 
 
 def table(items: Sequence[JobStatus], width: int | None = None) -> str:
@@ -130,7 +131,14 @@ def table(items: Sequence[JobStatus], width: int | None = None) -> str:
         if width is None or sum(widths[i] + 2 for i in columns) - 2 <= width:
             break
         columns.remove(HEADER.index(name))
+    if width is not None and (over := sum(widths[i] + 2 for i in columns) - 2 - width) > 0:
+        widths[0] = max(8, widths[0] - over)  # still too wide: shorten job names
+        rows = [(_clip(r[0], widths[0]), *r[1:]) for r in rows]
     return "\n".join("  ".join(r[i].ljust(widths[i]) for i in columns).rstrip() for r in rows)
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def detail(
@@ -148,7 +156,7 @@ def detail(
     if failures:
         lines.append(f"\n{len(failures)} failed; the first {min(limit, len(failures))}:")
         for f in failures[:limit]:
-            lines += ["", str(f), f.traceback.rstrip()]
+            lines += ["", textwrap.fill(str(f), width) if width else str(f), f.traceback.rstrip()]
     return "\n".join(lines)
 
 

@@ -30,10 +30,12 @@ Cluster and the Lua scripts below may touch several of its keys.
 
 from __future__ import annotations
 
+import ipaddress
 import random
 import re
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -44,7 +46,8 @@ import redis
 from redis.cluster import RedisCluster
 
 from . import lua
-from .errors import ConfigError, RedisUnavailable
+from .errors import ConfigError, PayloadRejected, RedisUnavailable, SecurityWarning
+from .trust import FAILURE, FUNCTION, INPUT, RESULT, Signer
 
 RedisError = redis.RedisError  # for callers that must not import redis themselves
 # Errors that pass when the server is back (a restart, a failover), and refusals to write.
@@ -172,6 +175,7 @@ class Store:
         self.client: Any = client
         self.url = url
         self.revive: Callable[[], object] | None = None  # restarts the server, if it is ours
+        self.signer = Signer.from_environment()
         self._claim = client.register_script(lua.CLAIM)
         self._record = client.register_script(lua.RECORD)
         self._poll = client.register_script(lua.POLL)
@@ -199,6 +203,15 @@ class Store:
             )
         store = cls(client, url)
         store.check()
+        if not store.signer.enabled and _reachable_from_other_hosts(url) and url not in _warned:
+            _warned.add(url)
+            warnings.warn(
+                f"nbtasks: Redis at {safe_url(url)} can be reached from other hosts and no secret is set: anyone "
+                "who can write to it can run code in your workers and in this process. Set the same "
+                "NBTASKS_SECRET (or a key file, see the README) wherever nbtasks runs.",
+                SecurityWarning,
+                stacklevel=3,
+            )
         return store
 
     def check(self) -> None:
@@ -227,10 +240,14 @@ class Store:
         pipe = self.client.pipeline(transaction=False)
         pipe.delete(k.inputs)
         for offset, chunk in _batches(payloads, BATCH):
-            pipe.hset(k.inputs, mapping=dict(zip(range(offset, offset + len(chunk)), chunk, strict=True)))
+            pipe.hset(k.inputs, mapping=self._signed_inputs(job, offset, chunk))
             pipe.execute()
         pipe.hset(k.meta, "ready", "1")
         pipe.execute()
+
+    def _signed_inputs(self, job: str, start: int, payloads: list[bytes]) -> dict[int, bytes]:
+        sign = self.signer.sign
+        return {start + i: sign(job, start + i, INPUT, p) for i, p in enumerate(payloads)}
 
     def reserve_inputs(self, job: str, count: int) -> int:
         """Reserve `count` indices after those already appended; the first of them."""
@@ -253,7 +270,7 @@ class Store:
         pipe.hset(k.meta, mapping={"format": FORMAT, **meta})
         pipe.hsetnx(k.meta, "created", time.time())
         pipe.hsetnx(k.meta, "epoch", uuid.uuid4().hex)  # tells this job from one stored again
-        pipe.set(k.func, func)
+        pipe.set(k.func, self.signer.sign(job, -1, FUNCTION, func))
         pipe.execute()
         self.client.sadd(REGISTRY, job)  # another slot on a Cluster: not in the transaction
 
@@ -261,8 +278,9 @@ class Store:
         return int(self.client.bitcount(self.keys[job].done))
 
     def function(self, job: str) -> bytes | None:
-        payload: bytes | None = self.client.get(self.keys[job].func)
-        return payload
+        """The job's pickled function (PayloadRejected if its signature fails)."""
+        blob: bytes | None = self.client.get(self.keys[job].func)
+        return self.signer.open(job, -1, FUNCTION, blob) if blob is not None else None
 
     def delete(self, job: str) -> None:
         k = self.keys[job]
@@ -365,8 +383,9 @@ class Store:
 
     # -- workers ---------------------------------------------------------------
 
-    def claim(self, job: str, token: str, wid: str, count: int) -> list[tuple[int, bytes]] | None:
-        """Take up to `count` items in one round trip; None once the caller let go."""
+    def claim(self, job: str, token: str, wid: str, count: int) -> list[tuple[int, bytes | PayloadRejected]] | None:
+        """Take up to `count` items in one round trip; None once the caller let go. An
+        input whose signature fails comes as the PayloadRejected error, not as bytes."""
         k = self.keys[job]
         keys = [k.owner, k.queue, k.claims(wid), k.inputs, k.workers, k.counts, k.delayed]
         reply = self._claim(keys=keys, args=[token, count, wid])
@@ -375,15 +394,23 @@ class Store:
         if not reply:
             return []
         indices, payloads = reply
-        return [(int(i), p) for i, p in zip(indices, payloads, strict=True)]
+        return [(int(i), self._open_input(job, int(i), p)) for i, p in zip(indices, payloads, strict=True)]
+
+    def _open_input(self, job: str, index: int, blob: bytes | None) -> bytes | PayloadRejected:
+        try:
+            return self.signer.open(job, index, INPUT, blob or b"")
+        except PayloadRejected as exc:
+            return exc
 
     def record(self, job: str, wid: str, outcomes: Iterable[Outcome], retries: int = 0, delay: float = 0.0) -> None:
         """Record results and failures of one worker, atomically and idempotently; a
         retryable failure with attempts left waits `delay` x 2^(attempt-1) s, jittered."""
         k = self.keys[job]
         args: list[Any] = [retries, delay * 1000]
+        sign = self.signer.sign
         for o in outcomes:
-            args += (o.index, o.kind, o.payload, random.uniform(0.75, 1.25), o.line)
+            payload = sign(job, o.index, RESULT if o.kind == "1" else FAILURE, o.payload)
+            args += (o.index, o.kind, payload, random.uniform(0.75, 1.25), o.line)
         if len(args) > 2:
             keys = [k.done, k.results, k.failures, k.counts, k.claims(wid), k.attempts, k.history, k.delayed]
             self._record(keys=[*keys, k.meta, k.finished], args=args)
@@ -399,7 +426,8 @@ class Store:
         Returns how many items the worker had claimed."""
         k = self.keys[job]
         keys = [k.claims(wid), k.queue, k.done, k.counts, k.deaths, k.failures, k.history, k.attempts]
-        return int(self._bury(keys=keys, args=[culprit, limit, payload, line]))
+        signed = self.signer.sign(job, culprit, FAILURE, payload)
+        return int(self._bury(keys=keys, args=[culprit, limit, signed, line]))
 
     # -- workers on other machines ---------------------------------------------
 
@@ -476,14 +504,24 @@ class Store:
     # -- gathering -------------------------------------------------------------
 
     def results(self, job: str, total: int) -> Iterator[bytes | None]:
-        """Every stored result payload in input order, read in pipelined batches."""
-        yield from self._hash_in_order(self.keys[job].results, total)
+        """Every stored result payload in input order, read in pipelined batches;
+        PayloadRejected at the first whose signature fails."""
+        blobs = self._hash_in_order(self.keys[job].results, total)
+        if not self.signer.enabled:
+            yield from blobs  # nothing to check: no per-item cost
+            return
+        for index, blob in enumerate(blobs):
+            yield self.signer.open(job, index, RESULT, blob) if blob is not None else None
 
     def failures(self, job: str) -> dict[int, bytes]:
-        return {int(i): p for i, p in self.client.hgetall(self.keys[job].failures).items()}
+        raw = self.client.hgetall(self.keys[job].failures).items()
+        return {int(i): self.signer.open(job, int(i), FAILURE, p) for i, p in raw}
 
-    def inputs(self, job: str, indices: list[int]) -> list[bytes | None]:
-        return self.client.hmget(self.keys[job].inputs, indices) if indices else []
+    def inputs(self, job: str, indices: list[int]) -> list[bytes | PayloadRejected | None]:
+        """Inputs by index (to show with failures); one whose signature fails comes as
+        the PayloadRejected error."""
+        blobs = self.client.hmget(self.keys[job].inputs, indices) if indices else []
+        return [self._open_input(job, i, b) if b is not None else None for i, b in zip(indices, blobs, strict=True)]
 
     def _hash_in_order(self, key: str, total: int) -> Iterator[bytes | None]:
         pipe = self.client.pipeline(transaction=False)
@@ -499,6 +537,22 @@ class _KeyCache(dict[str, JobKeys]):
     def __missing__(self, job: str) -> JobKeys:
         keys = self[job] = JobKeys(job)
         return keys
+
+
+_warned: set[str] = set()
+
+
+def _reachable_from_other_hosts(url: str) -> bool:
+    """Whether `url` names a server over TCP on an address other than this host's loopback."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        return False
+    if parts.hostname == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(parts.hostname).is_loopback
+    except ValueError:
+        return True  # a host name: another machine, as far as we know
 
 
 def _client_for(url: str) -> redis.Redis | RedisCluster:

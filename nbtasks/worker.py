@@ -44,6 +44,7 @@ from greenlet import GreenletExit  # noqa: E402
 
 from . import codec  # noqa: E402
 from .beacon import IDLE, Beacon  # noqa: E402
+from .errors import PayloadRejected  # noqa: E402
 from .exits import EXIT_REFUSED  # noqa: E402
 from .standby import Assignment, Control, Modules  # noqa: E402
 from .store import TRANSIENT, Outcome, Store  # noqa: E402
@@ -178,7 +179,10 @@ class Worker:
         here = f"{sys.version_info.major}.{sys.version_info.minor}"
         if meta.get("python") not in (None, here):
             self._fatal(f"the job was stored by Python {meta['python']} and this worker runs Python {here}.")
-        payload = self.store.function(self.job)
+        try:
+            payload = self.store.function(self.job)
+        except PayloadRejected as exc:
+            self._fatal(str(exc))
         if payload is None:
             self._fatal("the job has no stored function (was it reset?).")
         self.policy = json.loads(meta.get("policy", "{}"))
@@ -249,7 +253,7 @@ class Worker:
             eventlet.sleep(wait)
         return granted
 
-    def _run_batch(self, func: Callable[[Any], Any], items: list[tuple[int, bytes]]) -> None:
+    def _run_batch(self, func: Callable[[Any], Any], items: list[tuple[int, bytes | PayloadRejected]]) -> None:
         """Run a claimed batch one item after another in this one green thread: for a
         function that never waits, a green thread per item costs several times the
         work itself. The first item that does wait sends the rest back to one green
@@ -262,8 +266,14 @@ class Worker:
             if k % 100 == 99:
                 eventlet.sleep(0)  # let the recorder and the watcher run
 
-    def _execute(self, func: Callable[[Any], Any], index: int, payload: bytes) -> bool:
+    def _execute(self, func: Callable[[Any], Any], index: int, payload: bytes | PayloadRejected) -> bool:
         """Run one item and queue its outcome; whether it ran without yielding."""
+        if isinstance(payload, PayloadRejected):
+            # Never unpickled, never run, never retried: recorded once as a final failure.
+            print(f"nbtasks: {payload}", file=sys.stderr)
+            self.outcomes.put(Outcome(index, "0", codec.failure_payload(payload), codec.failure_line(payload)))
+            self.slots.release()
+            return True
         timeout = self.policy.get("timeout")
         self.tasks[greenlet.getcurrent()] = index
         if self.beacon is not None:

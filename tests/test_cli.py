@@ -81,7 +81,10 @@ def test_an_unreachable_redis_is_exit_code_5(tmp_path) -> None:
 
 def test_the_status_table_fits_a_narrow_terminal(r: redis.Redis, redis_server) -> None:
     nbtasks.pmap(abs, range(20), name="narrow", progress=False)
-    wide, narrow = nbt("status", url=redis_server.url), nbt("status", url=redis_server.url, columns=60)
+    nbtasks.pmap(abs, range(2000), progress=False)  # an automatic name: abs-<12 hex digits>
+    wide = nbt("status", url=redis_server.url)
     assert "function" in wide.stdout.splitlines()[0]
-    assert all(len(line) <= 60 for line in narrow.stdout.splitlines()), narrow.stdout
-    assert "20/20" in narrow.stdout and "finished" in narrow.stdout
+    for columns in (60, 50):
+        narrow = nbt("status", url=redis_server.url, columns=columns)
+        assert all(len(line) <= columns for line in narrow.stdout.splitlines()), narrow.stdout
+        assert "20/20" in narrow.stdout and "2000/2000" in narrow.stdout and "finished" in narrow.stdout

@@ -27,7 +27,8 @@ def jupyter_env(tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> 
     as a user starts); yields a client of that server."""
     for var in ("JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR", "IPYTHONDIR"):
         monkeypatch.setenv(var, str(tmp_path / var.lower()))
-    client = redis.Redis(unix_socket_path=str(nbtasks.server.start().socket))
+    nbtasks.server.start()
+    client = redis.Redis.from_url(nbtasks.server.url_for(home))
     yield client
     client.close()
 

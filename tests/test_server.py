@@ -59,7 +59,7 @@ def test_killed_server_restarts_from_its_append_only_file_and_the_job_goes_on(ho
     cmd = [sys.executable, str(SCRIPT), "--log", str(log), "--n", str(n), "--name", job, "--delay", "0.1"]
     caller = subprocess.Popen([*cmd, "--concurrency", "5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     wait_until(lambda: (home / "server.pid").exists(), 60, "the server")
-    client = redis.Redis(unix_socket_path=str(home / "redis.sock"))
+    client = redis.Redis.from_url(nbtasks.server.url_for(home))
     wait_until(lambda: client.bitcount(JobKeys(job).done) >= 100, 60, "100 results")
     done = client.get(JobKeys(job).done) or b""
     durable = {i for i in range(n) if i // 8 < len(done) and done[i // 8] & (0x80 >> (i % 8))}
@@ -90,7 +90,7 @@ def test_folder_and_socket_are_private_and_nothing_listens_on_tcp(home: Path) ->
     state = nbtasks.server.start()
     assert stat.S_IMODE(home.stat().st_mode) == 0o700
     assert stat.S_IMODE(state.socket.stat().st_mode) == 0o700
-    client = redis.Redis(unix_socket_path=str(state.socket), decode_responses=True)
+    client = redis.Redis.from_url(nbtasks.server.url_for(home), decode_responses=True)
     assert client.config_get("port") == {"port": "0"}
     client.close()
     assert state.pid is not None
