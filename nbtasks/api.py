@@ -19,6 +19,7 @@ from .progress import in_notebook
 from .run import Run
 from .snapshot import JobStatus, detail, snapshots, table
 from .store import REFUSED, RedisError, Store, safe_url
+from .trust import Signer
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -126,16 +127,18 @@ def pmap(
 
 def connect(target: str | redis.Redis | None) -> Store:
     """A store for a URL or client (reused across calls for the same URL); with
-    neither, the embedded server, started if it is not running."""
+    neither, the embedded server, started if it is not running. The secret is read
+    again at every call, so that setting NBTASKS_SECRET in a notebook takes effect."""
     if target is None:
-        return _embedded()
-    if not isinstance(target, str):
-        return Store.connect(target)
-    store = _stores.get(target)
-    if store is None:
+        store = _embedded()
+    elif not isinstance(target, str):
+        store = Store.connect(target)
+    elif (cached := _stores.get(target)) is None:
         store = _stores[target] = Store.connect(target)
     else:
+        store = cached
         store.check()
+    store.signer = Signer.from_environment()
     return store
 
 

@@ -5,8 +5,9 @@ When no Redis URL is configured, nbtasks uses a server of its own in ``NBTASKS_H
 unix socket in that folder (mode 0700) and on no TCP port, asks for a random password
 kept in a file there that only its owner can read (so neither other users nor a stray
 client of another program get in), keeps an append-only file fsynced every second, and
-outlives the process that started it, so a job survives a kernel restart and a reboot. A lock file makes concurrent first calls start one server;
-a pidfile lets a later call tell a live server from the leftovers of a killed one.
+outlives the process that started it, so a job survives a kernel restart and a reboot.
+A lock file makes concurrent first calls start one server; a pidfile lets a later call
+tell a live server from the leftovers of a killed one.
 
     nbtasks.server.status()   nbtasks.server.start()   nbtasks.server.stop()
 """

@@ -45,9 +45,7 @@ def load_secret() -> bytes | None:
             raise ConfigError(f"NBTASKS_SECRET_FILE names {path}, which does not exist.") from None
         return None
     if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO) or info.st_uid != os.getuid():
-        raise ConfigError(
-            f"The key file {path} must belong to you and be readable by you alone: chmod 600 {path}."
-        )
+        raise ConfigError(f"The key file {path} must belong to you and be readable by you alone: chmod 600 {path}.")
     key = path.read_bytes().strip()
     if not key:
         raise ConfigError(f"The key file {path} is empty; put a long random string in it.")

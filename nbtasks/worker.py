@@ -48,6 +48,7 @@ from .errors import PayloadRejected  # noqa: E402
 from .exits import EXIT_REFUSED  # noqa: E402
 from .standby import Assignment, Control, Modules  # noqa: E402
 from .store import TRANSIENT, Outcome, Store  # noqa: E402
+from .trust import Signer  # noqa: E402
 
 T = TypeVar("T")
 
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     while assignment is not None:
         assignment.apply()
         store = stores.get(assignment.url) or stores.setdefault(assignment.url, Store.connect(assignment.url))
+        store.signer = Signer.from_environment()  # the caller's secret, as the assignment set it
         try:
             beacon = Beacon(Path(assignment.beacon)) if assignment.beacon else None
         except FileNotFoundError:
