@@ -161,11 +161,32 @@ list(pool.imap(lambda u: len(session.get(u, timeout=60).content), urls))
 """
 
 
+AIOHTTP_FLOOR = """
+import asyncio, sys
+import aiohttp
+async def main(urls):
+    gate = asyncio.Semaphore(500)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=500)) as session:
+        async def one(u):
+            async with gate, session.get(u) as response:
+                return len(await response.read())
+        await asyncio.gather(*(one(u) for u in urls))
+asyncio.run(main(sys.stdin.read().split()))
+"""
+
+
 def _eventlet_floor(urls: list[str]) -> None:
     """The hand-written floor: 2 processes, each an eventlet pool of 500 over half."""
-    procs = [
-        subprocess.Popen([sys.executable, "-c", EVENTLET_FLOOR], stdin=subprocess.PIPE, text=True) for _ in range(2)
-    ]
+    _two_processes(EVENTLET_FLOOR, urls)
+
+
+def _aiohttp_floor(urls: list[str]) -> None:
+    """The async floor: 2 processes, each aiohttp with 500 requests in flight over half."""
+    _two_processes(AIOHTTP_FLOOR, urls)
+
+
+def _two_processes(program: str, urls: list[str]) -> None:
+    procs = [subprocess.Popen([sys.executable, "-c", program], stdin=subprocess.PIPE, text=True) for _ in range(2)]
     for i, proc in enumerate(procs):
         assert proc.stdin is not None
         proc.stdin.write("\n".join(urls[i::2]))
@@ -196,6 +217,29 @@ def http_workload(url: str, n: int, repeat: int) -> list[Row]:
             *cold_and_warm(pmap_call(get, urls, url, concurrency=500), repeat),
         ]
     return rows(f"{n:,} HTTP GETs (requests), 50 ms server", n, timings)
+
+
+_aio_sessions: dict[str, Any] = {}  # travels by value: one session per worker run
+
+
+async def aget(url: str) -> int:
+    """GET with aiohttp, one session per worker process, 500 connections."""
+    if not _aio_sessions:
+        import aiohttp
+
+        _aio_sessions["s"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=500))
+    async with _aio_sessions["s"].get(url) as response:
+        return len(await response.read())
+
+
+def async_http_workload(url: str, n: int, repeat: int) -> list[Row]:
+    with http_server(IO_WAIT) as base:
+        urls = [f"{base}/page/{i}" for i in range(n)]
+        timings = [
+            ("hand-written aiohttp, 2 x 500 (floor)", best(lambda: _aiohttp_floor(urls), repeat)),
+            *cold_and_warm(pmap_call(aget, urls, url, concurrency=500), repeat),
+        ]
+    return rows(f"{n:,} HTTP GETs (async def, aiohttp), 50 ms server", n, timings)
 
 
 # -- 3. no-op tasks, 4. a finished job again, 5. ten items ---------------------------
@@ -318,7 +362,7 @@ def chart(results: list[Row], scale: list[Row], path: Path) -> None:
 
     # Timed workloads only (the memory one is a ratio of bytes, not of time).
     workloads = list(dict.fromkeys(str(r["workload"]) for r in results if r["ratio"] == 1.0 and r["seconds"]))
-    fig, axes = plt.subplots(2, 3, figsize=(15, 7.5))
+    fig, axes = plt.subplots(2, 4, figsize=(20, 7.5))
     flat = list(axes.flat)
     for ax, workload in zip(flat, workloads, strict=False):
         these = [r for r in results if r["workload"] == workload]
@@ -345,6 +389,8 @@ def chart(results: list[Row], scale: list[Row], path: Path) -> None:
     ax.set_ylabel("items/s (10,000 waits of 50 ms)", fontsize=8)
     ax.set_title("scaling", fontsize=9)
     ax.legend()
+    for unused in flat[len(workloads) + 1 :]:
+        unused.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
@@ -365,6 +411,7 @@ def main() -> None:
         results = [
             *io_workload(url, 20_000 // scale, args.repeat),
             *http_workload(url, 5_000 // scale, args.repeat),
+            *async_http_workload(url, 5_000 // scale, args.repeat),
             *noop_workload(url, 100_000 // scale, args.repeat),
             *finished_workload(url, 100_000 // scale, args.repeat),
             *small_workload(url, args.repeat),

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import redis
 
-from . import codec, job, server
+from . import backends, codec, job, server
 from .config import Policy, Settings, parse_rate, settings
 from .errors import ConfigError, Failure, JobCancelled, NbtasksError, RedisUnavailable, UnknownJob
 from .job import JobSpec
@@ -43,6 +43,7 @@ def pmap(
     timeout: float | None = None,
     rate: str | float | None = None,
     errors: str = "raise",
+    backend: str | None = None,
     redis: str | redis.Redis | None = None,
 ) -> Any:
     """Equivalent of ``list(map(func, iterable))``, run in parallel and resumable.
@@ -75,6 +76,11 @@ def pmap(
             ``"50/s"``, ``"100/min"``, ``"1000/h"``.
         errors: ``"raise"`` (one TaskError once all is done) or ``"return"`` (failed
             positions of the list hold a `Failure`).
+        backend: what runs the items in each worker process: ``"eventlet"`` (green
+            threads; the default for plain functions), ``"threads"`` (OS threads, for
+            libraries eventlet cannot patch) or ``"asyncio"`` (the default, and the only
+            choice, for ``async def`` functions). `concurrency` items are in flight per
+            process on each.
         redis: a URL or a ``redis.Redis`` client; else ``configure(redis_url=...)``,
             else ``NBTASKS_REDIS_URL``, else nbtasks' own server (see `nbtasks.server`).
 
@@ -99,7 +105,7 @@ def pmap(
     if background and cfg.processes == 0:
         raise ConfigError("background=True needs worker processes: pass processes=1 or more.")
     retry_on = retry_on if isinstance(retry_on, tuple) else (retry_on,)
-    policy = Policy(retries, retry_delay, retry_on, timeout, parse_rate(rate), errors)
+    policy = Policy(retries, retry_delay, retry_on, timeout, parse_rate(rate), errors, backends.choose(func, backend))
     func_payload = codec.dump_function(func, policy.retry_on)
     inputs, digest = job.fingerprint_inputs(items)
     if not inputs and not background:

@@ -114,7 +114,8 @@ def parse_rate(rate: str | float | None) -> float | None:
 @dataclass(frozen=True)
 class Policy:
     """How a job treats failures and load: retries with backoff, a timeout per attempt,
-    a shared rate limit, and whether failures raise or come back in the list."""
+    a shared rate limit, whether failures raise or come back in the list, and which
+    backend runs its items (see `nbtasks.backends`)."""
 
     retries: int = 0
     retry_delay: float = 1.0  # seconds before the first retry; doubled at each next one
@@ -122,6 +123,7 @@ class Policy:
     timeout: float | None = None  # seconds per attempt
     rate: float | None = None  # calls per second, across every worker of the job
     errors: str = "raise"  # or "return": failed positions hold a Failure
+    backend: str = "eventlet"  # or "threads", "asyncio"
 
     def __post_init__(self) -> None:
         if self.retries < 0:
@@ -143,5 +145,6 @@ class Policy:
             "timeout": self.timeout,
             "rate": self.rate,
             "retry_timeouts": any(issubclass(TimeoutError, t) for t in self.retry_on),
+            "backend": self.backend,
             "errors": self.errors,
         }

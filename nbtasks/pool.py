@@ -43,8 +43,17 @@ class WorkerPool:
     hold the caller's pipes open.
     """
 
-    def __init__(self, url: str, job: str, token: str, processes: int, concurrency: int, warm: float = 0.0) -> None:
-        self.url, self.job, self.token = url, job, token
+    def __init__(
+        self,
+        url: str,
+        job: str,
+        token: str,
+        processes: int,
+        concurrency: int,
+        warm: float = 0.0,
+        backend: str = "eventlet",
+    ) -> None:
+        self.url, self.job, self.token, self.backend = url, job, token, backend
         self.processes, self.concurrency, self.warm = processes, concurrency, warm
         self.procs: list[_Proc] = []
         self._started = 0
@@ -68,14 +77,14 @@ class WorkerPool:
         if self.warm > 0:
             a = Assignment(self.job, self.token, wid, self.concurrency, str(beacon_path), self.url, sys_path)
             a.env, a.cwd = env, os.getcwd()
-            if taken := standby.take(a):
+            if taken := standby.take(a, self.backend):
                 popen, control, log = taken
                 self.procs.append(_Proc(wid, popen, log, beacon, beacon_path, control))
                 self.reused += 1
                 return
         env["NBTASKS_SYS_PATH"] = os.pathsep.join(sys_path)
         cmd = [sys.executable, "-m", "nbtasks.worker", "--job", self.job, "--token", self.token, "--wid", wid]
-        cmd += ["--concurrency", str(self.concurrency), "--beacon", str(beacon_path)]
+        cmd += ["--concurrency", str(self.concurrency), "--beacon", str(beacon_path), "--backend", self.backend]
         ours, theirs = socket.socketpair() if self.warm > 0 else (None, None)
         if theirs is not None:
             cmd += ["--control", str(theirs.fileno()), "--warm", str(self.warm)]
@@ -153,7 +162,7 @@ class WorkerPool:
         """The run is complete: hand live workers to the next run (see `standby`)."""
         for p in self.procs:
             if p.control is not None and p.popen.poll() is None:
-                standby.release(p.popen, p.control, p.log, self.warm)
+                standby.release(p.popen, p.control, p.log, self.warm, self.backend)
                 self._forget(p, warm=True)
         self.procs = [p for p in self.procs if p.control is None or p.popen.returncode is not None]
 

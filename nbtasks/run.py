@@ -6,6 +6,7 @@ then followed there (`pmap`) or in a background thread (`Job`).
 
 from __future__ import annotations
 
+import inspect
 import sys
 import threading
 import time
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import codec
+from .backends.aio import run_sync
 from .config import Settings
 from .errors import JobCancelled, JobLost, PayloadRejected, RedisUnavailable
 from .job import JobSpec
@@ -55,7 +57,8 @@ class Run:
         self._complete = False
         self.pool = None
         if not self.inline:
-            self.pool = WorkerPool(store.url, spec.name, self.token, cfg.processes, cfg.concurrency, cfg.warm)
+            backend = spec.policy.get("backend", "eventlet")
+            self.pool = WorkerPool(store.url, spec.name, self.token, cfg.processes, cfg.concurrency, cfg.warm, backend)
             self.pool.start()
 
     def follow(self, stop: threading.Event | None = None) -> Counts:
@@ -210,6 +213,8 @@ class Run:
                         if isinstance(payload, PayloadRejected):
                             raise payload  # never unpickled, never run
                         value = func(codec.load(payload))
+                        if inspect.iscoroutine(value):  # an async def function
+                            value = run_sync(value)
                     except Exception as exc:
                         outcomes.append(Outcome(index, "0", codec.failure_payload(exc), codec.failure_line(exc)))
                         raise

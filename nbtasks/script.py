@@ -28,7 +28,7 @@ from typing import Any, NoReturn
 
 import redis
 
-from . import codec, job
+from . import backends, codec, job
 from .config import Policy, parse_rate, settings
 from .errors import ConfigError, NbtasksError, RedisUnavailable, UnknownJob
 from .exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_UNKNOWN_JOB, EXIT_UNREACHABLE, EXITS, confirm
@@ -49,12 +49,12 @@ def set_func(func: Callable[[str], Any], *, name: str | None = None, **options: 
         func: called with one line (a string, without its line break).
         name: the job's name; by default the script's file name without ``.py``.
         options: as for `pmap`: processes, concurrency, retries, retry_delay,
-            retry_on, timeout, rate.
+            retry_on, timeout, rate, backend.
     """
     global _func, _name, _options
     if not callable(func):
         raise TypeError(f"set_func() takes a function, not {type(func).__name__}.")
-    allowed = {"processes", "concurrency", "retries", "retry_delay", "retry_on", "timeout", "rate"}
+    allowed = {"processes", "concurrency", "retries", "retry_delay", "retry_on", "timeout", "rate", "backend"}
     if unknown := set(options) - allowed:
         raise ConfigError(
             f"set_func() does not take {', '.join(sorted(unknown))}; it takes {', '.join(sorted(allowed))}."
@@ -142,6 +142,7 @@ def _policy() -> Policy:
         _options.get("timeout"),
         parse_rate(_options.get("rate")),
         "return",
+        backends.choose(_func, _options.get("backend")) if _func is not None else "eventlet",
     )
 
 

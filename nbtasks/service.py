@@ -10,6 +10,7 @@ for the next one.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -61,9 +62,10 @@ class Service:
         self._shut_down()
         return 0
 
-    def _next_run(self) -> tuple[str, str, str] | None:
-        """The run with the most waiting items that this machine can take: job, token, code."""
-        best: tuple[int, str, str, str] | None = None
+    def _next_run(self) -> tuple[str, str, str, str] | None:
+        """The run with the most waiting items that this machine can take: job, token,
+        code, backend."""
+        best: tuple[int, str, str, str, str] | None = None
         mine = {c.job for c in self.children}
         for name, token, meta, waiting in self.store.runs():
             if (self.job and name != self.job) or meta.get("ready") != "1" or waiting == 0:
@@ -81,8 +83,9 @@ class Service:
                 continue
             # Spread over runs: a job this machine already serves counts for less.
             score = waiting // (2 if name in mine else 1)
+            backend = json.loads(meta.get("policy", "{}")).get("backend", "eventlet")
             if best is None or score > best[0]:
-                best = (score, name, token, code)
+                best = (score, name, token, code, backend)
         return best[1:] if best else None
 
     def _refuse(self, job: str, code: str, why: str) -> None:
@@ -90,10 +93,10 @@ class Service:
         self.store.refuse(job, f"{self.host} (Python {self.python})", why)
         self._say(f"refused job '{job}': {why} Its items are left to other workers.")
 
-    def _start(self, job: str, token: str, code: str) -> None:
+    def _start(self, job: str, token: str, code: str, backend: str) -> None:
         wid = f"{self.host}:{uuid.uuid4().hex[:8]}"  # never like a caller's own (token-n)
         cmd = [sys.executable, "-m", "nbtasks.worker", "--job", job, "--token", token, "--wid", wid]
-        cmd += ["--concurrency", str(self.concurrency), "--heartbeat", str(self.heartbeat)]
+        cmd += ["--concurrency", str(self.concurrency), "--heartbeat", str(self.heartbeat), "--backend", backend]
         env = {**os.environ, "NBTASKS_REDIS_URL": self.store.url, "NBTASKS_SYS_PATH": os.getcwd()}
         # Its own session: Ctrl-C here reaches this loop, which stops the workers in order.
         popen = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, start_new_session=True)

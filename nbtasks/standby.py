@@ -79,6 +79,7 @@ class Idle:
     popen: subprocess.Popen[bytes]
     control: socket.socket
     log: Path
+    backend: str  # a process runs one backend for its life (eventlet patches at start)
     since: float = field(default_factory=time.monotonic)
 
 
@@ -87,7 +88,7 @@ _lock = threading.Lock()
 _reaper: threading.Thread | None = None
 
 
-def release(popen: subprocess.Popen[bytes], control: socket.socket, log: Path, warm: float) -> None:
+def release(popen: subprocess.Popen[bytes], control: socket.socket, log: Path, warm: float, backend: str) -> None:
     """Tell a worker its run is complete and keep it for the next run."""
     try:
         control.sendall(b"end\n")
@@ -96,19 +97,19 @@ def release(popen: subprocess.Popen[bytes], control: socket.socket, log: Path, w
         return
     global _reaper
     with _lock:
-        _idle.append(Idle(popen, control, log))
+        _idle.append(Idle(popen, control, log, backend))
         if _reaper is None or not _reaper.is_alive():
             # Reaps those that left on their own, so no zombie stays in a quiet kernel.
             _reaper = threading.Thread(target=_reap, args=(warm + 1.0,), name="nbtasks warm workers", daemon=True)
             _reaper.start()
 
 
-def take(assignment: Assignment) -> tuple[subprocess.Popen[bytes], socket.socket, Path] | None:
-    """A warm worker that accepted `assignment`, or None (start a fresh one)."""
+def take(assignment: Assignment, backend: str) -> tuple[subprocess.Popen[bytes], socket.socket, Path] | None:
+    """A warm worker of `backend` that accepted `assignment`, or None (start a fresh one)."""
     deadline = time.monotonic() + READY_WAIT
     while True:
         with _lock:
-            candidates = [w for w in _idle if w.popen.poll() is None]
+            candidates = [w for w in _idle if w.popen.poll() is None and w.backend == backend]
             _prune_locked()
             for w in candidates:
                 if _readable(w.control, 0):

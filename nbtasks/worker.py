@@ -1,14 +1,23 @@
-"""The worker process: patch, load the function, claim, run, record.
+"""The worker process: load the function, claim, run, record.
 
 Started as a fresh interpreter (``python -m nbtasks.worker``) by the caller, never forked
-from it, and never imported by the caller: this is the only module that imports eventlet.
+from it, and never imported by the caller. The loop here uses only `threading`, `queue`
+and `time`; a backend (`nbtasks.backends`) runs the items. With the eventlet backend the
+standard library is patched first, so this same loop runs on green threads.
 """
 
 from __future__ import annotations
 
+import sys
 import warnings
 
-if __name__ == "__main__":
+
+def _backend_named_in_argv() -> str:
+    argv = sys.argv
+    return argv[argv.index("--backend") + 1] if "--backend" in argv[:-1] else "eventlet"
+
+
+if __name__ == "__main__" and _backend_named_in_argv() == "eventlet":
     # eventlet must patch the standard library before redis-py (or anything that opens
     # sockets) is imported; its deprecation notice is for library authors, not users.
     warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
@@ -25,25 +34,19 @@ import argparse  # noqa: E402
 import functools  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import queue  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
-import sys  # noqa: E402
+import threading  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
 from collections.abc import Callable  # noqa: E402
-from contextlib import nullcontext  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, NoReturn, TypeVar  # noqa: E402
 
-import eventlet  # noqa: E402
-import eventlet.event  # noqa: E402
-import eventlet.queue  # noqa: E402
-import eventlet.semaphore  # noqa: E402
-import greenlet  # noqa: E402
-from greenlet import GreenletExit  # noqa: E402
-
-from . import codec  # noqa: E402
-from .beacon import IDLE, Beacon  # noqa: E402
+from . import backends, codec  # noqa: E402
+from .backends import Backend, Task  # noqa: E402
+from .beacon import Beacon  # noqa: E402
 from .errors import PayloadRejected  # noqa: E402
 from .exits import EXIT_REFUSED  # noqa: E402
 from .standby import Assignment, Control, Modules  # noqa: E402
@@ -56,8 +59,8 @@ T = TypeVar("T")
 def _green_resolver() -> None:
     """Name lookups in eventlet's thread pool: the system resolver (with /etc/hosts and
     nsswitch) waits in a real thread while the other green threads go on."""
-    if os.environ.get("EVENTLET_NO_GREENDNS") != "yes":
-        return  # eventlet's own green resolver is in place
+    if _backend_named_in_argv() != "eventlet" or os.environ.get("EVENTLET_NO_GREENDNS") != "yes":
+        return  # no eventlet here, or its own green resolver is in place
     import eventlet.green.socket
     from eventlet import tpool
 
@@ -79,6 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--heartbeat", type=float, help="a worker of `nbtasks worker`: say it lives in Redis every so many seconds"
     )
+    parser.add_argument("--backend", choices=backends.NAMES, default="eventlet", help="what runs the items")
     args = parser.parse_args(argv)
     # The first run comes with the command line; later ones (warm) over the control socket.
     assignment: Assignment | None = Assignment(
@@ -102,7 +106,8 @@ def main(argv: list[str] | None = None) -> None:
         except FileNotFoundError:
             beacon = None  # started so late that its run is already complete
         a, began = assignment, time.time()
-        worker = Worker(store, a.job, a.token, a.wid, a.concurrency, beacon, control, args.heartbeat)
+        backend = backends.load(args.backend)
+        worker = Worker(store, a.job, a.token, a.wid, a.concurrency, beacon, control, args.heartbeat, backend)
         reusable = worker.run()
         if beacon is not None:
             beacon.close()
@@ -114,12 +119,12 @@ def main(argv: list[str] | None = None) -> None:
 
 
 class Worker:
-    """One process's share of a run: a green-thread pool fed from the job's queue."""
+    """One process's share of a run: items claimed from the job's queue, run by a
+    backend, their outcomes recorded in batches."""
 
     CLAIM_MAX = 1000  # items per claim; also bounds a Lua call's argument count
     WATCH_INTERVAL = 0.25  # seconds between checks that the caller still owns the job
     OUTAGE_LIMIT = 300.0  # seconds a worker waits for Redis to come back
-    SYNC_STREAK = 200  # items in a row that never yielded before batches run in one green thread
 
     def __init__(
         self,
@@ -131,16 +136,17 @@ class Worker:
         beacon: Beacon | None,
         control: Control | None = None,
         heartbeat: float | None = None,
+        backend: Backend | None = None,
     ) -> None:
         self.store, self.job, self.token, self.wid = store, job, token, wid
         self.beacon, self.control, self.heartbeat = beacon, control, heartbeat
+        self.backend = backend or backends.load("eventlet")
         self.stopping = False  # SIGTERM: claim no more
-        self.over = eventlet.event.Event()  # the caller said the run is complete
-        self.tasks: dict[greenlet.greenlet, int] = {}  # green thread -> the item it runs
-        self.switches = 0  # green-thread switches seen by the trace
-        self.streak = 0  # items in a row that ran without yielding
-        self.slots = eventlet.semaphore.Semaphore(concurrency)
-        self.outcomes: eventlet.queue.LightQueue = eventlet.queue.LightQueue()
+        self.over = threading.Event()  # the caller said the run is complete
+        self.in_flight = 0  # items handed to the backend and not ended
+        self.counting = threading.Lock()  # backends end items from their own threads
+        self.slots = threading.Semaphore(concurrency)
+        self.outcomes: queue.Queue[Outcome | None] = queue.Queue()
         self.recording = False
         self.policy: dict[str, Any] = {}
         self.retry_on: tuple[type[BaseException], ...] = (Exception,)
@@ -149,32 +155,38 @@ class Worker:
         """Work until the run is over; whether this process may take another run (the
         caller said the run is complete and nothing is left running here)."""
         func = self._load_function()
-        helpers = [eventlet.spawn(self._guard, self._record_loop), eventlet.spawn(self._guard, self._watch_owner)]
+        self.backend.start(func, self.policy.get("timeout"), self._begin, self._end)
+        helpers = [self._helper(self._record_loop), self._helper(self._watch_owner)]
         if self.heartbeat is not None:
             # On another machine the caller cannot see this process: say it lives, in
             # Redis, before the first claim (an item claimed without it would go back).
             self.store.alive(self.job, self.wid, self.heartbeat)
-            helpers.append(eventlet.spawn(self._guard, self._say_alive))
-            signal.signal(signal.SIGTERM, lambda *_: eventlet.spawn_n(self._terminate))
+            helpers.append(self._helper(self._say_alive))
+            signal.signal(signal.SIGTERM, lambda *_: self.backend.soon(self._terminate))
         if self.beacon is not None:
-            greenlet.settrace(self._trace)
-            helpers.append(eventlet.spawn(self._guard, self._tick))
+            self.backend.watch(self.beacon)
+            helpers.append(self._helper(self._tick))
         if self.control is not None:
-            helpers.append(eventlet.spawn(self._guard, self._watch_control))
-        self._claim_loop(func)
+            helpers.append(self._helper(self._watch_control))
+        self._claim_loop()
         if self.control is not None:
             # A complete run's "end" is sent before the owner key goes: when the claims
             # stopped first, it is already in the socket, a loop turn away.
             self.over.wait(0.1)
-        if not self.over.ready():
+        if not self.over.is_set():
             self._exit()
         # Helpers are stopped by their own checks, never killed: a green thread killed
         # inside a Redis call would leave half a reply on the shared connection.
         self.outcomes.put(None)
         for helper in helpers:
-            helper.wait()
-        greenlet.settrace(None)
-        return not self.tasks and self.outcomes.empty()
+            helper.join()
+        self.backend.stop()
+        return not self.in_flight and self.outcomes.empty()
+
+    def _helper(self, loop: Callable[[], None]) -> threading.Thread:
+        thread = threading.Thread(target=self._guard, args=(loop,), daemon=True)
+        thread.start()
+        return thread
 
     def _load_function(self) -> Callable[[Any], Any]:
         meta = self.store.meta(self.job)
@@ -217,10 +229,10 @@ class Worker:
         self.stopping = True
         self._exit(requeue=True)
 
-    def _claim_loop(self, func: Callable[[Any], Any]) -> None:
+    def _claim_loop(self) -> None:
         idle = 0.01
         rate = self.policy.get("rate")
-        while not self.over.ready() and not self.stopping:
+        while not self.over.is_set() and not self.stopping:
             self.slots.acquire()
             want = 1
             while want < self.CLAIM_MAX and self.slots.acquire(blocking=False):
@@ -239,11 +251,18 @@ class Worker:
                 idle = min(idle * 2, 0.2)
                 continue
             idle = 0.01
-            if self.streak >= self.SYNC_STREAK:
-                eventlet.spawn_n(self._run_batch, func, items)
-            else:
-                for index, payload in items:
-                    eventlet.spawn_n(self._execute, func, index, payload)
+            tasks = []
+            for index, payload in items:
+                if isinstance(payload, PayloadRejected):
+                    # Never unpickled, never run, never retried: recorded once as a final failure.
+                    print(f"nbtasks: {payload}", file=sys.stderr)
+                    self.outcomes.put(Outcome(index, "0", codec.failure_payload(payload), codec.failure_line(payload)))
+                    self.slots.release()
+                else:
+                    tasks.append(Task(index, payload))
+            with self.counting:
+                self.in_flight += len(tasks)
+            self.backend.submit(tasks)
 
     def _turns(self, want: int, rate: float) -> int:
         """How many of `want` items may start now under the job's shared rate limit;
@@ -252,61 +271,30 @@ class Worker:
         for _ in range(want - granted):
             self.slots.release()
         if not granted:
-            eventlet.sleep(wait)
+            time.sleep(wait)
         return granted
 
-    def _run_batch(self, func: Callable[[Any], Any], items: list[tuple[int, bytes | PayloadRejected]]) -> None:
-        """Run a claimed batch one item after another in this one green thread: for a
-        function that never waits, a green thread per item costs several times the
-        work itself. The first item that does wait sends the rest back to one green
-        thread each, so waits on the network still overlap."""
-        for k, (index, payload) in enumerate(items):
-            if not self._execute(func, index, payload):
-                for rest in items[k + 1 :]:
-                    eventlet.spawn_n(self._execute, func, *rest)
-                return
-            if k % 100 == 99:
-                eventlet.sleep(0)  # let the recorder and the watcher run
+    def _begin(self, task: Task) -> Any:
+        return codec.load(task.payload)
 
-    def _execute(self, func: Callable[[Any], Any], index: int, payload: bytes | PayloadRejected) -> bool:
-        """Run one item and queue its outcome; whether it ran without yielding."""
-        if isinstance(payload, PayloadRejected):
-            # Never unpickled, never run, never retried: recorded once as a final failure.
-            print(f"nbtasks: {payload}", file=sys.stderr)
-            self.outcomes.put(Outcome(index, "0", codec.failure_payload(payload), codec.failure_line(payload)))
-            self.slots.release()
-            return True
-        timeout = self.policy.get("timeout")
-        self.tasks[greenlet.getcurrent()] = index
-        if self.beacon is not None:
-            self.beacon.running(index)
-        switches = self.switches
-        try:
-            # A green timeout cuts waits on the network; a task stuck in CPU or C code
-            # never yields, and the caller replaces its process instead.
-            with eventlet.Timeout(timeout, TimeoutError(f"timed out after {timeout} s")) if timeout else nullcontext():
-                value = func(codec.load(payload))
-            outcome = Outcome(index, "1", codec.dump(value))
-        except GreenletExit:
-            raise
-        except BaseException as exc:  # a task's SystemExit is its failure, not ours
-            kind = "r" if isinstance(exc, self.retry_on) else "0"
-            outcome = Outcome(index, kind, codec.failure_payload(exc), codec.failure_line(exc))
-        # Without the trace (no beacon) switches are not counted: never batch then.
-        synchronous = self.beacon is not None and self.switches == switches
-        self.streak = self.streak + 1 if synchronous else 0
-        del self.tasks[greenlet.getcurrent()]
+    def _end(self, task: Task, value: Any, error: BaseException | None) -> None:
+        """A backend ended an item (from any thread): queue its outcome, free its slot."""
+        outcome = None
+        if error is None:
+            try:
+                outcome = Outcome(task.index, "1", codec.dump(value))
+            except Exception as exc:  # a result that cannot be pickled is the task's failure
+                error = exc
+        if error is not None:
+            kind = "r" if isinstance(error, self.retry_on) else "0"
+            outcome = Outcome(task.index, kind, codec.failure_payload(error), codec.failure_line(error))
+        with self.counting:
+            self.in_flight -= 1
         self.outcomes.put(outcome)
         self.slots.release()
-        return synchronous
-
-    def _trace(self, event: str, args: tuple[greenlet.greenlet, greenlet.greenlet]) -> None:
-        if event in ("switch", "throw") and self.beacon is not None:
-            self.switches += 1
-            self.beacon.running(self.tasks.get(args[1], IDLE))
 
     def _tick(self) -> None:
-        while self.beacon is not None and not self.over.ready():
+        while self.beacon is not None and not self.over.is_set():
             self.beacon.tick()
             self.over.wait(0.1)
 
@@ -329,15 +317,15 @@ class Worker:
         while self._retrying(self.store.owner, self.job) == self.token:
             if self.over.wait(self.WATCH_INTERVAL):
                 return
-        if not self.over.ready():
+        if not self.over.is_set():
             self._exit()
 
     def _watch_control(self) -> None:
         """The caller's word: "end" (the run is complete) or end of file (it is gone)."""
         assert self.control is not None
         line = self.control.line(None)
-        if line == b"end" and not self.tasks and not self.recording and self.outcomes.empty():
-            self.over.send(True)
+        if line == b"end" and not self.in_flight and not self.recording and self.outcomes.empty():
+            self.over.set()
             return
         self._exit()  # the caller is gone, or tasks still run: record what finished, then leave
 
@@ -351,7 +339,7 @@ class Worker:
             except TRANSIENT:
                 if waited > self.OUTAGE_LIMIT:
                     raise
-                eventlet.sleep(pause)
+                time.sleep(pause)
                 waited += pause
                 pause = min(pause * 2, 1.0)
 
@@ -370,7 +358,7 @@ class Worker:
         for _ in range(100):
             if self.outcomes.empty() and not self.recording:
                 break
-            eventlet.sleep(0.01)
+            time.sleep(0.01)
         if requeue:
             self.store.requeue(self.job, self.wid)
         os._exit(0)
