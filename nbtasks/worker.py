@@ -34,7 +34,6 @@ import argparse  # noqa: E402
 import functools  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import queue  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
 import threading  # noqa: E402
@@ -144,9 +143,9 @@ class Worker:
         self.stopping = False  # SIGTERM: claim no more
         self.over = threading.Event()  # the caller said the run is complete
         self.in_flight = 0  # items handed to the backend and not ended
-        self.counting = threading.Lock()  # backends end items from their own threads
-        self.slots = threading.Semaphore(concurrency)
-        self.outcomes: queue.Queue[Outcome | None] = queue.Queue()
+        self.counting = self.backend.lock()  # backends end items from their own threads
+        self.slots = self.backend.semaphore(concurrency)
+        self.outcomes = self.backend.queue()  # Outcome, or None: the run is over
         self.recording = False
         self.policy: dict[str, Any] = {}
         self.retry_on: tuple[type[BaseException], ...] = (Exception,)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import queue
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +46,17 @@ class Backend(ABC):
     @abstractmethod
     def soon(self, fn: Callable[[], None]) -> None:
         """Run `fn` shortly in its own thread of control (safe from a signal handler)."""
+
+    # The worker loop's per-item primitives. Threads need real ones; green threads,
+    # which never preempt each other, have cheaper ones (see green).
+    def semaphore(self, value: int) -> threading.Semaphore:
+        return threading.Semaphore(value)
+
+    def queue(self) -> queue.SimpleQueue[Any]:
+        return queue.SimpleQueue()
+
+    def lock(self) -> AbstractContextManager[Any]:
+        return threading.Lock()
 
     def timed_out(self) -> TimeoutError:
         return TimeoutError(f"timed out after {self.timeout} s")

@@ -10,9 +10,12 @@ the beacon told which item holds the loop, and the caller replaces the process.
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 import eventlet
+import eventlet.queue
+import eventlet.semaphore
 import greenlet
 from greenlet import GreenletExit
 
@@ -30,6 +33,15 @@ class GreenBackend(Backend):
         self.switches = 0  # green-thread switches seen by the trace
         self.streak = 0  # items in a row that ran without yielding
         self.beacon: Beacon | None = None
+
+    def semaphore(self, value: int) -> Any:
+        return eventlet.semaphore.Semaphore(value)
+
+    def queue(self) -> Any:
+        return eventlet.queue.LightQueue()
+
+    def lock(self) -> AbstractContextManager[Any]:
+        return nullcontext()  # green threads switch only where they wait
 
     def watch(self, beacon: Beacon) -> None:
         self.beacon = beacon
