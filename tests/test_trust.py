@@ -243,8 +243,17 @@ def test_the_embedded_server_wants_its_password_which_only_its_owner_can_read(sh
 def test_another_local_user_cannot_reach_the_embedded_server(shared_home: Path) -> None:
     nbtasks.pmap(square, range(3), progress=False)
     user = "nbtasks-other"
-    if subprocess.run(["id", user], capture_output=True).returncode != 0:
+    made = subprocess.run(["id", user], capture_output=True).returncode != 0
+    if made:
         subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", user], check=True)
+    try:
+        _probe_as(user, shared_home)
+    finally:
+        if made:
+            subprocess.run(["userdel", user], capture_output=True)
+
+
+def _probe_as(user: str, shared_home: Path) -> None:
     python = shutil.which("python3", path="/usr/bin:/bin")
     assert python is not None
     probe = (
