@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import socket
@@ -147,6 +148,10 @@ class WorkerPool:
     def stop(self, grace: float = 1.0) -> None:
         """Wait up to `grace` seconds for workers to leave (the caller has released the
         job, so they are recording what they finished), then kill what is left."""
+        for p in self.procs:
+            if p.control is not None:  # a warm-capable worker: tell it, rather than let it guess
+                with contextlib.suppress(OSError):
+                    p.control.sendall(b"stop\n")
         deadline = time.monotonic() + grace
         for p in self.procs:
             try:

@@ -6,6 +6,7 @@ end passed as a file descriptor, never through stdin or stdout, which belong to 
 user's function). One JSON line or word per message:
 
     caller -> worker   end            the run is complete: wind down
+    caller -> worker   stop           the run was stopped: record what finished, leave
     worker -> caller   ready          idle, waiting for an assignment
     caller -> worker   {assignment}   the next run: job, token, environment...
     worker -> caller   ok             taken (or the socket closes: the worker left)

@@ -124,6 +124,8 @@ class Worker:
     CLAIM_MAX = 1000  # items per claim; also bounds a Lua call's argument count
     WATCH_INTERVAL = 0.25  # seconds between checks that the caller still owns the job
     OUTAGE_LIMIT = 300.0  # seconds a worker waits for Redis to come back
+    START_WAIT = 60.0  # seconds a worker waits to see its run begun
+    WORD_WAIT = 10.0  # seconds a warm-capable worker waits for the caller's word on how a run ended
 
     def __init__(
         self,
@@ -153,9 +155,18 @@ class Worker:
     def run(self) -> bool:
         """Work until the run is over; whether this process may take another run (the
         caller said the run is complete and nothing is left running here)."""
+        helpers = [self._helper(self._watch_control)] if self.control is not None else []
+        if self._await_run():
+            self._work(helpers)
+        for helper in helpers:
+            helper.join()
+        self.backend.stop()
+        return not self.in_flight and self.outcomes.empty()
+
+    def _work(self, helpers: list[threading.Thread]) -> None:
         func = self._load_function()
         self.backend.start(func, self.policy.get("timeout"), self._begin, self._end)
-        helpers = [self._helper(self._record_loop), self._helper(self._watch_owner)]
+        helpers += [self._helper(self._record_loop), self._helper(self._watch_owner)]
         if self.heartbeat is not None:
             # On another machine the caller cannot see this process: say it lives, in
             # Redis, before the first claim (an item claimed without it would go back).
@@ -165,27 +176,34 @@ class Worker:
         if self.beacon is not None:
             self.backend.watch(self.beacon)
             helpers.append(self._helper(self._tick))
-        if self.control is not None:
-            helpers.append(self._helper(self._watch_control))
         self._claim_loop()
         if self.control is not None:
-            # A complete run's "end" is sent before the owner key goes: when the claims
-            # stopped first, it is already in the socket, a loop turn away.
-            self.over.wait(0.1)
+            # The caller always says how the run ended: "end" (complete, sent before the
+            # owner key goes), "stop", or end of file; the watcher acts on it.
+            self.over.wait(self.WORD_WAIT)
         if not self.over.is_set():
             self._exit()
         # Helpers are stopped by their own checks, never killed: a green thread killed
         # inside a Redis call would leave half a reply on the shared connection.
         self.outcomes.put(None)
-        for helper in helpers:
-            helper.join()
-        self.backend.stop()
-        return not self.in_flight and self.outcomes.empty()
 
     def _helper(self, loop: Callable[[], None]) -> threading.Thread:
         thread = threading.Thread(target=self._guard, args=(loop,), daemon=True)
         thread.start()
         return thread
+
+    def _await_run(self) -> bool:
+        """Wait until the job's owner key holds our token (the caller began the run);
+        False if the run was complete before this worker got to it (a late start, told
+        "end" on the control socket); leave if neither comes."""
+        deadline = time.monotonic() + self.START_WAIT
+        while self._retrying(self.store.owner, self.job) != self.token:
+            if self.over.is_set():
+                return False
+            if time.monotonic() > deadline:
+                os._exit(0)
+            self.over.wait(0.005)
+        return True
 
     def _load_function(self) -> Callable[[Any], Any]:
         meta = self.store.meta(self.job)
@@ -320,7 +338,8 @@ class Worker:
             self._exit()
 
     def _watch_control(self) -> None:
-        """The caller's word: "end" (the run is complete) or end of file (it is gone)."""
+        """The caller's word: "end" (the run is complete), "stop" (interrupted, cancelled,
+        taken over) or end of file (it is gone)."""
         assert self.control is not None
         line = self.control.line(None)
         if line == b"end" and not self.in_flight and not self.recording and self.outcomes.empty():
