@@ -124,7 +124,7 @@ class Worker:
     CLAIM_MAX = 1000  # items per claim; also bounds a Lua call's argument count
     WATCH_INTERVAL = 0.25  # seconds between checks that the caller still owns the job
     OUTAGE_LIMIT = 300.0  # seconds a worker waits for Redis to come back
-    START_WAIT = 60.0  # seconds a worker waits to see its run begun
+    START_WAIT = 60.0  # seconds a late warm-capable worker waits for the caller's word
     WORD_WAIT = 10.0  # seconds a warm-capable worker waits for the caller's word on how a run ended
 
     def __init__(
@@ -193,16 +193,15 @@ class Worker:
         return thread
 
     def _await_run(self) -> bool:
-        """Wait until the job's owner key holds our token (the caller began the run);
-        False if the run was complete before this worker got to it (a late start, told
-        "end" on the control socket); leave if neither comes."""
+        """Whether the run is still ours to work on (the owner key holds our token). A
+        warm-capable worker that started after its run was complete waits for the
+        caller's "end" and returns False; any other worker leaves at once."""
         deadline = time.monotonic() + self.START_WAIT
         while self._retrying(self.store.owner, self.job) != self.token:
-            if self.over.is_set():
+            if self.control is None or time.monotonic() > deadline:
+                os._exit(0)  # the run is over, or someone else's now
+            if self.over.wait(0.01):
                 return False
-            if time.monotonic() > deadline:
-                os._exit(0)
-            self.over.wait(0.005)
         return True
 
     def _load_function(self) -> Callable[[Any], Any]:
