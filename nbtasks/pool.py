@@ -60,7 +60,6 @@ class WorkerPool:
         self._started = 0
         self.log_dir = _log_dir()
         self._stopped_since: dict[str, float] = {}
-        self.reused = 0  # workers taken warm from an earlier run
 
     def start(self) -> None:
         for _ in range(self.processes):
@@ -81,7 +80,6 @@ class WorkerPool:
             if taken := standby.take(a, self.backend):
                 popen, control, log = taken
                 self.procs.append(_Proc(wid, popen, log, beacon, beacon_path, control))
-                self.reused += 1
                 return
         env["NBTASKS_SYS_PATH"] = os.pathsep.join(sys_path)
         cmd = [sys.executable, "-m", "nbtasks.worker", "--job", self.job, "--token", self.token, "--wid", wid]

@@ -146,20 +146,26 @@ def _policy() -> Policy:
     )
 
 
+def _store_job(store: Store, name: str, lines: list[str]) -> job.JobSpec:
+    """Store the function as it is now (and `lines` after the inputs held)."""
+    assert _func is not None
+    policy = _policy()
+    return job.append(store, name, _func, codec.dump_function(_func, policy.retry_on), lines, policy)
+
+
 def _add(store: Store, name: str, files: list[str]) -> int:
     lines: list[str] = []
     for file in files:
         text = sys.stdin.read() if file == "-" else Path(file).read_text()
         lines += [line for line in text.splitlines() if line.strip()]
-    assert _func is not None
-    spec = job.append(store, name, _func, codec.dump_function(_func, _policy().retry_on), lines, _policy())
+    spec = _store_job(store, name, lines)
     print(f"{name}: added {len(lines)} inputs; {spec.total} in all.")
     return 0
 
 
 def _run(store: Store, name: str) -> int:
     assert _func is not None
-    spec = job.append(store, name, _func, codec.dump_function(_func, _policy().retry_on), [], _policy())
+    spec = _store_job(store, name, [])
     cfg = settings().replace(processes=_options.get("processes"), concurrency=_options.get("concurrency"))
     if not spec.finished:
         hint = f"Run `{Path(sys.argv[0]).name} run` again to resume."
