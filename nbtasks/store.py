@@ -258,9 +258,7 @@ class Store:
         k = self.keys[job]
         pipe = self.client.pipeline(transaction=False)
         for offset, chunk in _batches(payloads, BATCH):
-            pipe.hset(
-                k.inputs, mapping=dict(zip(range(start + offset, start + offset + len(chunk)), chunk, strict=True))
-            )
+            pipe.hset(k.inputs, mapping=self._signed_inputs(job, start + offset, chunk))
             pipe.execute()
         return int(self._grow(keys=[k.meta], args=[start + len(payloads)]))
 

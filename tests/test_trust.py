@@ -352,3 +352,15 @@ def test_a_process_without_the_secret_cannot_read_a_signed_job(r: redis.Redis, s
     monkeypatch.setenv("NBTASKS_SECRET_FILE", "")
     with pytest.raises(nbtasks.PayloadRejected, match="no secret is set here"):
         nbtasks.pmap(square, range(5), name="sealed", progress=False)
+
+
+def test_a_script_job_is_signed_too(r: redis.Redis, redis_server, secret: str, tmp_path: Path) -> None:
+    from .test_script import crawl
+
+    (tmp_path / "lines.txt").write_text("a\nb\nc\n")
+    assert crawl(tmp_path, redis_server.url, "add", str(tmp_path / "lines.txt")).returncode == 0
+    assert crawl(tmp_path, redis_server.url, "add", "-", stdin="d\n").returncode == 0
+    keys = JobKeys("crawl")
+    assert all(r.hget(keys.inputs, i).startswith(trust.MAGIC) for i in range(4))
+    run = crawl(tmp_path, redis_server.url, "run")
+    assert run.returncode == 0 and "4 of 4 done, 0 failed" in run.stdout, run.stdout + run.stderr
