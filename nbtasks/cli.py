@@ -7,7 +7,7 @@ import shutil
 import sys
 from typing import Any
 
-from .exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NOT_RUNNING, EXIT_UNKNOWN_JOB, EXIT_UNREACHABLE, EXITS, confirm
+from .exits import EXIT_FAILED, EXIT_NOT_RUNNING, EXITS, confirm, reported
 
 REDIS_HELP = "the Redis holding the jobs (default: NBTASKS_REDIS_URL, else nbtasks' own server)"
 
@@ -70,18 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         parser().error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "server":
         return _server(args.action)
-    from .errors import RedisUnavailable, UnknownJob
-
-    try:
-        return _jobs_command(args)
-    except UnknownJob as exc:
-        print(f"nbtasks: {exc}", file=sys.stderr)
-        return EXIT_UNKNOWN_JOB
-    except RedisUnavailable as exc:
-        print(f"nbtasks: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+    return reported("nbtasks", lambda: _jobs_command(args))
 
 
 def _jobs_command(args: Any) -> int:

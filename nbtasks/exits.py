@@ -4,6 +4,7 @@ both so that shell scripts can rely on them, and the yes/no question before dele
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # items failed, or the answer was no
@@ -33,3 +34,22 @@ def confirm(question: str) -> bool:
         return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
     except EOFError:
         return False
+
+
+def reported(prog: str, call: Callable[[], int]) -> int:
+    """`call()`'s exit code; an error the user can act on becomes one line on stderr
+    and its exit code, not a traceback."""
+    from .errors import NbtasksError, RedisUnavailable, UnknownJob
+
+    codes: list[tuple[type[NbtasksError], int]] = [
+        (UnknownJob, EXIT_UNKNOWN_JOB),
+        (RedisUnavailable, EXIT_UNREACHABLE),
+        (NbtasksError, EXIT_FAILED),
+    ]
+    try:
+        return call()
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except NbtasksError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return next(code for kind, code in codes if isinstance(exc, kind))

@@ -87,18 +87,8 @@ def define(
             "discard its results and start over, or choose another name=."
         )
     done = store.done_count(name) if meta else 0
-    if meta and meta.get("code") != code_digest and done < total:
-        print(
-            f"nbtasks: the code of job '{name}' changed; its {done} finished results are kept and "
-            f"the new code runs the other {total - done}.",
-            file=sys.stderr,
-        )
-    python = f"{sys.version_info.major}.{sys.version_info.minor}"
-    numbers = policy.numbers()
-    new_meta = {"total": total, "inputs": inputs_digest, "code": code_digest, "function": codec.func_label(func)}
-    # The function is stored again at every call: a stored pickle is never trusted
-    # across Python versions or edits. So is the policy: each call sets its own.
-    store.define(name, {**new_meta, "python": python, "policy": json.dumps(numbers)}, func_payload)
+    fields = {"total": total, "inputs": inputs_digest}
+    numbers = _store_function(store, name, func, func_payload, code_digest, meta, done, total, policy, fields)
     if meta.get("ready") != "1":
         store.store_inputs(name, (codec.dump_input(item, index) for index, item in enumerate(items)))
     return JobSpec(name, total, finished=done == total, policy=numbers)
@@ -121,21 +111,41 @@ def append(
     code_digest = codec.func_digest(func, func_payload)
     total = int(meta.get("total", 0))
     done = store.done_count(name) if meta else 0
+    fields = {"inputs": APPENDABLE}
+    numbers = _store_function(store, name, func, func_payload, code_digest, meta, done, total, policy, fields)
+    if items or not meta:
+        start = store.reserve_inputs(name, len(items))
+        payloads = [codec.dump_input(item, start + offset) for offset, item in enumerate(items)]
+        total = store.append_inputs(name, start, payloads)
+    return JobSpec(name, total, finished=done >= total, policy=numbers)
+
+
+def _store_function(
+    store: Store,
+    name: str,
+    func: Callable[..., Any],
+    func_payload: bytes,
+    code_digest: str,
+    meta: dict[str, str],
+    done: int,
+    total: int,
+    policy: Policy,
+    fields: dict[str, Any],
+) -> dict[str, Any]:
+    """Store the function, the policy and `fields` in the job's metadata; return the
+    policy as stored. Both are stored again at every call: a stored pickle is never
+    trusted across Python versions or edits, and each call sets its own policy."""
     if meta and meta.get("code") != code_digest and done < total:
         print(
             f"nbtasks: the code of job '{name}' changed; its {done} finished results are kept and "
             f"the new code runs the other {total - done}.",
             file=sys.stderr,
         )
-    python = f"{sys.version_info.major}.{sys.version_info.minor}"
     numbers = policy.numbers()
-    new_meta = {"inputs": APPENDABLE, "code": code_digest, "function": codec.func_label(func), "python": python}
-    store.define(name, {**new_meta, "policy": json.dumps(numbers)}, func_payload)
-    if items or not meta:
-        start = store.reserve_inputs(name, len(items))
-        payloads = [codec.dump_input(item, start + offset) for offset, item in enumerate(items)]
-        total = store.append_inputs(name, start, payloads)
-    return JobSpec(name, total, finished=done >= total, policy=numbers)
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    about = {"code": code_digest, "function": codec.func_label(func), "python": python, "policy": json.dumps(numbers)}
+    store.define(name, {**fields, **about}, func_payload)
+    return numbers
 
 
 def gather(store: Store, spec: JobSpec, errors: str = "raise") -> list[Any]:

@@ -30,8 +30,8 @@ import redis
 
 from . import backends, codec, job
 from .config import Policy, parse_rate, settings
-from .errors import ConfigError, NbtasksError, RedisUnavailable, UnknownJob
-from .exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_UNKNOWN_JOB, EXIT_UNREACHABLE, EXITS, confirm
+from .errors import ConfigError
+from .exits import EXIT_FAILED, EXIT_UNKNOWN_JOB, EXITS, confirm, reported
 from .run import Run
 from .snapshot import detail, snapshots
 from .store import Store
@@ -97,19 +97,7 @@ def run_verb(argv: list[str] | None = None) -> int:
     if _func is None:
         parser.error("call nbtasks.set_func(your_function) before nbtasks.main().")
     name = _name or Path(sys.argv[0]).stem or "script"
-    try:
-        return _verb(args.verb, args, name, prog)
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
-    except UnknownJob as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return EXIT_UNKNOWN_JOB
-    except RedisUnavailable as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
-    except NbtasksError as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+    return reported(prog, lambda: _verb(args.verb, args, name, prog))
 
 
 def _verb(verb: str, args: argparse.Namespace, name: str, prog: str) -> int:
