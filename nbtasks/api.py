@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import redis
 
-from . import backends, codec, job, server
+from . import backends, codec, identity, job, server
 from .config import Policy, Settings, parse_rate, settings
 from .errors import ConfigError, Failure, JobCancelled, NbtasksError, RedisUnavailable, UnknownJob
 from .job import JobSpec
@@ -107,12 +107,13 @@ def pmap(
     retry_on = retry_on if isinstance(retry_on, tuple) else (retry_on,)
     policy = Policy(retries, retry_delay, retry_on, timeout, parse_rate(rate), errors, backends.choose(func, backend))
     func_payload = codec.dump_function(func, policy.retry_on)
-    inputs, digest = job.fingerprint_inputs(items)
+    inputs = list(items)
     if not inputs and not background:
         return []  # nothing to run: no server, no workers
+    ident = identity.identify(func)
     store = connect(redis if redis is not None else cfg.redis_url)
     try:
-        spec = job.define(store, func, func_payload, inputs, digest, name=name, fresh=fresh, policy=policy)
+        spec = job.define(store, func, func_payload, ident, inputs, name=name, fresh=fresh, policy=policy)
         del inputs  # the store has them; don't hold them through the run
         if background:
             return Job._start(store, spec, cfg, progress)

@@ -4,7 +4,7 @@ NbtasksError
 ├── ConfigError          no Redis configured, contradictory settings
 ├── RedisUnavailable     the Redis server cannot be reached
 ├── NotPicklableError    the function or an input cannot be sent to the workers
-├── JobMismatchError     a job name reused with other inputs
+├── JobMismatchError     a script's job name used by pmap, or the other way round
 ├── WorkerError          worker processes cannot start or keep dying
 ├── JobCancelled         the run was cancelled (job.cancel(), the dashboard)
 ├── JobLost              Redis came back without the job's data
@@ -38,7 +38,7 @@ class NotPicklableError(NbtasksError):
 
 
 class JobMismatchError(NbtasksError):
-    """A job name was reused with inputs other than the stored ones."""
+    """A script's job (inputs added with ``add``) named in pmap, or a pmap job in a script."""
 
 
 class WorkerError(NbtasksError):
@@ -101,9 +101,11 @@ class TaskError(NbtasksError):
         self.failures = failures
         first = failures[0]
         super().__init__(
-            f"{len(failures)} of {total} tasks of job '{job}' failed; the first, "
-            f"{first}. Results of the others are kept: run the same call again to retry "
-            f"only the failed ones.\n\nRemote traceback of item {first.index}:\n"
+            f"{len(failures)} of {total} tasks of job '{job}' failed; the first, {first}. Results of "
+            "the others are kept. Running the same call again, unchanged, retries only the failed ones; "
+            f"after you fix the function, add name={job!r} to the call so that the finished results are "
+            "kept (an edited function is otherwise a new job, run from the start)."
+            f"\n\nRemote traceback of item {first.index}:\n"
             f"{first.traceback.rstrip()}"
         )
 

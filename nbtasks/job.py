@@ -2,53 +2,62 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import pickle
 import sys
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from array import array
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
-from . import codec, trust
+from . import codec, identity, trust
 from .config import Policy
 from .errors import ConfigError, Failure, JobMismatchError, NbtasksError, PayloadRejected, TaskError
-from .store import Store
+from .identity import Identity
+from .store import BATCH, Store
+from .store import FORMAT as STORE_FORMAT
 
 MAX_NAME = 200
 
 
 @dataclass(frozen=True)
 class JobSpec:
-    """What the store holds for one job, as the caller knows it."""
+    """What the store holds for one call of a job, as the caller knows it: the index
+    of each of the call's inputs in the job (equal inputs share one), in list order."""
 
     name: str
-    total: int
-    finished: bool  # every item has a recorded result
+    positions: Sequence[int]
+    finished: bool  # every input of the call has a recorded result
     policy: dict[str, Any] = field(default_factory=dict)  # Policy.numbers(), as stored
+
+    @cached_property
+    def indices(self) -> Sequence[int]:
+        """The call's distinct inputs, in order of first appearance: what a run runs."""
+        if isinstance(self.positions, range):
+            return self.positions
+        return array("I", dict.fromkeys(self.positions))
+
+    @property
+    def total(self) -> int:
+        return len(self.indices)
 
     @classmethod
     def of(cls, store: Store, name: str, meta: dict[str, str]) -> JobSpec:
-        """The spec of a stored job, from its metadata."""
-        total = int(meta["total"])
+        """The spec of a stored job's current list, from its metadata."""
+        positions = current_positions(store, name, meta)
         policy = json.loads(meta.get("policy", "{}"))
-        return cls(name, total, finished=store.done_count(name) >= total, policy=policy)
+        spec = cls(name, positions, finished=False, policy=policy)
+        return replace(spec, finished=store.done_among(name, spec.indices) >= spec.total)
 
 
-def fingerprint_inputs(iterable: Iterable[Any]) -> tuple[list[Any], str]:
-    """The inputs as a list, and a hash of them in order (the inputs' part of a job's
-    identity). One pickle of the whole list is fast; inputs plain pickle cannot take
-    (lambdas, say) are hashed one by one, and one that nothing can pickle is an error."""
-    items = list(iterable)
-    try:
-        return items, "list:" + hashlib.sha256(pickle.dumps(items, protocol=codec.PROTOCOL)).hexdigest()
-    except Exception:  # noqa: BLE001 (any pickling error: the slow path names the culprit)
-        digest = hashlib.sha256()
-        for index, item in enumerate(items):
-            data = codec.dump_input(item, index)
-            digest.update(len(data).to_bytes(8, "little"))
-            digest.update(data)
-        return items, "items:" + digest.hexdigest()
+def current_positions(store: Store, name: str, meta: dict[str, str]) -> Sequence[int]:
+    """The indices of the job's current list (the last call's); a script's job, or one
+    stored by an earlier nbtasks, is the list of all its inputs."""
+    if "list" in meta:
+        found = store.view(name, meta["list"])
+        if found is not None:
+            return found[0]
+    return range(int(meta.get("total", 0)))
 
 
 def check_name(name: object) -> None:
@@ -56,45 +65,107 @@ def check_name(name: object) -> None:
         raise ConfigError(f"name= must be a non-empty string of at most {MAX_NAME} characters, not {name!r}.")
 
 
+DISTINCT = "distinct"  # the inputs kind of a pmap job: each distinct input stored once
+APPENDABLE = "appended"  # the inputs kind of a job that grows by appending (a script's)
+
+
 def define(
     store: Store,
     func: Callable[..., Any],
     func_payload: bytes,
+    ident: Identity,
     items: list[Any],
-    inputs_digest: str,
     *,
     name: str | None,
     fresh: bool,
     policy: Policy,
 ) -> JobSpec:
-    """Find or create the job for these inputs, and store what it lacks.
+    """Find or create the job of the function, store what it lacks, and make `items`
+    its current list.
 
-    Without a name, the job is the function's name, code and inputs: a re-run of the same
-    call resumes it and an edited function gets a new job. With a name, the job survives
-    edits of the code but not other inputs.
+    Without a name, the job is the function's identity: the same function (code, what
+    it reads) finds its results again, whatever list they came in, and an edited one gets
+    a new job. With a name, the job survives edits: finished results are kept.
     """
-    code_digest = codec.func_digest(func, func_payload)
     if name is None:
-        name = f"{codec.func_label(func)}-{hashlib.sha256((code_digest + inputs_digest).encode()).hexdigest()[:12]}"
-    total = len(items)
+        name = f"{codec.func_label(func)}-{ident.digest[:12]}"
     meta = store.meta(name)
     if meta and fresh:
         store.delete(name)
         meta = {}
-    if meta and meta.get("inputs") != inputs_digest:
+    if meta.get("inputs") == APPENDABLE:
         raise JobMismatchError(
-            f"Job '{name}' already holds {meta.get('total', '?')} other inputs. Pass fresh=True to "
-            "discard its results and start over, or choose another name=."
+            f"Job '{name}' is a script's job (its inputs were added with `add`), so pmap cannot use it; "
+            "choose another name=."
         )
-    done = store.done_count(name) if meta else 0
-    fields = {"total": total, "inputs": inputs_digest}
-    numbers = _store_function(store, name, func, func_payload, code_digest, meta, done, total, policy, fields)
-    if meta.get("ready") != "1":
-        store.store_inputs(name, (codec.dump_input(item, index) for index, item in enumerate(items)))
-    return JobSpec(name, total, finished=done == total, policy=numbers)
+    if meta and meta.get("format") != STORE_FORMAT:
+        _upgrade(store, name, int(meta.get("total", 0)))
+    digest = identity.list_digest(items)
+    found = store.view(name, digest) if meta else None
+    digests = bytes(_digests(items)) if found is None else b""  # every input checked before anything is stored
+    numbers = _store_function(store, name, func, func_payload, ident, meta, policy, {"inputs": DISTINCT})
+    if found is None:
+        spec = JobSpec(name, _index(store, name, items, digests), finished=False, policy=numbers)
+        store.save_view(name, digest, array("I", spec.positions))
+        complete = False
+    else:
+        spec = JobSpec(name, found[0], finished=False, policy=numbers)
+        complete = found[1]
+    store.use_view(name, digest, spec.total)
+    done = spec.total if complete else store.done_among(name, spec.indices)
+    if done >= spec.total and not complete:
+        store.mark_complete(name, digest)
+    if meta and meta.get("code") != ident.digest:
+        _say_changed(name, ident, meta, done, spec.total)
+    return replace(spec, finished=done >= spec.total)
 
 
-APPENDABLE = "appended"  # the inputs digest of a job that grows by appending
+def _index(store: Store, name: str, items: list[Any], digests: bytes) -> array[int]:
+    """The index in the job of each item (`digests`: theirs, end to end), storing those
+    the job does not hold yet (each distinct one once), in batches."""
+    positions = array("I")
+    added: dict[bytes, int] = {}  # digests this call stored: equal inputs later in the list share them
+    size = identity.INPUT_DIGEST
+    for start in range(0, len(items), BATCH):
+        batch = [digests[i * size : (i + 1) * size] for i in range(start, min(start + BATCH, len(items)))]
+        found = store.lookup(name, batch)
+        new: dict[bytes, bytes] = {}
+        for offset, (digest, index) in enumerate(zip(batch, found, strict=True)):
+            if index is None and digest not in added and digest not in new:
+                new[digest] = codec.dump_input(items[start + offset], start + offset)
+        added.update(zip(new, store.add_inputs(name, list(new.items())), strict=True))
+        positions.extend(index if index is not None else added[d] for d, index in zip(batch, found, strict=True))
+    return positions
+
+
+def _digests(items: list[Any]) -> bytearray:
+    """The digest of every input, end to end (16 bytes each: a million inputs, 16 MB);
+    NotPicklableError for an input nothing can pickle."""
+    out = bytearray()
+    walker = identity.Walker()
+    for position, item in enumerate(items):
+        try:
+            out += identity.input_digest(item, walker)
+        except identity.Unpicklable:
+            codec.dump_input(item, position)  # raises NotPicklableError, naming the item
+            raise
+    return out
+
+
+def _upgrade(store: Store, name: str, total: int) -> None:
+    """Index the inputs of a job stored by an earlier nbtasks (one job per list), so that
+    a named call can reuse its results."""
+    walker = identity.Walker()
+    for start in range(0, total, BATCH):
+        indices = range(start, min(start + BATCH, total))
+        payloads = store.inputs(name, list(indices))
+        entries = {
+            identity.input_digest(codec.load(p), walker): i
+            for i, p in zip(indices, payloads, strict=True)
+            if isinstance(p, bytes)
+        }
+        store.index_inputs(name, entries)
+    store.upgraded(name, total)
 
 
 def append(
@@ -105,19 +176,20 @@ def append(
     meta = store.meta(name)
     if meta and meta.get("inputs") != APPENDABLE:
         raise JobMismatchError(
-            f"Job '{name}' was made by pmap with fixed inputs, so nothing can be appended to it; "
+            f"Job '{name}' was made by pmap, so nothing can be appended to it; "
             "name the script's job otherwise with set_func(func, name=...)."
         )
-    code_digest = codec.func_digest(func, func_payload)
+    ident = identity.identify(func)
     total = int(meta.get("total", 0))
+    numbers = _store_function(store, name, func, func_payload, ident, meta, policy, {"inputs": APPENDABLE})
     done = store.done_count(name) if meta else 0
-    fields = {"inputs": APPENDABLE}
-    numbers = _store_function(store, name, func, func_payload, code_digest, meta, done, total, policy, fields)
+    if meta and meta.get("code") != ident.digest:
+        _say_changed(name, ident, meta, done, total)
     if items or not meta:
         start = store.reserve_inputs(name, len(items))
         payloads = [codec.dump_input(item, start + offset) for offset, item in enumerate(items)]
         total = store.append_inputs(name, start, payloads)
-    return JobSpec(name, total, finished=done >= total, policy=numbers)
+    return JobSpec(name, range(total), finished=done >= total, policy=numbers)
 
 
 def _store_function(
@@ -125,44 +197,55 @@ def _store_function(
     name: str,
     func: Callable[..., Any],
     func_payload: bytes,
-    code_digest: str,
+    ident: Identity,
     meta: dict[str, str],
-    done: int,
-    total: int,
     policy: Policy,
     fields: dict[str, Any],
 ) -> dict[str, Any]:
-    """Store the function, the policy and `fields` in the job's metadata; return the
-    policy as stored. Both are stored again at every call: a stored pickle is never
-    trusted across Python versions or edits, and each call sets its own policy."""
-    if meta and meta.get("code") != code_digest and done < total:
-        print(
-            f"nbtasks: the code of job '{name}' changed; its {done} finished results are kept and "
-            f"the new code runs the other {total - done}.",
-            file=sys.stderr,
-        )
+    """Store the function, its identity, the policy and `fields` in the job's metadata;
+    return the policy as stored. Both are stored again at every call: a stored pickle is
+    never trusted across Python versions or edits, and each call sets its own policy."""
     numbers = policy.numbers()
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
-    about = {"code": code_digest, "function": codec.func_label(func), "python": python, "policy": json.dumps(numbers)}
+    about = {
+        "code": ident.digest,
+        "parts": json.dumps(ident.parts),
+        "function": codec.func_label(func),
+        "python": python,
+        "policy": json.dumps(numbers),
+    }
     store.define(name, {**fields, **about}, func_payload)
     return numbers
+
+
+def _say_changed(name: str, ident: Identity, meta: dict[str, str], done: int, total: int) -> None:
+    """One line: what changed in a named job's function since its last call."""
+    before = json.loads(meta["parts"]) if "parts" in meta else None
+    changed = ", ".join(ident.changes(before)) if before is not None else "its function"
+    rest = f"; the new code runs the other {total - done}" if done < total else ""
+    print(
+        f"nbtasks: job '{name}' changed since its last call ({changed}); "
+        f"its {done} results for these inputs are kept{rest}.",
+        file=sys.stderr,
+    )
 
 
 def gather(store: Store, spec: JobSpec, errors: str = "raise") -> list[Any]:
     """The results in input order. Failures raise one TaskError naming them all, or
     with ``errors="return"`` stand in the list as `Failure` objects."""
-    failures = {f.index: f for f in load_failures(store, spec.name)}
+    failures = _failures(store, spec.name, spec.positions)
     if failures and errors == "raise":
-        raise TaskError(spec.name, spec.total, list(failures.values()))
+        raise TaskError(spec.name, len(spec.positions), sorted(failures.values(), key=lambda f: f.index))
     results = []
-    for index, payload in enumerate(store.results(spec.name, spec.total)):
+    payloads = store.results(spec.name, spec.positions)
+    for position, (index, payload) in enumerate(zip(spec.positions, payloads, strict=True)):
         if index in failures:
             results.append(failures[index])
             continue
         if payload is None:
-            missing = spec.total - store.done_count(spec.name)
+            missing = spec.total - store.done_among(spec.name, spec.indices)
             raise NbtasksError(
-                f"Job '{spec.name}' has no result for item {index} ({missing} missing in all); "
+                f"Job '{spec.name}' has no result for item {position} ({missing} missing in all); "
                 "run the same call again to compute what is missing."
             )
         try:
@@ -174,12 +257,26 @@ def gather(store: Store, spec: JobSpec, errors: str = "raise") -> list[Any]:
     return results
 
 
-def load_failures(store: Store, job: str) -> list[Failure]:
-    """Every final failure of the job's last run, with its attempts, in input order."""
+def load_failures(store: Store, job: str, positions: Sequence[int] | None = None) -> list[Failure]:
+    """Every final failure of the job's last run, in the order of its list (the job's
+    current one unless given); a failure's `index` is its input's position there."""
+    if positions is None:
+        positions = current_positions(store, job, store.meta(job))
+    return sorted(_failures(store, job, positions).values(), key=lambda f: f.index)
+
+
+def _failures(store: Store, job: str, positions: Sequence[int]) -> dict[int, Failure]:
+    """The failures of the inputs at `positions`, by their index in the job."""
     raw = store.failures(job)
-    indices = sorted(raw)
+    if not raw:
+        return {}
+    where: dict[int, int] = {}  # index in the job -> first position in the list
+    for position, index in enumerate(positions):
+        if index in raw and index not in where:
+            where[index] = position
+    indices = list(where)
     inputs = store.inputs(job, indices)
-    out = []
+    out = {}
     for index, input_payload, (attempts, history) in zip(indices, inputs, store.attempts(job, indices), strict=True):
         info = codec.load(raw[index])
         if isinstance(input_payload, PayloadRejected):
@@ -187,5 +284,6 @@ def load_failures(store: Store, job: str) -> list[Failure]:
         else:
             value = codec.load(input_payload) if input_payload is not None else None
         lines = tuple(history.splitlines())
-        out.append(Failure(index=index, input=value, attempts=max(1, attempts, len(lines)), history=lines, **info))
+        attempts = max(1, attempts, len(lines))
+        out[index] = Failure(index=where[index], input=value, attempts=attempts, history=lines, **info)
     return out

@@ -179,13 +179,30 @@ return {0, math.max(1, math.ceil(tat - window - now))}
 """
 )
 
-# KEYS counts done failures
-# Counters from the bitmap and the failures themselves, atomically: a worker recording
-# between a read and a write here would otherwise be counted out.
-RECOUNT = """
-local done, failed = redis.call('BITCOUNT', KEYS[2]), redis.call('HLEN', KEYS[3])
-redis.call('HSET', KEYS[1], 'done', done, 'failed', failed, 'running', 0)
-return redis.call('HMGET', KEYS[1], 'done', 'failed')
+# KEYS counts failures   ARGV done
+# A run's counters: its items with a result (counted by the caller from the bitmap) and
+# the failures themselves.
+SET_COUNTS = """
+local failed = redis.call('HLEN', KEYS[2])
+redis.call('HSET', KEYS[1], 'done', ARGV[1], 'failed', failed, 'running', 0)
+return {tonumber(ARGV[1]), failed}
+"""
+
+# KEYS index inputs   ARGV per input: digest index payload
+# Store inputs not held yet: the payload at its index, then the digest pointing to it.
+# An input that is held already (another caller stored it meanwhile) keeps its index.
+ADD = """
+local out = {}
+for i = 1, #ARGV, 3 do
+  local index = redis.call('HGET', KEYS[1], ARGV[i])
+  if not index then
+    index = ARGV[i + 1]
+    redis.call('HSET', KEYS[2], index, ARGV[i + 2])
+    redis.call('HSET', KEYS[1], ARGV[i], index)
+  end
+  out[#out + 1] = index
+end
+return out
 """
 
 # KEYS owner cancel meta   ARGV token now

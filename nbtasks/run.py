@@ -49,7 +49,7 @@ class Run:
         self.token = uuid.uuid4().hex
         self.inline = cfg.processes == 0
         self.ttl = INLINE_TTL if self.inline else cfg.heartbeat_ttl
-        self.counts = store.begin_run(spec.name, self.token, spec.total, self.ttl)
+        self.counts = store.begin_run(spec.name, self.token, spec.indices, self.ttl)
         self.bar = Progress(spec.name, self.counts, progress)
         self._epoch = store.meta(spec.name).get("epoch")
         self._outage_since: float | None = None
@@ -145,7 +145,7 @@ class Run:
         if counts.owner == "none":
             # Our heartbeat lapsed (the machine slept?): take the job back; live workers
             # go on, and items of those that left are queued again.
-            self.store.begin_run(name, self.token, total, self.ttl, resume=True)
+            self.store.begin_run(name, self.token, self.spec.indices, self.ttl, resume=True)
             supervisor.top_up()
         elif counts.owner == "other":
             pool.stop()  # another caller took the job over; follow its progress
@@ -155,13 +155,13 @@ class Run:
         self._polls += 1
         if counts.settled < total and self._polls % 20:
             return False
-        if self.store.settled(name) >= total:
+        if self.store.settled(name, self.spec.indices) >= total:
             return True
         if counts.settled < total:
             return False
         # The counters say done but the bitmap disagrees (the server lost its last
         # second of writes): queue what is missing again rather than report holes.
-        self.store.begin_run(name, self.token, total, self.ttl, resume=True)
+        self.store.begin_run(name, self.token, self.spec.indices, self.ttl, resume=True)
         return False
 
     def _in_outage(self, exc: Exception, pause: float) -> float:
@@ -196,7 +196,7 @@ class Run:
         """Redis is back: check it still holds the job, queue again whatever it lost or
         whatever dead workers held, and bring the pool back to size."""
         self._check_epoch(self.store.meta(self.spec.name).get("epoch"))
-        self.store.begin_run(self.spec.name, self.token, self.spec.total, self.ttl, resume=True)
+        self.store.begin_run(self.spec.name, self.token, self.spec.indices, self.ttl, resume=True)
         supervisor.top_up()
         self._outage_since = None
         self.bar.note(None)

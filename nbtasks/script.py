@@ -169,7 +169,7 @@ def _run(store: Store, name: str) -> int:
 def _results(store: Store, name: str) -> int:
     total = int(store.meta(name)["total"])
     failures = {f.index: f for f in job.load_failures(store, name)}
-    for index, payload in enumerate(store.results(name, total)):
+    for index, payload in enumerate(store.results(name, range(total))):
         if index in failures:
             line: dict[str, Any] = {"index": index, "error": f"{failures[index].exc_type}: {failures[index].message}"}
         elif payload is None:

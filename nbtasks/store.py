@@ -4,9 +4,12 @@ All keys of one job share the hash tag ``{job}``, so a job lives in one slot of 
 Cluster and the Lua scripts below may touch several of its keys.
 
     nbtasks:jobs                 set    names of every job (so status needs no KEYS)
-    nbtasks:{job}:meta           hash   format, total, ready, func label and digests
+    nbtasks:{job}:meta           hash   format, size, total, list, ready, func label and digests
     nbtasks:{job}:func           string the pickled function, stored again at every run
-    nbtasks:{job}:inputs         hash   index -> pickled input
+    nbtasks:{job}:inputs         hash   index -> pickled input (each distinct input once)
+    nbtasks:{job}:index          hash   digest of an input's value -> its index
+    nbtasks:{job}:views          hash   digest of a call's list -> the index of each of its items
+    nbtasks:{job}:complete       set    digests of lists whose every item has a result
     nbtasks:{job}:queue          list   indices waiting for a worker
     nbtasks:{job}:claims:<wid>   hash   index -> when a worker took it (not yet recorded)
     nbtasks:{job}:alive:<wid>    string set while a worker on another machine lives; expires
@@ -33,10 +36,12 @@ from __future__ import annotations
 import ipaddress
 import random
 import re
+import sys
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -54,9 +59,10 @@ RedisError = redis.RedisError  # for callers that must not import redis themselv
 TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
 REFUSED = (redis.OutOfMemoryError, redis.ReadOnlyError)
 
-FORMAT = "1"
+FORMAT = "2"  # 1: one job per list of inputs; 2: a job's inputs are distinct, and lists are views
 REGISTRY = "nbtasks:jobs"
 BATCH = 10_000  # items per pipelined round trip when storing or gathering
+BATCH_BYTES = 16 << 20  # bytes of inputs per round trip when storing
 RATE_WINDOW_MS = 50  # a rate limit grants the turns that fall within this much time
 
 
@@ -89,8 +95,8 @@ class Counts:
 
 
 PARTS = (
-    "meta", "func", "inputs", "queue", "workers", "done", "results", "failures", "attempts", "history",
-    "delayed", "deaths", "rate", "counts", "owner", "cancel", "fatal", "finished", "refused",
+    "meta", "func", "inputs", "index", "views", "complete", "queue", "workers", "done", "results", "failures",
+    "attempts", "history", "delayed", "deaths", "rate", "counts", "owner", "cancel", "fatal", "finished", "refused",
 )  # fmt: skip
 RUN_STATE = ("queue", "failures", "attempts", "history", "delayed", "deaths", "fatal", "cancel", "finished", "refused")
 
@@ -108,6 +114,9 @@ class JobKeys:
     meta: str
     func: str
     inputs: str
+    index: str
+    views: str
+    complete: str
     queue: str
     workers: str
     done: str
@@ -149,6 +158,28 @@ def pending_indices(bitmap: bytes, total: int) -> Iterator[int]:
                 yield base + bit
 
 
+def done_bits(bitmap: bytes, indices: Iterable[int]) -> list[bool]:
+    """Per index, whether its bit is set in `bitmap`."""
+    size = len(bitmap)
+    return [(i >> 3) < size and bool(bitmap[i >> 3] & (0x80 >> (i & 7))) for i in indices]
+
+
+def pack(indices: Iterable[int]) -> bytes:
+    """Indices as 4-byte little-endian integers (a list of a million: 4 MB)."""
+    packed = array("I", indices)
+    if sys.byteorder == "big":
+        packed.byteswap()
+    return packed.tobytes()
+
+
+def unpack(data: bytes) -> array[int]:
+    packed = array("I")
+    packed.frombytes(data)
+    if sys.byteorder == "big":
+        packed.byteswap()
+    return packed
+
+
 def _batches(items: Iterable[Any], size: int) -> Iterator[tuple[int, list[Any]]]:
     """(offset, up to `size` items) from any iterable, without holding more."""
     batch: list[Any] = []
@@ -160,6 +191,20 @@ def _batches(items: Iterable[Any], size: int) -> Iterator[tuple[int, list[Any]]]
             offset, batch = offset + size, []
     if batch:
         yield offset, batch
+
+
+def _byte_batches(entries: list[tuple[bytes, bytes]]) -> Iterator[list[tuple[bytes, bytes]]]:
+    """Batches of (digest, payload) of at most BATCH entries and about BATCH_BYTES."""
+    batch: list[tuple[bytes, bytes]] = []
+    size = 0
+    for entry in entries:
+        if batch and (len(batch) == BATCH or size + len(entry[1]) > BATCH_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(entry)
+        size += len(entry[1])
+    if batch:
+        yield batch
 
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
@@ -183,8 +228,9 @@ class Store:
         self._bury = client.register_script(lua.BURY)
         self._take = client.register_script(lua.TAKE)
         self._release = client.register_script(lua.RELEASE)
-        self._recount = client.register_script(lua.RECOUNT)
         self._grow = client.register_script(lua.GROW)
+        self._add = client.register_script(lua.ADD)
+        self._set_counts = client.register_script(lua.SET_COUNTS)
 
     @classmethod
     def connect(cls, target: str | redis.Redis | RedisCluster) -> Store:
@@ -234,16 +280,61 @@ class Store:
         raw = self.client.hgetall(self.keys[job].meta)
         return {k.decode(): v.decode() for k, v in raw.items()}
 
-    def store_inputs(self, job: str, payloads: Iterable[bytes]) -> None:
-        """Write every input in pipelined batches as they come, then mark the job ready."""
-        k = self.keys[job]
+    def lookup(self, job: str, digests: list[bytes]) -> list[int | None]:
+        """The index of each input (by the digest of its value) the job holds, else None."""
+        if not digests:
+            return []
         pipe = self.client.pipeline(transaction=False)
-        pipe.delete(k.inputs)
-        for offset, chunk in _batches(payloads, BATCH):
-            pipe.hset(k.inputs, mapping=self._signed_inputs(job, offset, chunk))
-            pipe.execute()
-        pipe.hset(k.meta, "ready", "1")
-        pipe.execute()
+        for chunk in _chunks(digests, 1000):
+            pipe.hmget(self.keys[job].index, chunk)
+        return [int(i) if i is not None else None for reply in pipe.execute() for i in reply]
+
+    def add_inputs(self, job: str, entries: list[tuple[bytes, bytes]]) -> list[int]:
+        """Store new inputs (digest, payload); the index of each. One that another
+        caller stored meanwhile keeps the index it got there."""
+        k = self.keys[job]
+        sign = self.signer.sign
+        out: list[int] = []
+        for batch in _byte_batches(entries):
+            first = int(self.client.hincrby(k.meta, "size", len(batch))) - len(batch)
+            args: list[bytes | int] = []
+            for offset, (digest, payload) in enumerate(batch):
+                args += (digest, first + offset, sign(job, first + offset, INPUT, payload))
+            out += [int(i) for i in self._add(keys=[k.index, k.inputs], args=args)]
+        return out
+
+    def index_inputs(self, job: str, entries: dict[bytes, int]) -> None:
+        """Note the digests of inputs stored by an earlier nbtasks (see job.upgrade)."""
+        if entries:
+            self.client.hset(self.keys[job].index, mapping=entries)
+
+    def upgraded(self, job: str, size: int) -> None:
+        self.client.hset(self.keys[job].meta, mapping={"size": size, "format": FORMAT})
+
+    def view(self, job: str, list_digest: str) -> tuple[array[int], bool] | None:
+        """The indices of a list of inputs stored before, and whether each has a result."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hget(self.keys[job].views, list_digest)
+        pipe.sismember(self.keys[job].complete, list_digest)
+        packed, complete = pipe.execute()
+        return (unpack(packed), bool(complete)) if packed is not None else None
+
+    def save_view(self, job: str, list_digest: str, indices: array[int]) -> None:
+        self.client.hset(self.keys[job].views, list_digest, pack(indices))
+
+    def mark_complete(self, job: str, list_digest: str) -> None:
+        """Every item of the list has a result (results are only ever deleted with the job)."""
+        self.client.sadd(self.keys[job].complete, list_digest)
+
+    def use_view(self, job: str, list_digest: str, distinct: int) -> None:
+        """Make the list the job's current one: what status, Job(name) and gathering show."""
+        self.client.hset(self.keys[job].meta, mapping={"list": list_digest, "total": distinct, "ready": "1"})
+
+    def done_among(self, job: str, indices: Sequence[int]) -> int:
+        """How many of `indices` have a recorded result."""
+        if isinstance(indices, range) and indices.start == 0:
+            return min(self.done_count(job), len(indices))  # every input of the job
+        return sum(done_bits(self.client.get(self.keys[job].done) or b"", indices))
 
     def _signed_inputs(self, job: str, start: int, payloads: list[bytes]) -> dict[int, bytes]:
         sign = self.signer.sign
@@ -287,8 +378,9 @@ class Store:
 
     # -- one run ---------------------------------------------------------------
 
-    def begin_run(self, job: str, token: str, total: int, ttl: float, resume: bool = False) -> Counts:
-        """Take the job over and queue every item without a result, failed ones included.
+    def begin_run(self, job: str, token: str, indices: Sequence[int], ttl: float, resume: bool = False) -> Counts:
+        """Take the job over and queue every item of `indices` (distinct) without a
+        result, failed ones included; the job's counters count those items.
 
         Workers of an earlier run see the new owner token and stop claiming; anything
         they still record is idempotent. With `resume` (the same run, after an outage or
@@ -304,33 +396,44 @@ class Store:
         pipe.zrange(k.delayed, 0, -1)
         pipe.smembers(k.workers)
         bitmap, failed, delayed, wids = pipe.execute()
+        total = len(indices)
         waiting = {int(i) for i in [*failed, *delayed]} if resume else set()
-        pending = [i for i in pending_indices(bitmap or b"", total) if i not in waiting]
+        if isinstance(indices, range) and indices.start == 0:
+            without = list(pending_indices(bitmap or b"", total))  # every input of the job
+        else:
+            without = [i for i, done in zip(indices, done_bits(bitmap or b"", indices), strict=True) if not done]
+        pending = [i for i in without if i not in waiting]
         claims = [k.claims(w.decode()) for w in wids]
         if resume:
             pipe.delete(k.queue, *claims)
         else:
             pipe.delete(k.workers, *(getattr(k, part) for part in RUN_STATE), *claims)
-            pipe.hset(k.meta, mapping={"started": time.time(), "done_at_start": total - len(pending), "workers": 0})
+            pipe.hset(k.meta, mapping={"started": time.time(), "done_at_start": total - len(without), "workers": 0})
             pipe.hdel(k.meta, "ended")
+        pipe.hset(k.meta, "total", total)  # what the last item's record compares with
         pipe.execute()
         for chunk in _chunks(pending, BATCH):
             pipe.rpush(k.queue, *chunk)
             pipe.execute()
-        done, failed_count = self._recount(keys=[k.counts, k.done, k.failures])
+        done, failed_count = self._set_counts(keys=[k.counts, k.failures], args=[total - len(without)])
         return Counts(total, int(done), int(failed_count))
 
     def wait_finished(self, job: str, timeout: float) -> bool:
         """Block up to `timeout` seconds for the job's last item to settle."""
         return self.client.blpop([self.keys[job].finished], timeout=timeout) is not None
 
-    def settled(self, job: str) -> int:
-        """Items with a recorded result or final failure, from the bitmap itself."""
+    def settled(self, job: str, indices: Sequence[int]) -> int:
+        """Items of `indices` with a recorded result or final failure, from the bitmap itself."""
         k = self.keys[job]
         pipe = self.client.pipeline(transaction=False)
-        pipe.bitcount(k.done)
-        pipe.hlen(k.failures)
-        return sum(pipe.execute())
+        pipe.get(k.done)
+        pipe.hkeys(k.failures)
+        bitmap, failed = pipe.execute()
+        failed = {int(i) for i in failed}
+        if isinstance(indices, range) and indices.start == 0:
+            return min(len(indices), sum(bin(b).count("1") for b in bitmap or b"") + len(failed))
+        bits = done_bits(bitmap or b"", indices)
+        return sum(1 for i, done in zip(indices, bits, strict=True) if done or i in failed)
 
     def poll(self, job: str, token: str, total: int, ttl: float, workers: int = 0) -> Counts:
         """Refresh the caller's heartbeat (and its count of live workers) and read the
@@ -501,14 +604,14 @@ class Store:
 
     # -- gathering -------------------------------------------------------------
 
-    def results(self, job: str, total: int) -> Iterator[bytes | None]:
-        """Every stored result payload in input order, read in pipelined batches;
+    def results(self, job: str, indices: Sequence[int]) -> Iterator[bytes | None]:
+        """The result payloads of `indices`, in their order, read in pipelined batches;
         PayloadRejected at the first whose signature fails."""
-        blobs = self._hash_in_order(self.keys[job].results, total)
+        blobs = self._hash_in_order(self.keys[job].results, indices)
         if not self.signer.enabled:
             yield from blobs  # nothing to check: no per-item cost
             return
-        for index, blob in enumerate(blobs):
+        for index, blob in zip(indices, blobs, strict=True):
             yield self.signer.open(job, index, RESULT, blob) if blob is not None else None
 
     def failures(self, job: str) -> dict[int, bytes]:
@@ -521,12 +624,12 @@ class Store:
         blobs = self.client.hmget(self.keys[job].inputs, indices) if indices else []
         return [self._open_input(job, i, b) if b is not None else None for i, b in zip(indices, blobs, strict=True)]
 
-    def _hash_in_order(self, key: str, total: int) -> Iterator[bytes | None]:
+    def _hash_in_order(self, key: str, indices: Sequence[int]) -> Iterator[bytes | None]:
         pipe = self.client.pipeline(transaction=False)
-        step = 1000
+        step, total = 1000, len(indices)
         for start in range(0, total, BATCH):
             for sub in range(start, min(start + BATCH, total), step):
-                pipe.hmget(key, list(range(sub, min(sub + step, total))))
+                pipe.hmget(key, list(indices[sub : min(sub + step, total)]))
             for values in pipe.execute():
                 yield from values
 

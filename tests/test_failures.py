@@ -139,13 +139,14 @@ def test_unreachable_redis_names_the_url_and_what_to_do(tmp_path: Path) -> None:
         nbtasks.pmap(square, range(3), redis="redis://:hunter2@127.0.0.1:1/0")
 
 
-def test_name_reused_with_other_inputs_is_refused_and_keeps_the_job(r: redis.Redis) -> None:
+def test_name_reused_with_other_inputs_runs_only_the_new_ones(r: redis.Redis) -> None:
     assert nbtasks.pmap(square, range(5), name="crawl", progress=False) == [0, 1, 4, 9, 16]
     before = r.hgetall(JobKeys("crawl").results)
-    with pytest.raises(nbtasks.JobMismatchError, match="already holds 5 other inputs. Pass fresh=True"):
-        nbtasks.pmap(square, range(6), name="crawl", progress=False)
-    assert r.hgetall(JobKeys("crawl").results) == before
+    assert nbtasks.pmap(square, range(6), name="crawl", progress=False) == [0, 1, 4, 9, 16, 25]
+    after = r.hgetall(JobKeys("crawl").results)
+    assert len(after) == 6 and {k: after[k] for k in before} == before  # the five kept, one added
     assert nbtasks.pmap(square, range(6), name="crawl", fresh=True, progress=False) == [0, 1, 4, 9, 16, 25]
+    assert nbtasks.pmap(square, [], name="crawl", progress=False) == []
 
 
 def test_bad_settings_are_refused() -> None:

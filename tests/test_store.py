@@ -21,8 +21,9 @@ def failed(index: int, exc: Exception, kind: str = "0") -> Outcome:
 def make_job(store: Store, job: str, n: int) -> str:
     token = "t" * 32
     store.define(job, {"total": n}, codec.dump_function(abs))
-    store.store_inputs(job, [codec.dump(i) for i in range(n)])
-    store.begin_run(job, token, n, ttl=60)
+    indices = store.add_inputs(job, [(i.to_bytes(16, "little"), codec.dump(i)) for i in range(n)])
+    assert indices == list(range(n))
+    store.begin_run(job, token, range(n), ttl=60)
     return token
 
 
@@ -64,7 +65,7 @@ def test_begin_run_queues_exactly_the_items_without_a_result(r: redis.Redis, red
     store.claim("partial", token, "w", 20)
     store.record("partial", "w", [ok(i, i) for i in (0, 5, 19)])
     store.record("partial", "w", [failed(7, ValueError())])
-    counts = store.begin_run("partial", "u" * 32, 20, ttl=60)
+    counts = store.begin_run("partial", "u" * 32, range(20), ttl=60)
     assert (counts.done, counts.failed) == (3, 0)
     queued = [int(i) for i in r.lrange(JobKeys("partial").queue, 0, -1)]
     assert queued == [i for i in range(20) if i not in (0, 5, 19)]

@@ -1,0 +1,332 @@
+"""A job's identity (issue 14): ``pmap(f, items)`` returns what ``list(map(f, items))``
+returns in the caller at that moment, runs only the inputs that have no result under the
+function's identity, and unchanged code resumes in a new process."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+import nbtasks
+
+from .test_pmap import executions
+
+SCRIPTS = Path(__file__).parent / "scripts"
+
+# Globals that the tests' functions read and that the tests change between two calls;
+# each test sets the value it starts from.
+threshold = 10
+table: dict[str, int] = {"k": 1}
+frame: Any = None
+
+
+def record(log: Path, x: object) -> None:
+    """Leave one line per execution; O_APPEND keeps concurrent workers' lines whole."""
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    os.write(fd, f"{x}\n".encode())
+    os.close(fd)
+
+
+def run(log: Path, func: Callable[[Any], Any], items: Iterable[Any], **kw: Any) -> tuple[list[Any], Counter[int]]:
+    """pmap on one worker process, and the executions it caused, read from the log."""
+    before = executions(log)
+    results = nbtasks.pmap(func, items, processes=1, concurrency=4, progress=False, **kw)
+    return results, executions(log) - before
+
+
+def pmap1(func: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
+    return list(nbtasks.pmap(func, items, processes=1, concurrency=4, progress=False))
+
+
+def call_script(name: str, *args: str, env: dict[str, str] | None = None) -> Any:
+    """Run a caller script of tests/scripts in a new process; its printed JSON."""
+    out = subprocess.run(
+        [sys.executable, str(SCRIPTS / name), *args], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_a_changed_global_is_read_anew(r: redis.Redis, tmp_path: Path) -> None:
+    global threshold
+    log = tmp_path / "log"
+
+    def f(x: int) -> int:
+        record(log, x)
+        return x if x < threshold else -x
+
+    threshold = 10
+    assert run(log, f, range(6))[0] == list(map(f, range(6)))
+    threshold = 0
+    results, ran = run(log, f, range(6))
+    assert results == list(map(f, range(6)))
+    assert ran == Counter(range(6))
+
+
+def test_a_lambda_in_a_loop_sees_the_current_closure_value(r: redis.Redis) -> None:
+    seen = []
+    for k in (2, 3):
+        got = pmap1(lambda x: x * k, range(4))  # noqa: B023
+        assert got == list(map(lambda x: x * k, range(4)))  # noqa: B023
+        seen.append(got)
+    assert seen == [[0, 2, 4, 6], [0, 3, 6, 9]]
+
+
+def helper(x: int) -> int:
+    return x + 1
+
+
+def test_a_helper_redefined_in_the_test_module_is_called_in_its_new_version(r: redis.Redis) -> None:
+    global helper
+    original = helper
+
+    def task(x: int) -> int:
+        return helper(x) * 10
+
+    try:
+        assert pmap1(task, range(4)) == list(map(task, range(4))) == [10, 20, 30, 40]
+
+        def replacement(x: int) -> int:
+            return x + 2
+
+        helper = replacement  # the module's global, rebound as a later cell would
+        assert pmap1(task, range(4)) == list(map(task, range(4))) == [20, 30, 40, 50]
+    finally:
+        helper = original
+
+
+def test_a_helper_redefined_in_main_is_called_in_its_new_version(r: redis.Redis, redis_server, tmp_path: Path) -> None:
+    first, second = call_script("identity_helper.py", redis_server.url, str(tmp_path / "log"))
+    assert first["pmap"] == first["map"] == [10, 20, 30, 40]
+    assert second["pmap"] == second["map"] == [20, 30, 40, 50]
+    assert second["ran"] == 4
+
+
+def test_a_global_dict_mutated_in_place_is_read_anew(r: redis.Redis) -> None:
+    table.clear()
+    table["k"] = 1
+
+    def f(x: int) -> int:
+        return x * table["k"]
+
+    assert pmap1(f, range(4)) == list(map(f, range(4))) == [0, 1, 2, 3]
+    table["k"] = 2
+    assert pmap1(f, range(4)) == list(map(f, range(4))) == [0, 2, 4, 6]
+
+
+def test_changed_defaults_and_keyword_only_defaults_are_used(r: redis.Redis) -> None:
+    for k in (2, 3):
+
+        def f(x: int, k: int = k, *, m: int = 0) -> int:  # the same source, another default
+            return x * k + m
+
+        assert pmap1(f, range(4)) == list(map(f, range(4))) == [0, k, 2 * k, 3 * k]
+    f.__defaults__ = (5,)
+    assert pmap1(f, range(4)) == list(map(f, range(4))) == [0, 5, 10, 15]
+    f.__kwdefaults__ = {"m": 100}
+    assert pmap1(f, range(4)) == list(map(f, range(4))) == [100, 105, 110, 115]
+
+
+def affine(a: int, x: int, *, b: int = 0) -> int:
+    return a * x + b
+
+
+def test_partials_with_other_bound_arguments_are_other_functions(r: redis.Redis) -> None:
+    seen = []
+    for bound in (partial(affine, 2), partial(affine, 3), partial(affine, 3, b=1)):
+        got = pmap1(bound, range(4))
+        assert got == list(map(bound, range(4)))
+        seen.append(got)
+    assert seen == [[0, 2, 4, 6], [0, 3, 6, 9], [1, 4, 7, 10]]
+
+
+def test_a_helper_edited_on_disk_in_the_users_own_module_runs_in_a_new_process(
+    r: redis.Redis, redis_server, tmp_path: Path
+) -> None:
+    folder, log = tmp_path / "src", tmp_path / "log"
+    folder.mkdir()
+    # No bytecode cache, and the edit changes the file's size: Python must read the edit.
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    (folder / "userhelpers.py").write_text("def scale(x):\n    return x * 2\n")
+    first = call_script("identity_module.py", redis_server.url, str(log), str(folder), env=env)
+    assert first == {"pmap": [0, 2, 4, 6, 8], "map": [0, 2, 4, 6, 8], "ran": 5}
+    (folder / "userhelpers.py").write_text("def scale(x):\n    return x * 30 + 1\n")
+    second = call_script("identity_module.py", redis_server.url, str(log), str(folder), env=env)
+    assert second["pmap"] == second["map"] == [1, 31, 61, 91, 121]
+    assert second["ran"] == 5
+
+
+def test_only_inputs_without_a_result_run_whatever_list_they_come_in(r: redis.Redis, tmp_path: Path) -> None:
+    log = tmp_path / "log"
+
+    def make(salt: int) -> Callable[[int], int]:
+        def f(x: int) -> int:
+            record(log, x)
+            return x * salt
+
+        return f
+
+    f, g = make(2), make(3)
+    shuffled = random.Random(14).sample(range(100), 100)
+    cases: list[tuple[Callable[[int], int], list[int], Counter[int]]] = [
+        (f, list(range(100)), Counter(range(100))),
+        (f, list(range(101)), Counter([100])),  # extended
+        (f, shuffled, Counter()),
+        (f, list(range(10)), Counter()),  # shortened
+        (f, [x for x in range(101) if x % 3 == 0], Counter()),  # filtered
+        (g, list(range(100)), Counter(range(100))),
+        (g, list(range(50, 150)), Counter(range(100, 150))),
+    ]
+    for func, items, expected in cases:
+        results, ran = run(log, func, items)
+        assert ran == expected, f"{len(items)} items from {items[:3]}: ran {sorted(ran)[:10]}..."
+        assert results == list(map(func, items))
+
+
+def test_equal_inputs_in_one_list_run_once(r: redis.Redis, tmp_path: Path) -> None:
+    log = tmp_path / "log"
+
+    def f(x: int) -> int:
+        record(log, x)
+        return x * 7
+
+    results, ran = run(log, f, [1, 1, 2, 2, 2])
+    assert ran == Counter([1, 2])
+    assert results == list(map(f, [1, 1, 2, 2, 2])) == [7, 7, 14, 14, 14]
+
+
+def test_main_classes_and_sets_resume_with_another_hash_seed(r: redis.Redis, redis_server, tmp_path: Path) -> None:
+    args = (redis_server.url, str(tmp_path / "log"))
+    first = call_script("identity_hashseed.py", *args, env={**os.environ, "PYTHONHASHSEED": "1"})
+    assert first["pmap"] == first["map"]
+    assert first["ran"] == 12
+    second = call_script("identity_hashseed.py", *args, env={**os.environ, "PYTHONHASHSEED": "2"})
+    assert second["pmap"] == second["map"] == first["pmap"]
+    assert second["ran"] == 0, "a new process with another hash seed did not find the finished job"
+
+
+def test_a_named_job_reports_a_changed_global_keeps_its_results_and_runs_new_inputs(
+    r: redis.Redis, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    global threshold
+    log = tmp_path / "log"
+
+    def f(x: int) -> int:
+        record(log, x)
+        return x if x < threshold else -x
+
+    threshold = 10
+    first, ran = run(log, f, range(5), name="crawl")
+    assert first == list(map(f, range(5))) == [0, 1, 2, 3, 4]
+    threshold = 0
+    capfd.readouterr()
+    results, ran = run(log, f, range(8), name="crawl")
+    err = capfd.readouterr().err
+    assert ran == Counter(range(5, 8)), "known inputs ran again, or new ones did not run"
+    assert results == first + list(map(f, range(8)))[5:] == [0, 1, 2, 3, 4, -5, -6, -7]
+    lines = [line for line in err.splitlines() if line.startswith("nbtasks:")]
+    assert len(lines) == 1, err
+    assert "crawl" in lines[0] and "threshold" in lines[0], lines[0]
+
+
+def test_task_error_says_how_to_retry_and_how_to_keep_results_after_an_edit(r: redis.Redis, tmp_path: Path) -> None:
+    log, flag = tmp_path / "log", tmp_path / "flag"
+    flag.touch()
+
+    def f(x: int) -> int:
+        record(log, x)
+        if x == 2 and flag.exists():
+            raise ValueError("refusing 2")
+        return x * 10
+
+    with pytest.raises(nbtasks.TaskError) as info:
+        run(log, f, range(5))
+    message = str(info.value)
+    assert "again" in message and "retr" in message, message
+    assert "name=" in message and info.value.job in message, message
+
+    # Unchanged, the call retries the failed item only.
+    flag.unlink()
+    results, ran = run(log, f, range(5))
+    assert ran == Counter([2])
+    assert results == list(map(f, range(5)))
+
+    # Edited, with name= the job's current name, the finished results are kept.
+    def broken(x: int) -> int:
+        record(log, x)
+        return 100 // (x - 3) * 0 + x
+
+    with pytest.raises(nbtasks.TaskError) as info:
+        run(log, broken, range(5))
+
+    def fixed(x: int) -> int:
+        record(log, x)
+        return x
+
+    results, ran = run(log, fixed, range(5), name=info.value.job)
+    assert ran == Counter([3])
+    assert results == list(map(fixed, range(5)))
+
+
+def test_a_captured_numpy_array_is_part_of_the_identity(r: redis.Redis, tmp_path: Path) -> None:
+    np = pytest.importorskip("numpy")
+    log = tmp_path / "log"
+    weights = np.zeros(2_500_000)  # 20 MB
+
+    def f(i: int) -> float:
+        record(log, i)
+        return float(weights[i] + weights[-1])
+
+    assert run(log, f, range(4))[0] == list(map(f, range(4))) == [0.0] * 4
+    weights[-1] = 1.5
+    results, ran = run(log, f, range(4))
+    assert results == list(map(f, range(4))) == [1.5] * 4
+    assert ran == Counter(range(4))
+    results, ran = run(log, f, range(4))
+    assert ran == Counter(), "the same array, unchanged, ran again"
+    assert results == list(map(f, range(4)))
+
+
+def test_a_global_dataframe_with_a_changed_cell_is_read_anew(r: redis.Redis) -> None:
+    pd = pytest.importorskip("pandas")
+    global frame
+    frame = pd.DataFrame({"price": [1.0, 2.0, 3.0, 4.0]}, index=list("abcd"))
+
+    def f(key: str) -> float:
+        return float(frame.loc[key, "price"]) * 2
+
+    keys = list("abcd")
+    assert pmap1(f, keys) == list(map(f, keys)) == [2.0, 4.0, 6.0, 8.0]
+    frame.loc["c", "price"] = 30.0
+    assert pmap1(f, keys) == list(map(f, keys)) == [2.0, 4.0, 60.0, 8.0]
+
+
+def test_fresh_and_reset_recompute_everything(r: redis.Redis, tmp_path: Path) -> None:
+    log = tmp_path / "log"
+
+    def f(x: int) -> int:
+        record(log, x)
+        return -x
+
+    assert run(log, f, range(5))[1] == Counter(range(5))
+    assert run(log, f, range(5))[1] == Counter()
+    results, ran = run(log, f, range(5), fresh=True)
+    assert ran == Counter(range(5))
+    assert results == list(map(f, range(5)))
+    names = [job.name for job in nbtasks.jobs()]
+    assert len(names) == 1, names
+    nbtasks.reset(names[0])
+    results, ran = run(log, f, range(5))
+    assert ran == Counter(range(5))
+    assert results == list(map(f, range(5)))
