@@ -50,20 +50,25 @@ def pmap(
 
     Inputs, the function and every result are kept in Redis, so calling the same
     ``pmap`` again after an interrupt, a crash or a kernel restart runs only what has no
-    result yet; on a finished job it returns the stored results at once.
+    result yet; on a finished job it returns the stored results at once. A result is
+    reused for an equal input under the same function identity: its code, closures,
+    defaults, the globals it reads and the code of yours it reaches (libraries count by
+    version), whatever list the input came in. Equal inputs in one list run once.
 
     Args:
         func: called with one item at a time; functions, lambdas and closures defined
             in a notebook work.
         iterable: the inputs, any picklable values.
-        name: a job name that survives edits of ``func``; by default the job is named
-            after the function, its source and the inputs.
+        name: a job name that survives edits of ``func``: finished results are kept and
+            the new code runs the rest. By default the job is the function's identity
+            (named after the function and the start of its digest).
         processes: worker processes (default: the CPU count); 0 runs every item here,
             one by one, and lets the first exception through unchanged (for ``%debug``;
             retries, timeouts and rate limits apply to worker processes only).
         concurrency: green threads per worker process (default 200, suited to network
             work); 1 for CPU-bound functions.
-        fresh: discard the job's stored results and start over.
+        fresh: delete the job (every stored result of the function, for any list) and
+            start over.
         progress: show a progress bar (a widget in Jupyter, text in a terminal).
         background: return a `Job` at once and run in the background, leaving the
             notebook free; ``job.result()`` waits for the list.
@@ -89,7 +94,9 @@ def pmap(
 
     Raises:
         TaskError: some items raised; the others' results are kept and the same call
-            retries only the failed ones.
+            retries only the failed ones (after an edit, pass the job's ``name=``).
+        NotPicklableError: the function or an input cannot be sent to the workers;
+            nothing was stored.
     """
     if not callable(func):
         raise TypeError(f"pmap() takes the function first, then the inputs; got {type(func).__name__} first.")
@@ -117,9 +124,7 @@ def pmap(
         del inputs  # the store has them; don't hold them through the run
         if background:
             return Job._start(store, spec, cfg, progress)
-        if not spec.finished:
-            Run(store, spec, cfg, func, progress).follow()
-        return job.gather(store, spec, errors)
+        return _run_and_gather(store, spec, cfg, func, progress, errors)
     except REFUSED as exc:
         raise RedisUnavailable(
             f"Redis at {safe_url(store.url)} refuses writes ({exc}). Nothing was recorded wrong; free "
@@ -130,6 +135,20 @@ def pmap(
             f"Lost Redis at {safe_url(store.url)} ({exc}). Every result recorded before is kept: "
             "run the same call again once the server is back."
         ) from exc
+
+
+def _run_and_gather(
+    store: Store, spec: JobSpec, cfg: Settings, func: Callable[[Any], Any], progress: bool, errors: str
+) -> list[Any]:
+    if not spec.finished:
+        Run(store, spec, cfg, func, progress).follow()
+    try:
+        return job.gather(store, spec, errors)
+    except job.MissingResults:
+        # The store lost results it had (a server back without its last writes): run
+        # what is missing, once.
+        Run(store, spec, cfg, func, progress).follow()
+        return job.gather(store, spec, errors)
 
 
 def connect(target: str | redis.Redis | None) -> Store:

@@ -88,6 +88,7 @@ def input_digest(item: Any, walker: Walker | None = None) -> bytes:
     walker = walker or Walker()
     before = walker.unpicklable
     digest = walker.value(item)
+    walker.forget_values()  # a million inputs must not mean a million memo entries
     if walker.unpicklable != before:
         raise Unpicklable(type(item).__name__)
     return digest[:INPUT_DIGEST]
@@ -185,7 +186,8 @@ class Walker:
     def __init__(self) -> None:
         self.memo: dict[int, bytes] = {}  # id of a value -> its digest
         self.code_memo: dict[int, bytes] = {}  # id of a user function or class -> its digest
-        self.keep: list[Any] = []  # what the memos' ids refer to, alive until we are done
+        self.keep: list[Any] = []  # what the memo's ids refer to, alive until forgotten
+        self.keep_code: list[Any] = []  # what the code memo's ids refer to, alive with the walker
         self.unpicklable = 0  # values met that nothing can pickle
 
     def parts(self, func: Any) -> Iterator[tuple[str, bytes]]:
@@ -220,7 +222,7 @@ class Walker:
         if key in self.code_memo:
             return self.code_memo[key]
         self.code_memo[key] = b"(recursive) " + f.__qualname__.encode()  # ends a cycle the same way every time
-        self.keep.append(f)
+        self.keep_code.append(f)
         h = hashlib.sha256()
         for name, digest in self._function_parts(f):
             h.update(name.encode() + b"=" + digest)
@@ -233,7 +235,7 @@ class Walker:
         if key in self.code_memo:
             return self.code_memo[key]
         self.code_memo[key] = b"(recursive) " + c.__qualname__.encode()
-        self.keep.append(c)
+        self.keep_code.append(c)
         h = hashlib.sha256(f"class {c.__module__}.{c.__qualname__}\n".encode())
         for base in c.__bases__:
             h.update(self.value(base))
@@ -280,6 +282,11 @@ class Walker:
             h.update(raw)  # a large array is hashed in place, never copied
         self.memo[key] = h.digest()
         return self.memo[key]
+
+    def forget_values(self) -> None:
+        """Drop the digests of values (not of code): one input's are no use for the next."""
+        self.memo.clear()
+        self.keep.clear()
 
     def _last_resort(self, obj: Any) -> bytes:
         try:

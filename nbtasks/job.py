@@ -29,6 +29,8 @@ class JobSpec:
     positions: Sequence[int]
     finished: bool  # every input of the call has a recorded result
     policy: dict[str, Any] = field(default_factory=dict)  # Policy.numbers(), as stored
+    distinct: int | None = None  # how many distinct inputs, when known (saves counting)
+    list_digest: str = ""  # the list's digest, for a pmap call
 
     @cached_property
     def indices(self) -> Sequence[int]:
@@ -39,7 +41,8 @@ class JobSpec:
 
     @property
     def total(self) -> int:
-        return len(self.indices)
+        """How many distinct inputs the call has: what its progress counts."""
+        return self.distinct if self.distinct is not None else len(self.indices)
 
     @classmethod
     def of(cls, store: Store, name: str, meta: dict[str, str]) -> JobSpec:
@@ -87,9 +90,7 @@ def define(
     it reads) finds its results again, whatever list they came in, and an edited one gets
     a new job. With a name, the job survives edits: finished results are kept.
     """
-    if name is None:
-        name = f"{codec.func_label(func)}-{ident.digest[:12]}"
-    meta = store.meta(name)
+    name, meta = (name, store.meta(name)) if name is not None else _unnamed(store, func, ident)
     if meta and fresh:
         store.delete(name)
         meta = {}
@@ -105,12 +106,12 @@ def define(
     digests = bytes(_digests(items)) if found is None else b""  # every input checked before anything is stored
     numbers = _store_function(store, name, func, func_payload, ident, meta, policy, {"inputs": DISTINCT})
     if found is None:
-        spec = JobSpec(name, _index(store, name, items, digests), finished=False, policy=numbers)
-        store.save_view(name, digest, array("I", spec.positions))
+        spec = JobSpec(name, _index(store, name, items, digests), False, numbers, list_digest=digest)
+        store.save_view(name, digest, array("I", spec.positions), spec.total)
         complete = False
     else:
-        spec = JobSpec(name, found[0], finished=False, policy=numbers)
-        complete = found[1]
+        positions, distinct, complete = found
+        spec = JobSpec(name, positions, False, numbers, distinct, digest)
     store.use_view(name, digest, spec.total)
     done = spec.total if complete else store.done_among(name, spec.indices)
     if done >= spec.total and not complete:
@@ -118,6 +119,18 @@ def define(
     if meta and meta.get("code") != ident.digest:
         _say_changed(name, ident, meta, done, spec.total)
     return replace(spec, finished=done >= spec.total)
+
+
+def _unnamed(store: Store, func: Callable[..., Any], ident: Identity) -> tuple[str, dict[str, str]]:
+    """The name and metadata of an unnamed job: the function's name and the start of its
+    identity, longer in the unlikely case that another identity holds that name."""
+    for length in (12, 24):
+        name = f"{codec.func_label(func)}-{ident.digest[:length]}"
+        meta = store.meta(name)
+        if not meta or meta.get("code") == ident.digest:
+            return name, meta
+    name = f"{codec.func_label(func)}-{ident.digest}"
+    return name, store.meta(name)
 
 
 def _index(store: Store, name: str, items: list[Any], digests: bytes) -> array[int]:
@@ -243,8 +256,10 @@ def gather(store: Store, spec: JobSpec, errors: str = "raise") -> list[Any]:
             results.append(failures[index])
             continue
         if payload is None:
+            if spec.list_digest:
+                store.mark_complete(spec.name, spec.list_digest, False)  # the store lost some
             missing = spec.total - store.done_among(spec.name, spec.indices)
-            raise NbtasksError(
+            raise MissingResults(
                 f"Job '{spec.name}' has no result for item {position} ({missing} missing in all); "
                 "run the same call again to compute what is missing."
             )
@@ -255,6 +270,10 @@ def gather(store: Store, spec: JobSpec, errors: str = "raise") -> list[Any]:
                 raise PayloadRejected(spec.name, index, "it is signed and no secret is set here") from None
             raise
     return results
+
+
+class MissingResults(NbtasksError):
+    """The store lost results it had (a server back without its last writes)."""
 
 
 def load_failures(store: Store, job: str, positions: Sequence[int] | None = None) -> list[Failure]:

@@ -179,28 +179,31 @@ return {0, math.max(1, math.ceil(tat - window - now))}
 """
 )
 
-# KEYS counts failures   ARGV done
-# A run's counters: its items with a result (counted by the caller from the bitmap) and
-# the failures themselves.
+# KEYS counts failures done   ARGV done seen
+# A run's counters: its items with a result, as the caller counted them in the bitmap
+# when `seen` bits were set (those set since then were recorded meanwhile by workers of
+# the run), and the failures themselves.
 SET_COUNTS = """
+local done = tonumber(ARGV[1]) + redis.call('BITCOUNT', KEYS[3]) - tonumber(ARGV[2])
 local failed = redis.call('HLEN', KEYS[2])
-redis.call('HSET', KEYS[1], 'done', ARGV[1], 'failed', failed, 'running', 0)
-return {tonumber(ARGV[1]), failed}
+redis.call('HSET', KEYS[1], 'done', done, 'failed', failed, 'running', 0)
+return {done, failed}
 """
 
-# KEYS index inputs   ARGV per input: digest index payload
-# Store inputs not held yet: the payload at its index, then the digest pointing to it.
-# An input that is held already (another caller stored it meanwhile) keeps its index.
+# KEYS index inputs   ARGV per input: digest index entry payload
+# Store inputs not held yet: the payload at its index, then the digest pointing to it
+# (`entry`: the index, signed with a secret). An input that is held already (another
+# caller stored it meanwhile) keeps its index. Returns each input's entry.
 ADD = """
 local out = {}
-for i = 1, #ARGV, 3 do
-  local index = redis.call('HGET', KEYS[1], ARGV[i])
-  if not index then
-    index = ARGV[i + 1]
-    redis.call('HSET', KEYS[2], index, ARGV[i + 2])
-    redis.call('HSET', KEYS[1], ARGV[i], index)
+for i = 1, #ARGV, 4 do
+  local entry = redis.call('HGET', KEYS[1], ARGV[i])
+  if not entry then
+    entry = ARGV[i + 2]
+    redis.call('HSET', KEYS[2], ARGV[i + 1], ARGV[i + 3])
+    redis.call('HSET', KEYS[1], ARGV[i], entry)
   end
-  out[#out + 1] = index
+  out[#out + 1] = entry
 end
 return out
 """

@@ -52,7 +52,7 @@ from redis.cluster import RedisCluster
 
 from . import lua
 from .errors import ConfigError, PayloadRejected, RedisUnavailable, SecurityWarning
-from .trust import FAILURE, FUNCTION, INPUT, RESULT, Signer
+from .trust import FAILURE, FUNCTION, INDEX, INPUT, RESULT, VIEW, Signer
 
 RedisError = redis.RedisError  # for callers that must not import redis themselves
 # Errors that pass when the server is back (a restart, a failover), and refusals to write.
@@ -287,7 +287,8 @@ class Store:
         pipe = self.client.pipeline(transaction=False)
         for chunk in _chunks(digests, 1000):
             pipe.hmget(self.keys[job].index, chunk)
-        return [int(i) if i is not None else None for reply in pipe.execute() for i in reply]
+        entries = [entry for reply in pipe.execute() for entry in reply]
+        return [self._index_of(job, d, e) if e is not None else None for d, e in zip(digests, entries, strict=True)]
 
     def add_inputs(self, job: str, entries: list[tuple[bytes, bytes]]) -> list[int]:
         """Store new inputs (digest, payload); the index of each. One that another
@@ -299,32 +300,64 @@ class Store:
             first = int(self.client.hincrby(k.meta, "size", len(batch))) - len(batch)
             args: list[bytes | int] = []
             for offset, (digest, payload) in enumerate(batch):
-                args += (digest, first + offset, sign(job, first + offset, INPUT, payload))
-            out += [int(i) for i in self._add(keys=[k.index, k.inputs], args=args)]
+                index = first + offset
+                args += (digest, index, self._index_entry(job, digest, index), sign(job, index, INPUT, payload))
+            held = self._add(keys=[k.index, k.inputs], args=args)
+            out += [self._index_of(job, d, e) for (d, _), e in zip(batch, held, strict=True)]
         return out
+
+    def _index_entry(self, job: str, digest: bytes, index: int) -> bytes:
+        """What the index holds for an input: its index, and with a secret a signature
+        that binds it to the input's digest (so that no one can point an input at
+        another's result)."""
+        if not self.signer.enabled:
+            return b"%d" % index
+        return b"%d:" % index + self.signer.sign(job, index, INDEX, digest)
+
+    def _index_of(self, job: str, digest: bytes, entry: bytes) -> int:
+        number, _, signed = entry.partition(b":")
+        index = int(number)
+        if (signed or self.signer.enabled) and self.signer.open(job, index, INDEX, signed) != digest:
+            raise PayloadRejected(job, index, "its index entry was made for another input")
+        return index
 
     def index_inputs(self, job: str, entries: dict[bytes, int]) -> None:
         """Note the digests of inputs stored by an earlier nbtasks (see job.upgrade)."""
         if entries:
-            self.client.hset(self.keys[job].index, mapping=entries)
+            mapping = {digest: self._index_entry(job, digest, index) for digest, index in entries.items()}
+            self.client.hset(self.keys[job].index, mapping=mapping)
 
     def upgraded(self, job: str, size: int) -> None:
         self.client.hset(self.keys[job].meta, mapping={"size": size, "format": FORMAT})
 
-    def view(self, job: str, list_digest: str) -> tuple[array[int], bool] | None:
-        """The indices of a list of inputs stored before, and whether each has a result."""
+    def view(self, job: str, list_digest: str) -> tuple[array[int], int, bool] | None:
+        """The indices of a list of inputs stored before, how many are distinct, and
+        whether each had a result when last looked."""
         pipe = self.client.pipeline(transaction=False)
         pipe.hget(self.keys[job].views, list_digest)
         pipe.sismember(self.keys[job].complete, list_digest)
-        packed, complete = pipe.execute()
-        return (unpack(packed), bool(complete)) if packed is not None else None
+        blob, complete = pipe.execute()
+        if blob is None:
+            return None
+        packed = self.signer.open(job, -2, VIEW, blob)
+        start = len(list_digest)
+        if packed[:start] != list_digest.encode():
+            raise PayloadRejected(job, -2, "a list's view was stored under another list")
+        distinct = int.from_bytes(packed[start : start + 4], "little")
+        return unpack(packed[start + 4 :]), distinct, bool(complete)
 
-    def save_view(self, job: str, list_digest: str, indices: array[int]) -> None:
-        self.client.hset(self.keys[job].views, list_digest, pack(indices))
+    def save_view(self, job: str, list_digest: str, indices: array[int], distinct: int) -> None:
+        # The list's digest inside the signed bytes too: no view can be moved to another list.
+        data = list_digest.encode() + distinct.to_bytes(4, "little") + pack(indices)
+        self.client.hset(self.keys[job].views, list_digest, self.signer.sign(job, -2, VIEW, data))
 
-    def mark_complete(self, job: str, list_digest: str) -> None:
-        """Every item of the list has a result (results are only ever deleted with the job)."""
-        self.client.sadd(self.keys[job].complete, list_digest)
+    def mark_complete(self, job: str, list_digest: str, complete: bool = True) -> None:
+        """Note that every item of the list has a result, so that the same call again
+        reads them at once (or, with False, that the store lost some)."""
+        if complete:
+            self.client.sadd(self.keys[job].complete, list_digest)
+        else:
+            self.client.srem(self.keys[job].complete, list_digest)
 
     def use_view(self, job: str, list_digest: str, distinct: int) -> None:
         """Make the list the job's current one: what status, Job(name) and gathering show."""
@@ -415,7 +448,9 @@ class Store:
         for chunk in _chunks(pending, BATCH):
             pipe.rpush(k.queue, *chunk)
             pipe.execute()
-        done, failed_count = self._set_counts(keys=[k.counts, k.failures], args=[total - len(without)])
+        # Bits set since the bitmap was read are items recorded meanwhile: counted too.
+        seen = int.from_bytes(bitmap or b"", "big").bit_count()
+        done, failed_count = self._set_counts(keys=[k.counts, k.failures, k.done], args=[total - len(without), seen])
         return Counts(total, int(done), int(failed_count))
 
     def wait_finished(self, job: str, timeout: float) -> bool:

@@ -24,6 +24,7 @@ TAG = 32
 
 # What a payload is, bound into its tag so that none can stand in for another.
 FUNCTION, INPUT, RESULT, FAILURE = b"f", b"i", b"r", b"e"
+INDEX, VIEW = b"x", b"v"  # an input's digest -> its index; a list's indices
 
 
 def default_key_file() -> Path:

@@ -108,15 +108,16 @@ def test_failures_retries_and_timeouts(backend: str, tmp_path: Path) -> None:
 
 def test_rate_limit(backend: str) -> None:
     started = time.monotonic()
-    nbtasks.pmap(pick(backend, slow, slow_async), [0.0] * 30, backend=backend, rate="20/s", progress=False)
+    delays = [i * 1e-9 for i in range(30)]  # distinct: equal inputs would run once
+    nbtasks.pmap(pick(backend, slow, slow_async), delays, backend=backend, rate="20/s", progress=False)
     # 30 calls at 20/s need at least 1.45 s (the first turn is free): an upper bound on the rate.
     assert time.monotonic() - started >= 1.4
 
 
 def test_cancel(backend: str) -> None:
     job = nbtasks.pmap(
-        pick(backend, slow, slow_async), [0.05] * 2000, name=f"cancel-{backend}", background=True,
-        backend=backend, concurrency=5, progress=False,
+        pick(backend, slow, slow_async), [0.05 + i * 1e-9 for i in range(2000)], name=f"cancel-{backend}",
+        background=True, backend=backend, concurrency=5, progress=False,
     )  # fmt: skip
     wait_until(lambda: job.counts().done >= 20, 60, "progress")
     job.cancel()

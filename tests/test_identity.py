@@ -19,6 +19,8 @@ import pytest
 import redis
 
 import nbtasks
+from nbtasks import codec, identity
+from nbtasks.store import JobKeys
 
 from .test_pmap import executions
 
@@ -330,3 +332,59 @@ def test_fresh_and_reset_recompute_everything(r: redis.Redis, tmp_path: Path) ->
     results, ran = run(log, f, range(5))
     assert ran == Counter(range(5))
     assert results == list(map(f, range(5)))
+
+
+def old_job(r: redis.Redis, name: str, n: int, done: dict[int, object]) -> None:
+    """A job as an earlier nbtasks (store format 1) left it: one job per list of inputs,
+    `done` holding its recorded results."""
+    keys = JobKeys(name)
+    meta = {"format": "1", "total": n, "inputs": "list:0123", "ready": "1", "code": "old", "function": "triple"}
+    r.hset(keys.meta, mapping={**meta, "python": "3.11", "policy": "{}", "epoch": "e1", "created": 1.0})
+    r.set(keys.func, codec.dump_function(abs))
+    r.hset(keys.inputs, mapping={i: codec.dump(i) for i in range(n)})
+    for index, value in done.items():
+        r.hset(keys.results, index, codec.dump(value))
+        r.setbit(keys.done, index, 1)
+    r.hset(keys.counts, mapping={"done": len(done), "failed": 0, "running": 0})
+    r.sadd("nbtasks:jobs", name)
+
+
+def triple(x: int) -> int:
+    return 3 * x
+
+
+def test_jobs_of_the_earlier_store_format_stay_readable_and_are_never_returned_for_another_function(
+    r: redis.Redis, tmp_path: Path
+) -> None:
+    # Results no function of today computes: if they came back, an old job was reused.
+    old_job(r, "triple-0123456789ab", 8, {i: 1000 + i for i in range(8)})
+    assert nbtasks.Job("triple-0123456789ab").result() == [1000 + i for i in range(8)]
+    assert [s.name for s in nbtasks.jobs()] == ["triple-0123456789ab"]
+    assert nbtasks.pmap(triple, range(8), processes=1, progress=False) == [3 * i for i in range(8)]
+    nbtasks.reset("triple-0123456789ab")
+    assert r.exists(JobKeys("triple-0123456789ab").results) == 0
+
+
+def test_a_named_job_of_the_earlier_store_format_keeps_its_results_and_runs_the_rest(
+    r: redis.Redis, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = tmp_path / "log"
+    old_job(r, "crawl", 8, {i: 3 * i for i in range(5)})
+
+    def f(x: int) -> int:
+        record(log, x)
+        return 3 * x
+
+    results, ran = run(log, f, range(10), name="crawl")
+    assert results == [3 * i for i in range(10)]
+    assert ran == Counter(range(5, 10))  # 5, 6, 7 of the old list and the two new ones
+    assert "nbtasks: job 'crawl' changed since its last call (its function)" in capsys.readouterr().err
+
+
+def test_an_unnamed_job_never_takes_the_name_another_identity_holds(r: redis.Redis) -> None:
+    # Names carry 12 hex digits of the identity; should another identity hold that name,
+    # the call takes a longer one rather than that job's results.
+    name = f"triple-{identity.identify(triple).digest[:12]}"
+    old_job(r, name, 4, {i: 1000 + i for i in range(4)})
+    assert nbtasks.pmap(triple, range(4), processes=1, progress=False) == [0, 3, 6, 9]
+    assert nbtasks.Job(name).result() == [1000, 1001, 1002, 1003]

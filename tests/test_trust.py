@@ -118,6 +118,31 @@ def test_tampered_inputs_fail_once_without_running_or_retrying(r: redis.Redis, s
             assert out[index] == index * index
 
 
+def test_an_input_pointed_at_another_inputs_result_or_a_moved_list_is_refused(r: redis.Redis, secret: str) -> None:
+    nbtasks.pmap(square, range(10), name="mapped", progress=False)
+    nbtasks.pmap(square, range(5), name="mapped", progress=False)
+    keys = JobKeys("mapped")
+    index, views = r.hgetall(keys.index), r.hgetall(keys.views)
+    assert len(index) == 10 and len(views) == 2
+    # The index says which stored result belongs to an input: point one at another's.
+    first, second = sorted(index)[:2]
+    r.hset(keys.index, first, index[second])
+    r.delete(keys.views)  # (so that the lists are looked up input by input again)
+    with pytest.raises(nbtasks.PayloadRejected, match="index entry was made for another input"):
+        nbtasks.pmap(square, range(10), name="mapped", progress=False)
+    r.hset(keys.index, first, index[first])
+    # A list's view swapped with another list's, then a flipped bit.
+    (a, view_a), (b, view_b) = views.items()
+    r.hset(keys.views, mapping={a: view_b, b: view_a})
+    with pytest.raises(nbtasks.PayloadRejected, match="stored under another list"):
+        nbtasks.pmap(square, range(10), name="mapped", progress=False)
+    r.hset(keys.views, mapping={a: flip(view_a), b: flip(view_b)})
+    with pytest.raises(nbtasks.PayloadRejected, match="signature does not match"):
+        nbtasks.pmap(square, range(10), name="mapped", progress=False)
+    r.hset(keys.views, mapping={a: view_a, b: view_b})
+    assert nbtasks.pmap(square, range(10), name="mapped", progress=False) == [x * x for x in range(10)]
+
+
 def test_a_tampered_function_never_runs(r: redis.Redis, secret: str, tmp_path: Path) -> None:
     nbtasks.pmap(square, range(10), name="function", progress=False)
     keys = JobKeys("function")

@@ -1,0 +1,105 @@
+"""What a job's identity costs: the digest of the function (with what it reads) and of the
+inputs, against the whole call, in the same run.
+
+    .venv/bin/python benchmarks/bench_identity.py [--repeat 3] [--n 100000]
+
+1. A 100,000-item call whose results are all stored (the same call again): the identity's
+   share of the call, and the call against one pipelined read of the results (the floor).
+2. The same inputs in another order (a list never seen, every input stored): each input's
+   digest is computed and looked up.
+3. A function that captures a 200 MB numpy array, called again on 10 stored items: the
+   identity's share, and the serialized function (bytes a call produces anyway).
+
+Uses a throwaway Redis-compatible server on a unix socket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from collections.abc import Callable
+
+import numpy as np
+import redis
+
+import nbtasks
+from nbtasks import codec, identity
+from nbtasks.server import TemporaryServer
+from nbtasks.store import JobKeys
+
+big = np.zeros(25_000_000)  # 200 MB of float64
+
+
+def noop(x: int) -> int:
+    return x
+
+
+def pick(i: int) -> float:
+    return float(big[i])
+
+
+def best(fn: Callable[[], object], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def floor(url: str, job: str, n: int) -> Callable[[], object]:
+    """One pipelined read of the n stored results, as redis-py does it at best."""
+    client = redis.Redis.from_url(url)
+    key = JobKeys(job).results
+
+    def read() -> object:
+        pipe = client.pipeline(transaction=False)
+        for start in range(0, n, 1000):
+            pipe.hmget(key, list(range(start, min(start + 1000, n))))
+        return [v for chunk in pipe.execute() for v in chunk]
+
+    return read
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--n", type=int, default=100_000)
+    args = parser.parse_args()
+    n, repeat = args.n, args.repeat
+    rows: list[tuple[str, str, float, str]] = []
+    with TemporaryServer() as url:
+        items = list(range(n))
+        nbtasks.pmap(noop, items, redis=url, progress=False)
+        job = nbtasks.jobs(redis=url)[0].name
+        again = best(lambda: nbtasks.pmap(noop, items, redis=url, progress=False), repeat)
+        ident = best(lambda: (identity.identify(noop), identity.list_digest(items)), repeat)
+        read = best(floor(url, job, n), repeat)
+        shuffled = random.Random(1).sample(items, n)
+        other_order = best(lambda: nbtasks.pmap(noop, shuffled, redis=url, progress=False), repeat)
+        what = f"{n:,} stored items"
+        rows += [
+            (what, "one pipelined read of the results (floor)", read, "1.00x"),
+            (what, "pmap, the same call again", again, f"{again / read:.2f}x"),
+            (what, "  of which identity (function + list)", ident, f"{100 * ident / (again - ident):.1f} % added"),
+            (what, "pmap, the same inputs shuffled", other_order, f"{other_order / read:.2f}x"),
+        ]
+
+        nbtasks.pmap(pick, range(10), redis=url, progress=False)
+        call = best(lambda: nbtasks.pmap(pick, range(10), redis=url, progress=False), repeat)
+        ident = best(lambda: identity.identify(pick), repeat)
+        payload = best(lambda: codec.dump_function(pick), repeat)
+        what = "a captured 200 MB array"
+        rows += [
+            (what, "pmap, the same call again (10 stored items)", call, "1.00x"),
+            (what, "  of which identity (hashes the array once)", ident, f"{100 * ident / (call - ident):.1f} % added"),
+            (what, "  the function's pickle (made by every call)", payload, f"{payload / call:.2f}x"),
+        ]
+    print(f"\n{'workload':24} {'':46} {'best s':>8}  ratio")
+    for workload, tool, seconds, ratio in rows:
+        print(f"{workload:24} {tool:46} {seconds:8.3f}  {ratio}")
+
+
+if __name__ == "__main__":
+    main()
