@@ -1,7 +1,7 @@
 """What a job's identity costs: the digest of the function (with what it reads) and of the
 inputs, against the whole call, in the same run.
 
-    .venv/bin/python benchmarks/bench_identity.py [--repeat 3] [--n 100000]
+    .venv/bin/python benchmarks/bench_identity.py [--repeat 3] [--n 100000] [--against REF]
 
 1. A 100,000-item call whose results are all stored (the same call again): the identity's
    share of the call, and the call against one pipelined read of the results (the floor).
@@ -10,13 +10,21 @@ inputs, against the whole call, in the same run.
 3. A function that captures a 200 MB numpy array, called again on 10 stored items: the
    identity's share, and the serialized function (bytes a call produces anyway).
 
+With ``--against REF`` (a commit, e.g. the one before identities), the same call again is
+also timed with nbtasks as it was at REF, checked out in a temporary worktree and run in
+its own process and server, for the ratio new / old.
+
 Uses a throwaway Redis-compatible server on a unix socket.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -62,10 +70,49 @@ def floor(url: str, job: str, n: int) -> Callable[[], object]:
     return read
 
 
+AGAIN = """
+import time, nbtasks, numpy as np
+from nbtasks.server import TemporaryServer
+big = np.zeros(25_000_000)
+def noop(x):
+    return x
+def pick(i):
+    return float(big[i])
+def again(func, items, url):
+    nbtasks.pmap(func, items, redis=url, progress=False)
+    times = []
+    for _ in range({repeat}):
+        start = time.perf_counter()
+        nbtasks.pmap(func, items, redis=url, progress=False)
+        times.append(time.perf_counter() - start)
+    return min(times)
+with TemporaryServer() as url:
+    print(again(noop, list(range({n})), url), again(pick, list(range(10)), url))
+"""
+
+
+def again_at(ref: str, n: int, repeat: int) -> tuple[float, float]:
+    """The same calls again (100,000 items; the 200 MB array) with nbtasks as it was
+    at `ref` (a git worktree)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with tempfile.TemporaryDirectory(prefix="nbtasks-ref-") as tmp:
+        tree = os.path.join(tmp, "tree")
+        subprocess.run(["git", "-C", root, "worktree", "add", "-q", "--detach", tree, ref], check=True)
+        try:
+            env = {**os.environ, "PYTHONPATH": tree}
+            code = AGAIN.format(n=n, repeat=repeat)
+            out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+            items, array = out.stdout.split()
+            return float(items), float(array)
+        finally:
+            subprocess.run(["git", "-C", root, "worktree", "remove", "--force", tree], check=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--n", type=int, default=100_000)
+    parser.add_argument("--against", metavar="REF", help="also time the same call again at this commit")
     args = parser.parse_args()
     n, repeat = args.n, args.repeat
     rows: list[tuple[str, str, float, str]] = []
@@ -85,6 +132,9 @@ def main() -> None:
             (what, "  of which identity (function + list)", ident, f"{100 * ident / (again - ident):.1f} % added"),
             (what, "pmap, the same inputs shuffled", other_order, f"{other_order / read:.2f}x"),
         ]
+        old = again_at(args.against, n, repeat) if args.against else None
+        if old is not None:
+            rows.append((what, f"pmap, the same call again, at {args.against[:12]}", old[0], f"{again / old[0]:.2f}x"))
 
         nbtasks.pmap(pick, range(10), redis=url, progress=False)
         call = best(lambda: nbtasks.pmap(pick, range(10), redis=url, progress=False), repeat)
@@ -93,10 +143,12 @@ def main() -> None:
         what = "a captured 200 MB array"
         rows += [
             (what, "pmap, the same call again (10 stored items)", call, "1.00x"),
-            (what, "  of which identity (hashes the array once)", ident, f"{100 * ident / (call - ident):.1f} % added"),
-            (what, "  the function's pickle (made by every call)", payload, f"{payload / call:.2f}x"),
+            (what, "  of which identity (hashes the array once)", ident, f"{ident / call:.2f}x"),
+            (what, "  the function's pickle (made when items run)", payload, f"{payload / call:.2f}x"),
         ]
-    print(f"\n{'workload':24} {'':46} {'best s':>8}  ratio")
+        if old is not None:
+            rows.append((what, f"pmap, the same call again, at {args.against[:12]}", old[1], f"{call / old[1]:.2f}x"))
+    print(f"\n{'workload':24} {'':46} {'best s':>8}  ratio (to the first row of the workload; 'at REF': new / old)")
     for workload, tool, seconds, ratio in rows:
         print(f"{workload:24} {tool:46} {seconds:8.3f}  {ratio}")
 

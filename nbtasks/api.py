@@ -4,6 +4,7 @@ No Redis calls of their own: they wire the steps of `job`, `run` and `status`.""
 from __future__ import annotations
 
 import atexit
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -113,14 +114,14 @@ def pmap(
         raise ConfigError("background=True needs worker processes: pass processes=1 or more.")
     retry_on = retry_on if isinstance(retry_on, tuple) else (retry_on,)
     policy = Policy(retries, retry_delay, retry_on, timeout, parse_rate(rate), errors, backends.choose(func, backend))
-    func_payload = codec.dump_function(func, policy.retry_on)
     inputs = list(items)
     if not inputs and not background:
         return []  # nothing to run: no server, no workers
     ident = identity.identify(func)
     store = connect(redis if redis is not None else cfg.redis_url)
     try:
-        spec = job.define(store, func, func_payload, ident, inputs, name=name, fresh=fresh, policy=policy)
+        dump = functools.partial(codec.dump_function, func, policy.retry_on)  # only when something may run
+        spec = job.define(store, func, dump, ident, inputs, name=name, fresh=fresh, policy=policy)
         del inputs  # the store has them; don't hold them through the run
         if background:
             return Job._start(store, spec, cfg, progress)

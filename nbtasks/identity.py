@@ -96,8 +96,10 @@ def input_digest(item: Any, walker: Walker | None = None) -> bytes:
 
 def list_digest(items: list[Any]) -> str:
     """A digest of a whole list of inputs in one pickle: the fast way to recognise a
-    list seen before (same digest: same inputs in the same order)."""
-    return Walker().value(items).hex()
+    list seen before (same digest: same inputs in the same order). Sets keep their
+    order here: the same list may then digest otherwise in another process, which only
+    costs the slower way (each input's digest), never a wrong match."""
+    return Walker().value(items, sort_sets=False).hex()
 
 
 def is_user_module(name: str) -> bool:
@@ -258,7 +260,7 @@ class Walker:
             h.update(self.code(const) if isinstance(const, CodeType) else self.value(const))
         return h.digest()
 
-    def value(self, obj: Any) -> bytes:
+    def value(self, obj: Any, sort_sets: bool = True) -> bytes:
         """The digest of any value, from a pickle in which code and modules stand as
         their digests; sets make the slower, sorted pickle."""
         if type(obj) in _ATOMIC:
@@ -270,7 +272,7 @@ class Walker:
         buffers: list[pickle.PickleBuffer] = []
         try:
             data = self._dump(_Canonical, obj, buffers)
-            if any(op in data for op in _SET_OPCODES):  # (or bytes that look like one: only slower)
+            if sort_sets and any(op in data for op in _SET_OPCODES):  # (or bytes that look like one: slower)
                 buffers.clear()
                 data = self._dump(_SortedCanonical, obj, buffers)
         except Exception:  # noqa: BLE001 (what only cloudpickle can carry: maybe a new job per process, never stale)

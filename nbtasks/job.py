@@ -75,7 +75,7 @@ APPENDABLE = "appended"  # the inputs kind of a job that grows by appending (a s
 def define(
     store: Store,
     func: Callable[..., Any],
-    func_payload: bytes,
+    dump: Callable[[], bytes],
     ident: Identity,
     items: list[Any],
     *,
@@ -84,7 +84,8 @@ def define(
     policy: Policy,
 ) -> JobSpec:
     """Find or create the job of the function, store what it lacks, and make `items`
-    its current list.
+    its current list. `dump` serializes the function (NotPicklableError), only when
+    something may run.
 
     Without a name, the job is the function's identity: the same function (code, what
     it reads) finds its results again, whatever list they came in, and an edited one gets
@@ -104,7 +105,10 @@ def define(
     digest = identity.list_digest(items)
     found = store.view(name, digest) if meta else None
     digests = bytes(_digests(items)) if found is None else b""  # every input checked before anything is stored
-    numbers = _store_function(store, name, func, func_payload, ident, meta, policy, {"inputs": DISTINCT})
+    # A list whose every result is stored runs nothing: no need to store the function
+    # (a large captured array would be written again for nothing).
+    payload = None if found is not None and found[2] else dump()
+    numbers = _store_function(store, name, func, payload, ident, meta, policy, {"inputs": DISTINCT})
     if found is None:
         spec = JobSpec(name, _index(store, name, items, digests), False, numbers, list_digest=digest)
         store.save_view(name, digest, array("I", spec.positions), spec.total)
@@ -209,15 +213,16 @@ def _store_function(
     store: Store,
     name: str,
     func: Callable[..., Any],
-    func_payload: bytes,
+    func_payload: bytes | None,
     ident: Identity,
     meta: dict[str, str],
     policy: Policy,
     fields: dict[str, Any],
 ) -> dict[str, Any]:
-    """Store the function, its identity, the policy and `fields` in the job's metadata;
-    return the policy as stored. Both are stored again at every call: a stored pickle is
-    never trusted across Python versions or edits, and each call sets its own policy."""
+    """Store the function (unless None: nothing will run), its identity, the policy and
+    `fields` in the job's metadata; return the policy as stored. Both are stored again at
+    every call that runs: a stored pickle is never trusted across Python versions or
+    edits, and each call sets its own policy."""
     numbers = policy.numbers()
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
     about = {

@@ -386,13 +386,14 @@ class Store:
             pipe.execute()
         return int(self._grow(keys=[k.meta], args=[start + len(payloads)]))
 
-    def define(self, job: str, meta: dict[str, Any], func: bytes) -> None:
+    def define(self, job: str, meta: dict[str, Any], func: bytes | None) -> None:
         k = self.keys[job]
         pipe = self.client.pipeline(transaction=True)
         pipe.hset(k.meta, mapping={"format": FORMAT, **meta})
         pipe.hsetnx(k.meta, "created", time.time())
         pipe.hsetnx(k.meta, "epoch", uuid.uuid4().hex)  # tells this job from one stored again
-        pipe.set(k.func, self.signer.sign(job, -1, FUNCTION, func))
+        if func is not None:
+            pipe.set(k.func, self.signer.sign(job, -1, FUNCTION, func))
         pipe.execute()
         self.client.sadd(REGISTRY, job)  # another slot on a Cluster: not in the transaction
 

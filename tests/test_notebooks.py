@@ -107,3 +107,45 @@ def _stream(kc) -> str:  # type: ignore[no-untyped-def]
             return "".join(text)
         if msg["msg_type"] == "stream":
             text.append(msg["content"]["text"])
+
+
+DEFINE = """
+import dataclasses, os, nbtasks
+LOG = {log!r}
+WORDS = {{"alpha", "beta", "gamma", "delta", "epsilon"}}
+scale = {scale}
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    x: int
+    def weight(self):
+        return self.x * scale
+
+def score(p):
+    fd = os.open(LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    os.write(fd, b"x\\n")
+    os.close(fd)
+    return (p.weight(), sorted(WORDS)[p.x % 5])
+"""
+
+RUN = """
+out = nbtasks.pmap(score, [Point(i) for i in range(40)], processes=1, concurrency=5, progress=False)
+assert out == [(i * scale, sorted(WORDS)[i % 5]) for i in range(40)], out
+"""
+
+
+def test_the_same_cells_in_a_new_kernel_find_their_results_and_an_edit_does_not(
+    jupyter_env: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = tmp_path / "executions"
+
+    def run_in_a_new_kernel(scale: int, seed: str) -> int:
+        monkeypatch.setenv("PYTHONHASHSEED", seed)  # the kernel inherits it: another set order
+        before = len(log.read_text().split()) if log.exists() else 0
+        cells = [nbformat.v4.new_code_cell(DEFINE.format(log=str(log), scale=scale)), nbformat.v4.new_code_cell(RUN)]
+        NotebookClient(nbformat.v4.new_notebook(cells=cells), timeout=120, kernel_name="python3").execute()
+        return len(log.read_text().split()) - before
+
+    assert run_in_a_new_kernel(2, "1") == 40
+    assert run_in_a_new_kernel(2, "2") == 0  # a new kernel, another hash seed: all found
+    assert run_in_a_new_kernel(3, "3") == 40  # a global the class reads changed: all run
