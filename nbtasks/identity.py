@@ -213,7 +213,8 @@ class Walker:
         for name in _global_names(f.__code__):
             if name in f.__globals__:
                 value = f.__globals__[name]
-                kind = "helper" if isinstance(value, FunctionType | type) else "global"
+                helper = isinstance(value, FunctionType | type) or hasattr(value, "__wrapped__")
+                kind = "helper" if helper else "global"
                 yield f"{kind} '{name}'", self.value(value)
             elif not hasattr(builtins, name):
                 yield f"global '{name}'", b"(not defined)"
@@ -311,27 +312,35 @@ class _Overrides:
     walker: Walker
 
     def reducer_override(self, obj: Any) -> Any:
-        walker = self.walker
         if obj is _ref or obj is _sorted_set:
             return NotImplemented  # our own markers, saved by name
-        if isinstance(obj, FunctionType):
-            if _is_user_code(obj) or not _importable(obj):
-                return _ref, ("function", walker.function(obj))
-            return _ref, ("library function", obj.__module__, obj.__qualname__, version(obj.__module__))
-        if isinstance(obj, type):
-            if is_user_module(obj.__module__) or not _importable(obj):
-                return _ref, ("class", walker.cls(obj))
-            return _ref, ("library class", obj.__module__, obj.__qualname__, version(obj.__module__))
+        if isinstance(obj, FunctionType | type):
+            return self._code(obj)
         if isinstance(obj, ModuleType):
             return _ref, ("module", *_module_form(obj))
         if isinstance(obj, BuiltinFunctionType):
             module = getattr(obj, "__module__", None) or type(getattr(obj, "__self__", None)).__module__
             return _ref, ("builtin", module, obj.__qualname__, version(module))
         if isinstance(obj, CodeType):
-            return _ref, ("code", walker.code(obj))
+            return _ref, ("code", self.walker.code(obj))
         if isinstance(obj, MappingProxyType):
             return _ref, ("mappingproxy", dict(obj))
+        wrapped = getattr(obj, "__dict__", {}).get("__wrapped__") if callable(obj) else None
+        if isinstance(wrapped, FunctionType) and _is_user_code(wrapped):
+            # A decorated function of yours (functools.lru_cache, say) would pickle by
+            # name alone: its code counts.
+            return _ref, ("wrapper", type(obj).__qualname__, self.walker.function(wrapped))
         return NotImplemented
+
+    def _code(self, obj: FunctionType | type) -> tuple[Callable[..., None], tuple[Any, ...]]:
+        """A function or class: yours by its digest, a library's by name and version."""
+        if isinstance(obj, FunctionType):
+            if _is_user_code(obj) or not _importable(obj):
+                return _ref, ("function", self.walker.function(obj))
+        elif is_user_module(obj.__module__) or not _importable(obj):
+            return _ref, ("class", self.walker.cls(obj))
+        kind = "library function" if isinstance(obj, FunctionType) else "library class"
+        return _ref, (kind, obj.__module__, obj.__qualname__, version(obj.__module__))
 
 
 class _Canonical(_Overrides, pickle.Pickler):

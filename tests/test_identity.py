@@ -4,6 +4,7 @@ function's identity, and unchanged code resumes in a new process."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -388,3 +389,26 @@ def test_an_unnamed_job_never_takes_the_name_another_identity_holds(r: redis.Red
     old_job(r, name, 4, {i: 1000 + i for i in range(4)})
     assert nbtasks.pmap(triple, range(4), processes=1, progress=False) == [0, 3, 6, 9]
     assert nbtasks.Job(name).result() == [1000, 1001, 1002, 1003]
+
+
+factor = 2
+
+
+@functools.cache
+def cached_scale(x: int) -> int:
+    return x * factor
+
+
+def uses_cached(x: int) -> int:
+    return cached_scale(x)
+
+
+def test_a_decorated_helper_counts_with_its_code_and_what_it_reads() -> None:
+    # functools.lru_cache would pickle by name alone: what it wraps counts instead.
+    global factor
+    factor = 2
+    before = identity.identify(uses_cached)
+    assert identity.identify(uses_cached) == before
+    factor = 3
+    after = identity.identify(uses_cached)
+    assert after.digest != before.digest and after.changes(before.parts) == ["helper 'cached_scale'"]
