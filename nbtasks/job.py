@@ -116,8 +116,8 @@ def define(
     else:
         positions, distinct, complete = found
         spec = JobSpec(name, positions, False, numbers, distinct, digest)
-    store.use_view(name, digest, spec.total)
     done = spec.total if complete else store.done_among(name, spec.indices)
+    store.use_view(name, digest, spec.total, done >= spec.total)
     if done >= spec.total and not complete:
         store.mark_complete(name, digest)
     if meta and meta.get("code") != ident.digest:

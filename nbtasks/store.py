@@ -359,9 +359,15 @@ class Store:
         else:
             self.client.srem(self.keys[job].complete, list_digest)
 
-    def use_view(self, job: str, list_digest: str, distinct: int) -> None:
-        """Make the list the job's current one: what status, Job(name) and gathering show."""
-        self.client.hset(self.keys[job].meta, mapping={"list": list_digest, "total": distinct, "ready": "1"})
+    def use_view(self, job: str, list_digest: str, distinct: int, finished: bool) -> None:
+        """Make the list the job's current one: what status, Job(name) and gathering show
+        (a finished one's counters say so at once: no run will set them)."""
+        k = self.keys[job]
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(k.meta, mapping={"list": list_digest, "total": distinct, "ready": "1"})
+        if finished:
+            pipe.hset(k.counts, mapping={"done": distinct, "failed": 0, "running": 0})
+        pipe.execute()
 
     def done_among(self, job: str, indices: Sequence[int]) -> int:
         """How many of `indices` have a recorded result."""

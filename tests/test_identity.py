@@ -412,3 +412,16 @@ def test_a_decorated_helper_counts_with_its_code_and_what_it_reads() -> None:
     factor = 3
     after = identity.identify(uses_cached)
     assert after.digest != before.digest and after.changes(before.parts) == ["helper 'cached_scale'"]
+
+
+def test_status_counts_the_last_calls_own_list(r: redis.Redis) -> None:
+    nbtasks.pmap(triple, range(30), processes=1, progress=False)
+    (state,) = nbtasks.jobs()
+    assert (state.total, state.done, state.state) == (30, 30, "finished")
+    nbtasks.pmap(triple, [4, 4, 2, 7], processes=1, progress=False)  # all stored: nothing runs
+    (state,) = nbtasks.jobs()
+    assert (state.total, state.done, state.failed, state.state) == (3, 3, 0, "finished")
+    nbtasks.pmap(triple, range(25, 35), processes=1, progress=False)  # five new ones run
+    (state,) = nbtasks.jobs()
+    assert (state.total, state.done, state.state) == (10, 10, "finished")
+    assert nbtasks.Job(state.name).result() == [3 * x for x in range(25, 35)]
