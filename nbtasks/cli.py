@@ -103,8 +103,9 @@ def _jobs_command(args: Any) -> int:
         print(f"{len(found)} failed{more}.")
         return EXIT_FAILED if found else 0
     if args.command == "reset":
-        state = Job(args.name, redis=store.client).counts()
-        if not args.yes and not confirm(f"Delete job '{args.name}': {state.total} inputs, {state.done} results?"):
+        Job(args.name, redis=store.client)  # UnknownJob if there is none
+        inputs, results = store.held(args.name)
+        if not args.yes and not confirm(f"Delete job '{args.name}': {inputs} inputs, {results} results?"):
             print("Nothing deleted.", file=sys.stderr)
             return EXIT_FAILED
         reset(args.name, redis=store.client)

@@ -35,6 +35,11 @@ def ship(module: ModuleType) -> None:
     _shipped.add(module.__name__.encode())
 
 
+def shipped(module: str) -> bool:
+    """Whether `module` travels to workers by value (see `ship`)."""
+    return module.encode() in _shipped
+
+
 def dump(value: Any) -> bytes:
     """Serialize an input or a result so that a fresh interpreter can load it.
 

@@ -29,6 +29,8 @@ from typing import Any
 
 import cloudpickle
 
+from . import codec
+
 FORMAT = b"nbtasks identity 2\n"
 INPUT_DIGEST = 16  # bytes of an input's digest: collisions are out of reach at any job size
 _ATOMIC = (str, bytes, int, float, bool, type(None))
@@ -159,18 +161,35 @@ def _file_digest(path: str, mtime_ns: int, size: int) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def _module_form(module: ModuleType) -> tuple[str, str]:
-    """A module the code reads as a global: a library by its version; the user's own
-    by the bytes of its file (what a fresh worker imports)."""
-    name = module.__name__
+def _file_form(module: ModuleType) -> str:
+    """The digest of a module's file, as a fresh worker would import it."""
     file = getattr(module, "__file__", None)
-    if not is_user_module(name) or not file:
-        return name, version(name)
+    if not file:
+        return "(no file)"
     try:
         stat = os.stat(file)
-        return name, _file_digest(file, stat.st_mtime_ns, stat.st_size)
+        return _file_digest(file, stat.st_mtime_ns, stat.st_size)
     except OSError:
-        return name, "(unreadable)"
+        return "(unreadable)"
+
+
+def _modules_reached(module: ModuleType) -> list[str]:
+    """The other modules of the user's own a module refers to: those it imported, and
+    those of the functions and classes it imported from them."""
+    found = set()
+    for value in list(vars(module).values()):
+        if isinstance(value, ModuleType):
+            found.add(value.__name__)
+        elif isinstance(value, FunctionType | type):
+            found.add(getattr(value, "__module__", None) or "")
+    found.discard(module.__name__)
+    return sorted(name for name in found if name in sys.modules and _by_reference(name))
+
+
+def _by_reference(module: str) -> bool:
+    """Whether code of `module` is the user's own and travels to workers by name (so
+    that workers run its file, whatever this process holds in memory)."""
+    return module != "__main__" and is_user_module(module) and not codec.shipped(module)
 
 
 def _ref(kind: str, *form: Any) -> None:
@@ -190,6 +209,7 @@ class Walker:
         self.code_memo: dict[int, bytes] = {}  # id of a user function or class -> its digest
         self.keep: list[Any] = []  # what the memo's ids refer to, alive until forgotten
         self.keep_code: list[Any] = []  # what the code memo's ids refer to, alive with the walker
+        self.module_memo: dict[str, str] = {}  # name of a module of yours -> its digest
         self.unpicklable = 0  # values met that nothing can pickle
 
     def parts(self, func: Any) -> Iterator[tuple[str, bytes]]:
@@ -205,8 +225,29 @@ class Walker:
         else:  # a library function, a builtin, a callable object
             yield "function", self.value(func)
 
+    def module(self, module: ModuleType) -> tuple[str, str]:
+        """A module the code reads: a library's by its version; one of yours as fresh
+        workers import it: the bytes of its file and, all the way down, those of the
+        files of your modules it refers to."""
+        name = module.__name__
+        if not is_user_module(name):
+            return name, version(name)
+        if name not in self.module_memo:
+            self.module_memo[name] = f"(recursive) {name}"  # import cycles end the same way every time
+            h = hashlib.sha256(_file_form(module).encode())
+            for other in _modules_reached(module):
+                h.update(f"{other}={self.module(sys.modules[other])[1]}\n".encode())
+            self.module_memo[name] = h.hexdigest()
+        return name, self.module_memo[name]
+
+    def _module_part(self, module: str) -> Iterator[tuple[str, bytes]]:
+        """For code of a module of yours that workers import by name: that module's file."""
+        if _by_reference(module) and module in sys.modules:
+            yield f"module '{module}'", self.module(sys.modules[module])[1].encode()
+
     def _function_parts(self, f: FunctionType) -> Iterator[tuple[str, bytes]]:
         yield "code", self.code(f.__code__)
+        yield from self._module_part(f.__module__)
         yield "defaults", self.value((f.__defaults__, sorted((f.__kwdefaults__ or {}).items())))
         for name, cell in zip(f.__code__.co_freevars, f.__closure__ or (), strict=True):
             yield f"closure value '{name}'", self.value(_cell_contents(cell))
@@ -240,6 +281,8 @@ class Walker:
         self.code_memo[key] = b"(recursive) " + c.__qualname__.encode()
         self.keep_code.append(c)
         h = hashlib.sha256(f"class {c.__module__}.{c.__qualname__}\n".encode())
+        for _, digest in self._module_part(c.__module__):
+            h.update(digest)
         for base in c.__bases__:
             h.update(self.value(base))
         for name, attr in sorted(vars(c).items()):
@@ -317,7 +360,7 @@ class _Overrides:
         if isinstance(obj, FunctionType | type):
             return self._code(obj)
         if isinstance(obj, ModuleType):
-            return _ref, ("module", *_module_form(obj))
+            return _ref, ("module", *self.walker.module(obj))
         if isinstance(obj, BuiltinFunctionType):
             module = getattr(obj, "__module__", None) or type(getattr(obj, "__self__", None)).__module__
             return _ref, ("builtin", module, obj.__qualname__, version(module))

@@ -121,7 +121,7 @@ def define(
     if done >= spec.total and not complete:
         store.mark_complete(name, digest)
     if meta and meta.get("code") != ident.digest:
-        _say_changed(name, ident, meta, done, spec.total)
+        _say_changed(name, codec.func_label(func), ident, meta, done, spec.total)
     return replace(spec, finished=done >= spec.total)
 
 
@@ -201,7 +201,7 @@ def append(
     numbers = _store_function(store, name, func, func_payload, ident, meta, policy, {"inputs": APPENDABLE})
     done = store.done_count(name) if meta else 0
     if meta and meta.get("code") != ident.digest:
-        _say_changed(name, ident, meta, done, total)
+        _say_changed(name, codec.func_label(func), ident, meta, done, total)
     if items or not meta:
         start = store.reserve_inputs(name, len(items))
         payloads = [codec.dump_input(item, start + offset) for offset, item in enumerate(items)]
@@ -236,10 +236,12 @@ def _store_function(
     return numbers
 
 
-def _say_changed(name: str, ident: Identity, meta: dict[str, str], done: int, total: int) -> None:
+def _say_changed(name: str, label: str, ident: Identity, meta: dict[str, str], done: int, total: int) -> None:
     """One line: what changed in a named job's function since its last call."""
     before = json.loads(meta["parts"]) if "parts" in meta else None
     changed = ", ".join(ident.changes(before)) if before is not None else "its function"
+    if meta.get("function") not in (None, label):
+        changed = f"another function: {label} instead of {meta['function']}; {changed}"
     rest = f"; the new code runs the other {total - done}" if done < total else ""
     print(
         f"nbtasks: job '{name}' changed since its last call ({changed}); "

@@ -181,8 +181,8 @@ def _results(store: Store, name: str) -> int:
 
 
 def _reset(store: Store, name: str, yes: bool) -> int:
-    state = snapshots(store, [name])[0]
-    question = f"Delete job '{name}': {state.total} inputs, {state.done} results?"
+    inputs, results = store.held(name)
+    question = f"Delete job '{name}': {inputs} inputs, {results} results?"
     if not yes and not confirm(question):
         print("Nothing deleted.", file=sys.stderr)
         return EXIT_FAILED

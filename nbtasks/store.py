@@ -406,6 +406,14 @@ class Store:
     def done_count(self, job: str) -> int:
         return int(self.client.bitcount(self.keys[job].done))
 
+    def held(self, job: str) -> tuple[int, int]:
+        """What deleting the job deletes: its inputs and its results, for every list."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hlen(self.keys[job].inputs)
+        pipe.bitcount(self.keys[job].done)
+        inputs, results = pipe.execute()
+        return int(inputs), int(results)
+
     def function(self, job: str) -> bytes | None:
         """The job's pickled function (PayloadRejected if its signature fails)."""
         blob: bytes | None = self.client.get(self.keys[job].func)

@@ -425,3 +425,41 @@ def test_status_counts_the_last_calls_own_list(r: redis.Redis) -> None:
     (state,) = nbtasks.jobs()
     assert (state.total, state.done, state.state) == (10, 10, "finished")
     assert nbtasks.Job(state.name).result() == [3 * x for x in range(25, 35)]
+
+
+def test_your_modules_count_as_their_files_all_the_way_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Workers import your modules by name, so they run the files: an edit on disk counts
+    # even before this process reloads anything, and through every module reached.
+    import importlib
+    import uuid
+
+    tag = uuid.uuid4().hex[:8]
+    pkg, first, second, third = f"idpkg{tag}", f"idone{tag}", f"idtwo{tag}", f"idthree{tag}"
+    (tmp_path / pkg).mkdir()
+    (tmp_path / pkg / "__init__.py").write_text("from .core import transform\n")
+    (tmp_path / pkg / "core.py").write_text("def transform(x):\n    return x - 1\n")
+    (tmp_path / f"{first}.py").write_text(f"import {second}\ndef via(x):\n    return {second}.g(x)\n")
+    (tmp_path / f"{second}.py").write_text("def g(x):\n    return x + 1000\n")
+    (tmp_path / f"{third}.py").write_text("FACTOR = 4\ndef compute(x):\n    return x * FACTOR\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    package, one = importlib.import_module(pkg), importlib.import_module(first)
+    compute = importlib.import_module(third).compute
+
+    def through_a_package(x: int) -> int:
+        return package.transform(x)
+
+    def through_a_module_that_imports_another(x: int) -> int:
+        return one.via(x)
+
+    def imported_from_a_module(x: int) -> int:
+        return compute(x)
+
+    funcs = (through_a_package, through_a_module_that_imports_another, imported_from_a_module)
+    before = [identity.identify(f).digest for f in funcs]
+    assert [identity.identify(f).digest for f in funcs] == before
+    # Edits of the files only (longer, so that no file time granularity can hide them).
+    (tmp_path / pkg / "core.py").write_text("def transform(x):\n    return x - 5  # edited\n")
+    (tmp_path / f"{second}.py").write_text("def g(x):\n    return x + 2000  # edited\n")
+    (tmp_path / f"{third}.py").write_text("FACTOR = 5  # edited\ndef compute(x):\n    return x * FACTOR\n")
+    after = [identity.identify(f).digest for f in funcs]
+    assert [a != b for a, b in zip(after, before, strict=True)] == [True, True, True]
