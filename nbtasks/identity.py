@@ -237,6 +237,10 @@ class Walker:
             h = hashlib.sha256(_file_form(module).encode())
             for other in _modules_reached(module):
                 h.update(f"{other}={self.module(sys.modules[other])[1]}\n".encode())
+            if codec.shipped(name):  # sent by value: what it holds in memory travels
+                for attr, value in sorted(vars(module).items()):
+                    if not attr.startswith("__") and not isinstance(value, ModuleType):
+                        h.update(attr.encode() + b"=" + self.value(value))
             self.module_memo[name] = h.hexdigest()
         return name, self.module_memo[name]
 
