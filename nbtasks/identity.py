@@ -66,12 +66,12 @@ class Identity:
 
 def identify(func: Callable[..., Any]) -> Identity:
     """The identity of a task function (see the module's docstring)."""
-    walker = Walker()
-    parts = {name: digest.hex()[:16] for name, digest in walker.parts(func)}
+    found = dict(Walker().parts(func))
     h = hashlib.sha256(FORMAT)
-    for name in sorted(parts):
-        h.update(f"{name}={parts[name]}\n".encode())
-    return Identity(h.hexdigest(), parts)
+    for name in sorted(found):
+        h.update(f"{name}=".encode() + found[name] + b"\n")
+    # The parts are kept short: they only say what changed, the digest decides.
+    return Identity(h.hexdigest(), {name: digest.hex()[:16] for name, digest in found.items()})
 
 
 def input_digest(item: Any, walker: Walker | None = None) -> bytes:
@@ -156,7 +156,7 @@ def _distributions() -> dict[str, list[str]]:
 
 
 @functools.lru_cache(maxsize=256)
-def _file_digest(path: str, mtime_ns: int, size: int) -> str:
+def _file_digest(path: str, *stat: int) -> str:  # (cached while the file's stat is the same)
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
@@ -168,7 +168,7 @@ def _file_form(module: ModuleType) -> str:
         return "(no file)"
     try:
         stat = os.stat(file)
-        return _file_digest(file, stat.st_mtime_ns, stat.st_size)
+        return _file_digest(file, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
     except OSError:
         return "(unreadable)"
 
