@@ -239,9 +239,10 @@ def _store_function(
 def _say_changed(name: str, label: str, ident: Identity, meta: dict[str, str], done: int, total: int) -> None:
     """One line: what changed in a named job's function since its last call."""
     before = json.loads(meta["parts"]) if "parts" in meta else None
-    changed = ", ".join(ident.changes(before)) if before is not None else "its function"
     if meta.get("function") not in (None, label):
-        changed = f"another function: {label} instead of {meta['function']}; {changed}"
+        changed = f"another function: {label} instead of {meta['function']}"
+    else:
+        changed = ", ".join(ident.changes(before)) if before is not None else "its function"
     rest = f"; the new code runs the other {total - done}" if done < total else ""
     print(
         f"nbtasks: job '{name}' changed since its last call ({changed}); "

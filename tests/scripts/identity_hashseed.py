@@ -4,8 +4,9 @@ reads) and sets of strings (a global the function reads, and inside every input)
 Prints pmap's results, list(map)'s and how many items pmap executed."""
 
 import json
-import os
 import sys
+
+from tasklog import executions, record
 
 import nbtasks
 
@@ -29,24 +30,14 @@ STOPWORDS = {"the", "a", "an", "of", "to", "in", "and", "or", "is", "it"}
 RULES = Rules(7, {"owl", "cats", "MAT"})
 
 
-def executions():
-    try:
-        with open(log_path) as log:
-            return len(log.read().split())
-    except FileNotFoundError:
-        return 0
-
-
 def work(word):
-    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-    os.write(fd, f"{word.text}\n".encode())
-    os.close(fd)
+    record(log_path, word.text)
     return [word.weight() + RULES.bonus, word.text in STOPWORDS, sorted(word.tags & RULES.banned), sorted(word.tags)]
 
 
 texts = ["the", "cat", "sat", "on", "a", "mat", "and", "it", "is", "of", "an", "owl"]
 items = [Word(t, frozenset({t, t.upper(), t + "s", "a", "the", "or"})) for t in texts]
-before = executions()
+before = executions(log_path)
 results = nbtasks.pmap(work, items, redis=redis_url, processes=1, concurrency=4, progress=False)
-ran = executions() - before
+ran = executions(log_path) - before
 print(json.dumps({"pmap": results, "map": list(map(work, items)), "ran": ran}))

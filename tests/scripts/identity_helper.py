@@ -3,20 +3,13 @@ once, then the helper is redefined (as in a later cell) and the same call made a
 Prints, for each call, pmap's results, list(map)'s and how many items pmap executed."""
 
 import json
-import os
 import sys
+
+from tasklog import executions, record
 
 import nbtasks
 
 redis_url, log_path = sys.argv[1], sys.argv[2]
-
-
-def executions():
-    try:
-        with open(log_path) as log:
-            return len(log.read().split())
-    except FileNotFoundError:
-        return 0
 
 
 def helper(x):
@@ -24,16 +17,14 @@ def helper(x):
 
 
 def work(x):
-    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-    os.write(fd, f"{x}\n".encode())
-    os.close(fd)
+    record(log_path, x)
     return helper(x) * 10
 
 
 def call():
-    before = executions()
+    before = executions(log_path)
     results = nbtasks.pmap(work, range(4), redis=redis_url, processes=1, concurrency=4, progress=False)
-    ran = executions() - before
+    ran = executions(log_path) - before
     return {"pmap": results, "map": list(map(work, range(4))), "ran": ran}
 
 

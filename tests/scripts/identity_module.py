@@ -3,8 +3,9 @@ module: `userhelpers.py` in the folder given, which is not installed. Prints pma
 results, list(map)'s and how many items pmap executed."""
 
 import json
-import os
 import sys
+
+from tasklog import executions, record
 
 import nbtasks
 
@@ -14,22 +15,12 @@ sys.path.insert(0, folder)
 from userhelpers import scale  # noqa: E402
 
 
-def executions():
-    try:
-        with open(log_path) as log:
-            return len(log.read().split())
-    except FileNotFoundError:
-        return 0
-
-
 def work(x):
-    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-    os.write(fd, f"{x}\n".encode())
-    os.close(fd)
+    record(log_path, x)
     return scale(x)
 
 
-before = executions()
+before = executions(log_path)
 results = nbtasks.pmap(work, range(5), redis=redis_url, processes=1, concurrency=4, progress=False)
-ran = executions() - before
+ran = executions(log_path) - before
 print(json.dumps({"pmap": results, "map": list(map(work, range(5))), "ran": ran}))
