@@ -54,8 +54,14 @@ def test_a_frozen_worker_gives_its_items_back_and_its_late_results_change_nothin
     job = nbtasks.pmap(tagged, range(800), name="frozen", background=True, concurrency=10, progress=False)
     wait_until(lambda: job.counts().done >= 100 and len(worker_pids("frozen")) == 2, 60, "progress")
     victim = worker_pids("frozen")[0]
-    os.kill(victim, signal.SIGSTOP)
-    held = [int(i) for i in r.hkeys(JobKeys("frozen").claims(_wid_of(victim)))]
+    claims = JobKeys("frozen").claims(_wid_of(victim))
+    for _ in range(50):  # stop it while it holds items (between two claims it holds none)
+        os.kill(victim, signal.SIGSTOP)
+        held = [int(i) for i in r.hkeys(claims)]
+        if held:
+            break
+        os.kill(victim, signal.SIGCONT)
+        wait_until(lambda: r.exists(claims), 30, "the worker to claim again")
     try:
         # Its items go back and are recorded by others while it sleeps...
         wait_until(lambda: all(r.getbit(JobKeys("frozen").done, i) for i in held), 60, "its items, done elsewhere")
