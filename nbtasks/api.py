@@ -196,7 +196,8 @@ class Job:
     def __init__(self, name: str, *, redis: str | redis.Redis | None = None) -> None:
         self._attach(connect(redis if redis is not None else settings().redis_url), name)
 
-    def _attach(self, store: Store, name: str) -> None:
+    def _attach(self, store: Store, name: str, spec: JobSpec | None = None) -> None:
+        """Attach to the job's current list, or to the call of `spec`."""
         self._store = store
         meta = store.meta(name)
         if not meta:
@@ -204,7 +205,7 @@ class Job:
                 f"No job named {name!r} at {safe_url(store.url)}; nbtasks.jobs() (or `nbtasks jobs`) lists them."
             )
         self.name = name
-        self._spec = JobSpec.of(store, name, meta)
+        self._spec = spec if spec is not None else JobSpec.of(store, name, meta)
         self.total = self._spec.total
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -214,11 +215,11 @@ class Job:
     @classmethod
     def _start(cls, store: Store, spec: JobSpec, cfg: Settings, progress: bool) -> Job:
         """The job of `spec`, run in the background by this process unless finished."""
-        current = _background.get((store.url, spec.name))
+        current = _background.get((store.url, spec.name, spec.list_digest))
         if current is not None and current._running_here():
             return current  # the same cell again while it runs: one run is enough
         handle = cls.__new__(cls)
-        handle._attach(store, spec.name)
+        handle._attach(store, spec.name, spec)  # this call's list, whatever list comes next
         if not spec.finished:
             handle._run(cfg, progress)
         return handle
@@ -236,7 +237,7 @@ class Job:
         self._stop, self._error = threading.Event(), None
         self._thread = threading.Thread(target=self._follow, args=(run,), name=f"nbtasks {self.name}", daemon=True)
         self._thread.start()
-        _background[(self._store.url, self.name)] = self
+        _background[(self._store.url, self.name, spec.list_digest)] = self
 
     def _follow(self, run: Run) -> None:
         try:
@@ -315,7 +316,7 @@ class Job:
         Dashboard(self._store, [self.name]).show()
 
 
-_background: dict[tuple[str, str], Job] = {}  # runs this process drives, by (url, job)
+_background: dict[tuple[str, str, str], Job] = {}  # runs this process drives, by (url, job, list)
 
 
 @atexit.register

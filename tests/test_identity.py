@@ -10,6 +10,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from functools import partial
@@ -473,3 +474,18 @@ def test_your_modules_count_as_their_files_all_the_way_down(tmp_path: Path, monk
     (tmp_path / f"{third}.py").write_text("FACTOR = 5  # edited\ndef compute(x):\n    return x * FACTOR\n")
     after = [identity.identify(f).digest for f in funcs]
     assert [a != b for a, b in zip(after, before, strict=True)] == [True, True, True]
+
+
+def test_two_background_calls_of_one_function_on_other_lists_each_get_their_own(r: redis.Redis) -> None:
+    # One function is one job, so the two calls share it: the second takes the run over,
+    # the first resumes after it, and each handle gathers its own list.
+    def slow(x: int) -> int:
+        time.sleep(0.01)
+        return x * 10
+
+    first = nbtasks.pmap(slow, range(0, 200), background=True, processes=1, concurrency=10, progress=False)
+    second = nbtasks.pmap(slow, range(1000, 1200), background=True, processes=1, concurrency=10, progress=False)
+    assert first is not second
+    assert second.result(timeout=100) == [x * 10 for x in range(1000, 1200)]
+    assert first.result(timeout=100) == [x * 10 for x in range(200)]
+    assert nbtasks.pmap(slow, range(0, 200), processes=1, progress=False) == [x * 10 for x in range(200)]
