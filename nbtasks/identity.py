@@ -372,11 +372,20 @@ class _Overrides:
             return _ref, ("code", self.walker.code(obj))
         if isinstance(obj, MappingProxyType):
             return _ref, ("mappingproxy", dict(obj))
-        wrapped = getattr(obj, "__dict__", {}).get("__wrapped__") if callable(obj) else None
+        if callable(obj):
+            return self._callable(obj)
+        return NotImplemented
+
+    def _callable(self, obj: Any) -> Any:
+        wrapped = getattr(obj, "__dict__", {}).get("__wrapped__")
         if isinstance(wrapped, FunctionType) and _is_user_code(wrapped):
             # A decorated function of yours (functools.lru_cache, say) would pickle by
             # name alone: its code counts.
             return _ref, ("wrapper", type(obj).__qualname__, self.walker.function(wrapped))
+        module = getattr(obj, "__module__", None)
+        if isinstance(module, str) and not is_user_module(module) and _importable(obj):
+            # A library's callable that pickles by name (a numpy ufunc): its version counts.
+            return _ref, ("library callable", module, obj.__qualname__, version(module))
         return NotImplemented
 
     def _code(self, obj: FunctionType | type) -> tuple[Callable[..., None], tuple[Any, ...]]:

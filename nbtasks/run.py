@@ -157,11 +157,12 @@ class Run:
             return False
         if self.store.settled(name, self.spec.indices) >= total:
             return True
-        if counts.settled < total:
-            return False
+        if counts.settled < total or counts.owner != "us":
+            return False  # (another caller's counters count its own list, not ours)
         # The counters say done but the bitmap disagrees (the server lost its last
         # second of writes): queue what is missing again rather than report holes.
         self.store.begin_run(name, self.token, self.spec.indices, self.ttl, resume=True)
+        supervisor.top_up()
         return False
 
     def _in_outage(self, exc: Exception, pause: float) -> float:
