@@ -139,20 +139,21 @@ def _unnamed(store: Store, func: Callable[..., Any], ident: Identity) -> tuple[s
 
 def _index(store: Store, name: str, items: list[Any], digests: bytes) -> array[int]:
     """The index in the job of each item (`digests`: theirs, end to end), storing those
-    the job does not hold yet (each distinct one once), in batches."""
-    positions = array("I")
-    added: dict[bytes, int] = {}  # digests this call stored: equal inputs later in the list share them
-    size = identity.INPUT_DIGEST
-    for start in range(0, len(items), BATCH):
-        batch = [digests[i * size : (i + 1) * size] for i in range(start, min(start + BATCH, len(items)))]
-        found = store.lookup(name, batch)
-        new: dict[bytes, bytes] = {}
-        for offset, (digest, index) in enumerate(zip(batch, found, strict=True)):
-            if index is None and digest not in added and digest not in new:
-                new[digest] = codec.dump_input(items[start + offset], start + offset)
-        added.update(zip(new, store.add_inputs(name, list(new.items())), strict=True))
-        positions.extend(index if index is not None else added[d] for d, index in zip(batch, found, strict=True))
-    return positions
+    the job does not hold yet, each distinct one once."""
+    size, count = identity.INPUT_DIGEST, len(items)
+    found = array("q")  # the index of each item the job holds already, else -1
+    for start in range(0, count, BATCH):
+        chunk = [digests[i * size : (i + 1) * size] for i in range(start, min(start + BATCH, count))]
+        found.extend(-1 if index is None else index for index in store.lookup(name, chunk))
+    new: dict[bytes, int] = {}  # digest -> where it first stands, for the inputs to store
+    for i in range(count):
+        if found[i] < 0:
+            new.setdefault(digests[i * size : (i + 1) * size], i)
+    firsts = list(new.values())
+    stored = store.add_inputs(name, list(new), lambda j: codec.dump_input(items[firsts[j]], firsts[j]))
+    for digest, index in zip(new, stored, strict=True):
+        new[digest] = index
+    return array("I", (f if f >= 0 else new[digests[i * size : (i + 1) * size]] for i, f in enumerate(found)))
 
 
 def _digests(items: list[Any]) -> bytearray:

@@ -190,23 +190,101 @@ redis.call('HSET', KEYS[1], 'done', done, 'failed', failed, 'running', 0)
 return {done, failed}
 """
 
-# KEYS index inputs   ARGV per input: digest index entry payload
-# Store inputs not held yet: the payload at its index, then the digest pointing to it
-# (`entry`: the index, signed with a secret). An input that is held already (another
-# caller stored it meanwhile) keeps its index. Returns each input's entry.
-ADD = """
-local out = {}
-for i = 1, #ARGV, 4 do
-  local entry = redis.call('HGET', KEYS[1], ARGV[i])
-  if not entry then
-    entry = ARGV[i + 2]
-    redis.call('HSET', KEYS[2], ARGV[i + 1], ARGV[i + 3])
-    redis.call('HSET', KEYS[1], ARGV[i], entry)
-  end
-  out[#out + 1] = entry
+# The index (an input's digest -> its index) is spread over small hashes, so that each
+# stays in Redis's compact encoding (about 25 bytes an entry rather than 80): linear
+# hashing on the digest's first 4 bytes, growing one bucket at a time. `ix_level` and
+# `ix_split` in the job's meta say where a digest lives; every key is under the job's
+# hash tag (ARGV[1] is the buckets' prefix).
+_BUCKET = """
+local function bucket(digest, level, split)
+  local a, b, c, d = string.byte(digest, 1, 4)
+  local h = ((a * 256 + b) * 256 + c) * 256 + d
+  local at = h % (2 ^ level)
+  if at < split then at = h % (2 ^ (level + 1)) end
+  return at
 end
+local level, split = 0, 0
+do
+  local found = redis.call('HMGET', KEYS[1], 'ix_level', 'ix_split')
+  level, split = tonumber(found[1]) or 0, tonumber(found[2]) or 0
+end
+"""
+# (store.lookup computes the same address in Python.)
+INDEX_LOAD = 40  # entries per bucket on average: well under the compact encoding's 128
+
+# KEYS meta   ARGV count level split
+# An empty index is laid out by the caller that claims it here, at the level and split
+# of `count` entries (see store.add_inputs). 1 if claimed.
+CLAIM_INDEX = """
+if redis.call('HEXISTS', KEYS[1], 'ix_count') == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'ix_count', ARGV[1], 'ix_level', ARGV[2], 'ix_split', ARGV[3])
+return 1
+"""
+
+# KEYS meta inputs   ARGV prefix, then per input: digest index entry payload
+# Store inputs not held yet: the payload at its index (none for ''), then the digest
+# pointing to it (`entry`: the index, signed with a secret). An input held already
+# (another caller stored it meanwhile) keeps its index. Returns each input's entry.
+# Buckets split first, as if every input were new, so that the new entries land in
+# buckets of INDEX_LOAD entries on average and no bucket ever gets large.
+ADD = (
+    _BUCKET
+    + f"""
+local count = tonumber(redis.call('HGET', KEYS[1], 'ix_count')) or 0
+while count + (#ARGV - 1) / 4 > {INDEX_LOAD} * (2 ^ level + split) do
+  local from, to = ARGV[1] .. split, ARGV[1] .. (split + 2 ^ level)
+  local all, moved, names = redis.call('HGETALL', from), {{}}, {{}}
+  for j = 1, #all, 2 do
+    if bucket(all[j], level + 1, 0) ~= split then
+      moved[#moved + 1], moved[#moved + 2] = all[j], all[j + 1]
+      names[#names + 1] = all[j]
+    end
+  end
+  if #names > 0 then
+    redis.call('HSET', to, unpack(moved))
+    redis.call('HDEL', from, unpack(names))
+  end
+  split = split + 1
+  if split == 2 ^ level then level, split = level + 1, 0 end
+end
+-- The inputs by bucket (the first of equal digests only), looked up a bucket at a time.
+local groups, order, first = {{}}, {{}}, {{}}
+for i = 2, #ARGV, 4 do
+  if not first[ARGV[i]] then
+    first[ARGV[i]] = i
+    local key = ARGV[1] .. bucket(ARGV[i], level, split)
+    if not groups[key] then groups[key] = {{}}; order[#order + 1] = key end
+    local group = groups[key]
+    group[#group + 1] = i
+  end
+end
+local entries, inputs = {{}}, {{}}
+for _, key in ipairs(order) do
+  local group, names = groups[key], {{}}
+  for n, i in ipairs(group) do names[n] = ARGV[i] end
+  local held, fields = redis.call('HMGET', key, unpack(names)), {{}}
+  for n, i in ipairs(group) do
+    if held[n] then
+      entries[ARGV[i]] = held[n]
+    else
+      entries[ARGV[i]] = ARGV[i + 2]
+      fields[#fields + 1], fields[#fields + 2] = ARGV[i], ARGV[i + 2]
+      if ARGV[i + 3] ~= '' then inputs[#inputs + 1], inputs[#inputs + 2] = ARGV[i + 1], ARGV[i + 3] end
+      count = count + 1
+    end
+  end
+  if #fields > 0 then redis.call('HSET', key, unpack(fields)) end
+end
+for at = 1, #inputs, 1000 do
+  redis.call('HSET', KEYS[2], unpack(inputs, at, math.min(at + 999, #inputs)))
+end
+local out = {{}}
+for i = 2, #ARGV, 4 do out[#out + 1] = entries[ARGV[i]] end
+redis.call('HSET', KEYS[1], 'ix_level', level, 'ix_split', split, 'ix_count', count)
 return out
 """
+)
+
 
 # KEYS owner cancel meta   ARGV token now
 # Release the job if it is still ours: its workers see the owner gone and leave.

@@ -7,7 +7,7 @@ Cluster and the Lua scripts below may touch several of its keys.
     nbtasks:{job}:meta           hash   format, size, total, list, ready, func label and digests
     nbtasks:{job}:func           string the pickled function, stored again at every run
     nbtasks:{job}:inputs         hash   index -> pickled input (each distinct input once)
-    nbtasks:{job}:index          hash   digest of an input's value -> its index
+    nbtasks:{job}:index:<n>      hash   digest of an input's value -> its index, in buckets (see lua.ADD)
     nbtasks:{job}:views          hash   digest of a call's list -> the index of each of its items
     nbtasks:{job}:complete       set    digests of lists whose every item has a result
     nbtasks:{job}:queue          list   indices waiting for a worker
@@ -95,7 +95,7 @@ class Counts:
 
 
 PARTS = (
-    "meta", "func", "inputs", "index", "views", "complete", "queue", "workers", "done", "results", "failures",
+    "meta", "func", "inputs", "views", "complete", "queue", "workers", "done", "results", "failures",
     "attempts", "history", "delayed", "deaths", "rate", "counts", "owner", "cancel", "fatal", "finished", "refused",
 )  # fmt: skip
 RUN_STATE = ("queue", "failures", "attempts", "history", "delayed", "deaths", "fatal", "cancel", "finished", "refused")
@@ -114,7 +114,6 @@ class JobKeys:
     meta: str
     func: str
     inputs: str
-    index: str
     views: str
     complete: str
     queue: str
@@ -140,10 +139,16 @@ class JobKeys:
     def alive(self, wid: str) -> str:
         return f"{self.prefix}alive:{wid}"
 
-    def all(self, wids: Iterable[bytes]) -> list[str]:
-        """Every key of the job, given the ids of its workers."""
+    @property
+    def index(self) -> str:
+        """The prefix of the index's buckets: ``index:0``, ``index:1``..."""
+        return f"{self.prefix}index:"
+
+    def all(self, wids: Iterable[bytes], buckets: int = 0) -> list[str]:
+        """Every key of the job, given the ids of its workers and its index's buckets."""
         per_worker = [key for w in wids for key in (self.claims(w.decode()), self.alive(w.decode()))]
-        return [self.prefix + part for part in PARTS] + per_worker
+        index = [f"{self.index}{b}" for b in range(buckets)]
+        return [self.prefix + part for part in PARTS] + per_worker + index
 
 
 def pending_indices(bitmap: bytes, total: int) -> Iterator[int]:
@@ -193,18 +198,37 @@ def _batches(items: Iterable[Any], size: int) -> Iterator[tuple[int, list[Any]]]
         yield offset, batch
 
 
-def _byte_batches(entries: list[tuple[bytes, bytes]]) -> Iterator[list[tuple[bytes, bytes]]]:
-    """Batches of (digest, payload) of at most BATCH entries and about BATCH_BYTES."""
-    batch: list[tuple[bytes, bytes]] = []
-    size = 0
-    for entry in entries:
-        if batch and (len(batch) == BATCH or size + len(entry[1]) > BATCH_BYTES):
-            yield batch
-            batch, size = [], 0
-        batch.append(entry)
-        size += len(entry[1])
+def _index_shape(count: int) -> tuple[int, int]:
+    """The level and split of an index that holds `count` entries at its load (lua.ADD)."""
+    buckets = max(1, -(-count // lua.INDEX_LOAD))
+    level = buckets.bit_length() - 1
+    return level, buckets - (1 << level)
+
+
+def _by_bucket(digests: list[bytes], level: int, split: int) -> dict[int, list[int]]:
+    """The positions of `digests` by the index bucket each lives in (as lua.ADD places them)."""
+    buckets: dict[int, list[int]] = {}
+    for i, digest in enumerate(digests):
+        h = int.from_bytes(digest[:4], "big")
+        at = h % (1 << level)
+        buckets.setdefault(h % (2 << level) if at < split else at, []).append(i)
+    return buckets
+
+
+def _byte_batches(count: int, payload: Callable[[int], bytes]) -> Iterator[tuple[int, list[bytes]]]:
+    """(first position, payloads) of the `count` payloads, made as they are needed, in
+    batches of at most BATCH and about BATCH_BYTES."""
+    batch: list[bytes] = []
+    size = start = 0
+    for i in range(count):
+        data = payload(i)
+        if batch and (len(batch) == BATCH or size + len(data) > BATCH_BYTES):
+            yield start, batch
+            batch, size, start = [], 0, i
+        batch.append(data)
+        size += len(data)
     if batch:
-        yield batch
+        yield start, batch
 
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
@@ -230,6 +254,7 @@ class Store:
         self._release = client.register_script(lua.RELEASE)
         self._grow = client.register_script(lua.GROW)
         self._add = client.register_script(lua.ADD)
+        self._claim_index = client.register_script(lua.CLAIM_INDEX)
         self._set_counts = client.register_script(lua.SET_COUNTS)
 
     @classmethod
@@ -284,27 +309,64 @@ class Store:
         """The index of each input (by the digest of its value) the job holds, else None."""
         if not digests:
             return []
+        k = self.keys[job]
+        level, split, count = self.client.hmget(k.meta, "ix_level", "ix_split", "ix_count")
+        if not count:
+            return [None] * len(digests)  # a job with no inputs yet
+        # Each digest's bucket, as lua.ADD places it. Should a bucket split meanwhile, a
+        # digest is not found here and ADD finds it: never two indices for one input.
+        buckets = _by_bucket(digests, int(level or 0), int(split or 0))
+        entries: list[bytes | None] = [None] * len(digests)
         pipe = self.client.pipeline(transaction=False)
-        for chunk in _chunks(digests, 1000):
-            pipe.hmget(self.keys[job].index, chunk)
-        entries = [entry for reply in pipe.execute() for entry in reply]
+        for at, positions in buckets.items():
+            pipe.hmget(f"{k.index}{at}", [digests[i] for i in positions])
+        for positions, found in zip(buckets.values(), pipe.execute(), strict=True):
+            for i, entry in zip(positions, found, strict=True):
+                entries[i] = entry
         return [self._index_of(job, d, e) if e is not None else None for d, e in zip(digests, entries, strict=True)]
 
-    def add_inputs(self, job: str, entries: list[tuple[bytes, bytes]]) -> list[int]:
-        """Store new inputs (digest, payload); the index of each. One that another
-        caller stored meanwhile keeps the index it got there."""
+    def add_inputs(self, job: str, digests: list[bytes], payload: Callable[[int], bytes]) -> list[int]:
+        """Store new inputs, given their digests and how to serialize the i-th (called as
+        they are stored, so that they are never all in memory); the index of each. One
+        that another caller stored meanwhile keeps the index it got there."""
         k = self.keys[job]
+        # The first inputs of a job need no look-up and no split: the index is laid out
+        # at its final size in one go (lua.ADD would take five times longer).
+        level, split = _index_shape(len(digests))
+        if self._claim_index(keys=[k.meta], args=[len(digests), level, split]) == 1:
+            return self._lay_out(job, digests, payload, level, split)
         sign = self.signer.sign
         out: list[int] = []
-        for batch in _byte_batches(entries):
+        for start, batch in _byte_batches(len(digests), payload):
             first = int(self.client.hincrby(k.meta, "size", len(batch))) - len(batch)
             args: list[bytes | int] = []
-            for offset, (digest, payload) in enumerate(batch):
-                index = first + offset
-                args += (digest, index, self._index_entry(job, digest, index), sign(job, index, INPUT, payload))
-            held = self._add(keys=[k.index, k.inputs], args=args)
-            out += [self._index_of(job, d, e) for (d, _), e in zip(batch, held, strict=True)]
+            for offset, data in enumerate(batch):
+                index, digest = first + offset, digests[start + offset]
+                args += (digest, index, self._index_entry(job, digest, index), sign(job, index, INPUT, data))
+            held = self._add(keys=[k.meta, k.inputs], args=[k.index, *args])
+            mine = digests[start : start + len(batch)]
+            out += [self._index_of(job, d, e) for d, e in zip(mine, held, strict=True)]
         return out
+
+    def _lay_out(
+        self, job: str, digests: list[bytes], payload: Callable[[int], bytes], level: int, split: int
+    ) -> list[int]:
+        """Store a new job's first inputs and their index entries, without looking: the
+        inputs in batches, then each bucket of the index in one command."""
+        k, sign = self.keys[job], self.signer.sign
+        first = int(self.client.hincrby(k.meta, "size", len(digests))) - len(digests)
+        pipe = self.client.pipeline(transaction=False)
+        for start, batch in _byte_batches(len(digests), payload):
+            at = first + start
+            pipe.hset(k.inputs, mapping={at + i: sign(job, at + i, INPUT, data) for i, data in enumerate(batch)})
+            pipe.execute()
+        for bucket, offsets in _by_bucket(digests, level, split).items():
+            fields = {digests[i]: self._index_entry(job, digests[i], first + i) for i in offsets}
+            pipe.hset(f"{k.index}{bucket}", mapping=fields)
+            if len(pipe) >= 1000:
+                pipe.execute()
+        pipe.execute()
+        return list(range(first, first + len(digests)))
 
     def _index_entry(self, job: str, digest: bytes, index: int) -> bytes:
         """What the index holds for an input: its index, and with a secret a signature
@@ -323,9 +385,12 @@ class Store:
 
     def index_inputs(self, job: str, entries: dict[bytes, int]) -> None:
         """Note the digests of inputs stored by an earlier nbtasks (see job.upgrade)."""
-        if entries:
-            mapping = {digest: self._index_entry(job, digest, index) for digest, index in entries.items()}
-            self.client.hset(self.keys[job].index, mapping=mapping)
+        k = self.keys[job]
+        args: list[bytes | int] = []
+        for digest, index in entries.items():
+            args += (digest, index, self._index_entry(job, digest, index), b"")
+        for start in range(0, len(args), 4 * BATCH):
+            self._add(keys=[k.meta, k.inputs], args=[k.index, *args[start : start + 4 * BATCH]])
 
     def upgraded(self, job: str, size: int) -> None:
         self.client.hset(self.keys[job].meta, mapping={"size": size, "format": FORMAT})
@@ -421,7 +486,9 @@ class Store:
 
     def delete(self, job: str) -> None:
         k = self.keys[job]
-        self.client.delete(*k.all(self.client.smembers(k.workers)))
+        level, split = self.client.hmget(k.meta, "ix_level", "ix_split")
+        buckets = 2 ** int(level or 0) + int(split or 0)
+        self.client.delete(*k.all(self.client.smembers(k.workers), buckets))
         self.client.srem(REGISTRY, job)
 
     # -- one run ---------------------------------------------------------------

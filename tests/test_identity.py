@@ -489,3 +489,23 @@ def test_two_background_calls_of_one_function_on_other_lists_each_get_their_own(
     assert second.result(timeout=100) == [x * 10 for x in range(1000, 1200)]
     assert first.result(timeout=100) == [x * 10 for x in range(200)]
     assert nbtasks.pmap(slow, range(0, 200), processes=1, progress=False) == [x * 10 for x in range(200)]
+
+
+def test_the_index_grows_in_small_buckets_and_finds_every_input(r: redis.Redis, tmp_path: Path) -> None:
+    log = tmp_path / "log"
+
+    def f(x: int) -> int:
+        record(log, x)
+        return -x
+
+    for upto, expected in ((10, 10), (3000, 2990), (6000, 3000)):
+        results, ran = run(log, f, range(upto))
+        assert results == [-x for x in range(upto)] and sum(ran.values()) == expected
+    shuffled = random.Random(3).sample(range(6000), 6000)
+    results, ran = run(log, f, shuffled)
+    assert results == [-x for x in shuffled] and not ran  # every input found again through the index
+    (state,) = nbtasks.jobs()
+    keys = JobKeys(state.name)
+    sizes = [r.hlen(key) for key in r.scan_iter(match=keys.index + "*")]
+    assert sum(sizes) == 6000 == int(r.hget(keys.meta, "ix_count"))
+    assert max(sizes) <= 128  # each stays in Redis's compact encoding

@@ -21,7 +21,7 @@ def failed(index: int, exc: Exception, kind: str = "0") -> Outcome:
 def make_job(store: Store, job: str, n: int) -> str:
     token = "t" * 32
     store.define(job, {"total": n}, codec.dump_function(abs))
-    indices = store.add_inputs(job, [(i.to_bytes(16, "little"), codec.dump(i)) for i in range(n)])
+    indices = store.add_inputs(job, [i.to_bytes(16, "little") for i in range(n)], codec.dump)
     assert indices == list(range(n))
     store.begin_run(job, token, range(n), ttl=60)
     return token

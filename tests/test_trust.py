@@ -122,15 +122,16 @@ def test_an_input_pointed_at_another_inputs_result_or_a_moved_list_is_refused(r:
     nbtasks.pmap(square, range(10), name="mapped", progress=False)
     nbtasks.pmap(square, range(5), name="mapped", progress=False)
     keys = JobKeys("mapped")
-    index, views = r.hgetall(keys.index), r.hgetall(keys.views)
+    where = {digest: key for key in r.scan_iter(match=keys.index + "*") for digest in r.hkeys(key)}
+    index, views = {d: r.hget(key, d) for d, key in where.items()}, r.hgetall(keys.views)
     assert len(index) == 10 and len(views) == 2
     # The index says which stored result belongs to an input: point one at another's.
     first, second = sorted(index)[:2]
-    r.hset(keys.index, first, index[second])
+    r.hset(where[first], first, index[second])
     r.delete(keys.views)  # (so that the lists are looked up input by input again)
     with pytest.raises(nbtasks.PayloadRejected, match="index entry was made for another input"):
         nbtasks.pmap(square, range(10), name="mapped", progress=False)
-    r.hset(keys.index, first, index[first])
+    r.hset(where[first], first, index[first])
     # A list's view swapped with another list's, then a flipped bit.
     (a, view_a), (b, view_b) = views.items()
     r.hset(keys.views, mapping={a: view_b, b: view_a})
