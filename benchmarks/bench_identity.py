@@ -70,40 +70,57 @@ def floor(url: str, job: str, n: int) -> Callable[[], object]:
     return read
 
 
-AGAIN = """
-import time, nbtasks, numpy as np
+# The measures taken with the code under test and, with --against, with an earlier commit.
+MEASURES = """
+import time, nbtasks, numpy as np, redis
 from nbtasks.server import TemporaryServer
 big = np.zeros(25_000_000)
 def noop(x):
     return x
 def pick(i):
     return float(big[i])
-def again(func, items, url):
-    nbtasks.pmap(func, items, redis=url, progress=False)
+def best(call):
     times = []
     for _ in range({repeat}):
         start = time.perf_counter()
-        nbtasks.pmap(func, items, redis=url, progress=False)
+        call()
         times.append(time.perf_counter() - start)
     return min(times)
+def again(func, items, url):
+    nbtasks.pmap(func, items, redis=url, progress=False)
+    return best(lambda: nbtasks.pmap(func, items, redis=url, progress=False))
+def memory(url):
+    client = redis.Redis.from_url(url)
+    before = client.info("memory")["used_memory"]
+    nbtasks.pmap(noop, range(200_000), redis=url, progress=False)
+    return (client.info("memory")["used_memory"] - before) / 200_000
 with TemporaryServer() as url:
-    print(again(noop, list(range({n})), url), again(pick, list(range(10)), url))
+    items = list(range({n}))
+    first = best(lambda: nbtasks.pmap(noop, items, redis=url, fresh=True, progress=False))
+    print(again(noop, items, url), again(pick, list(range(10)), url), first)
+with TemporaryServer() as url:
+    print(memory(url))
 """
 
 
-def again_at(ref: str, n: int, repeat: int) -> tuple[float, float]:
-    """The same calls again (100,000 items; the 200 MB array) with nbtasks as it was
-    at `ref` (a git worktree)."""
+def measures_at(ref: str | None, n: int, repeat: int) -> list[float]:
+    """The same call again (n items; the 200 MB array), a first call of n new items and
+    the Redis memory per finished item, in a process of its own: with the code here, or
+    with nbtasks as it was at `ref` (a git worktree)."""
+    if ref is None:
+        out = subprocess.run(
+            [sys.executable, "-c", MEASURES.format(n=n, repeat=repeat)], capture_output=True, text=True, check=True
+        )
+        return [float(x) for x in out.stdout.split()]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with tempfile.TemporaryDirectory(prefix="nbtasks-ref-") as tmp:
         tree = os.path.join(tmp, "tree")
         subprocess.run(["git", "-C", root, "worktree", "add", "-q", "--detach", tree, ref], check=True)
         try:
             env = {**os.environ, "PYTHONPATH": tree}
-            code = AGAIN.format(n=n, repeat=repeat)
+            code = MEASURES.format(n=n, repeat=repeat)
             out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-            items, array = out.stdout.split()
-            return float(items), float(array)
+            return [float(x) for x in out.stdout.split()]
         finally:
             subprocess.run(["git", "-C", root, "worktree", "remove", "--force", tree], check=True)
 
@@ -132,7 +149,8 @@ def main() -> None:
             (what, "  of which identity (function + list)", ident, f"{100 * ident / (again - ident):.1f} % added"),
             (what, "pmap, the same inputs shuffled", other_order, f"{other_order / read:.2f}x"),
         ]
-        old = again_at(args.against, n, repeat) if args.against else None
+        new = measures_at(None, n, repeat)
+        old = measures_at(args.against, n, repeat) if args.against else None
         if old is not None:
             rows.append((what, f"pmap, the same call again, at {args.against[:12]}", old[0], f"{again / old[0]:.2f}x"))
 
@@ -148,9 +166,15 @@ def main() -> None:
         ]
         if old is not None:
             rows.append((what, f"pmap, the same call again, at {args.against[:12]}", old[1], f"{call / old[1]:.2f}x"))
+    what = f"{n:,} new items"
+    rows.append((what, "pmap, a first call (workers warm)", new[2], "1.00x"))
+    if old is not None:
+        rows.append((what, f"pmap, a first call, at {args.against[:12]}", old[2], f"{new[2] / old[2]:.2f}x"))
     print(f"\n{'workload':24} {'':46} {'best s':>8}  ratio (to the first row of the workload; 'at REF': new / old)")
     for workload, tool, seconds, ratio in rows:
         print(f"{workload:24} {tool:46} {seconds:8.3f}  {ratio}")
+    against = f"; at {args.against[:12]}: {old[3]:.0f}" if old is not None else ""
+    print(f"\nRedis memory per finished item of a 200,000-int job: {new[3]:.0f} bytes{against}")
 
 
 if __name__ == "__main__":
