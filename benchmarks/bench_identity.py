@@ -107,22 +107,32 @@ def measures_at(ref: str | None, n: int, repeat: int) -> list[float]:
     """The same call again (n items; the 200 MB array), a first call of n new items and
     the Redis memory per finished item, in a process of its own: with the code here, or
     with nbtasks as it was at `ref` (a git worktree)."""
+    code = MEASURES.format(n=n, repeat=repeat)
     if ref is None:
-        out = subprocess.run(
-            [sys.executable, "-c", MEASURES.format(n=n, repeat=repeat)], capture_output=True, text=True, check=True
-        )
-        return [float(x) for x in out.stdout.split()]
+        return _measure(code, {})
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with tempfile.TemporaryDirectory(prefix="nbtasks-ref-") as tmp:
         tree = os.path.join(tmp, "tree")
         subprocess.run(["git", "-C", root, "worktree", "add", "-q", "--detach", tree, ref], check=True)
         try:
-            env = {**os.environ, "PYTHONPATH": tree}
-            code = MEASURES.format(n=n, repeat=repeat)
-            out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-            return [float(x) for x in out.stdout.split()]
+            return _measure(code, {"PYTHONPATH": tree})
         finally:
             subprocess.run(["git", "-C", root, "worktree", "remove", "--force", tree], check=True)
+
+
+def _measure(code: str, env: dict[str, str]) -> list[float]:
+    # Run from a folder of its own: `python -c` puts the working folder first on the
+    # import path, where a checkout's own nbtasks would shadow the one under test.
+    with tempfile.TemporaryDirectory(prefix="nbtasks-measure-") as here:
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, **env},
+            cwd=here,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    return [float(x) for x in out.stdout.split()]
 
 
 def main() -> None:
