@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 import linecache
 import os
 import pickle
@@ -159,21 +157,6 @@ def func_label(func: Callable[..., Any]) -> str:
     """The readable first part of an automatic job name."""
     name = getattr(func, "__qualname__", None) or type(func).__name__
     return name.replace("<locals>.", "").replace("<lambda>", "lambda").replace("<", "").replace(">", "")
-
-
-def func_digest(func: Callable[..., Any], payload: bytes) -> str:
-    """A hash of what the function does: its module, name and source when known.
-
-    The source is the stable part (bytes of a pickle may vary between runs); without
-    source (builtins, some C callables) the serialized payload stands in.
-    """
-    h = hashlib.sha256()
-    h.update(f"{getattr(func, '__module__', '')}:{getattr(func, '__qualname__', '')}\n".encode())
-    try:
-        h.update(inspect.getsource(func).encode())
-    except (OSError, TypeError):
-        h.update(payload)
-    return h.hexdigest()
 
 
 def failure_payload(exc: BaseException) -> bytes:
