@@ -329,6 +329,8 @@ class Store:
         """Store new inputs, given their digests and how to serialize the i-th (called as
         they are stored, so that they are never all in memory); the index of each. One
         that another caller stored meanwhile keeps the index it got there."""
+        if not digests:
+            return []
         k = self.keys[job]
         # The first inputs of a job need no look-up and no split: the index is laid out
         # at its final size in one go (lua.ADD would take five times longer).
