@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
@@ -18,6 +18,7 @@ from .store import BATCH, Store
 from .store import FORMAT as STORE_FORMAT
 
 MAX_NAME = 200
+INDEX_BATCH = 25_000  # inputs digested, looked up and stored at a time (about 20 MB of bookkeeping)
 
 
 @dataclass(frozen=True)
@@ -34,10 +35,11 @@ class JobSpec:
 
     @cached_property
     def indices(self) -> Sequence[int]:
-        """The call's distinct inputs, in order of first appearance: what a run runs."""
+        """The call's distinct inputs, in order of first appearance: what a run runs (a
+        range when they are consecutive, as a new job's are: the store counts those fast)."""
         if isinstance(self.positions, range):
             return self.positions
-        return array("I", dict.fromkeys(self.positions))
+        return distinct(self.positions)
 
     @property
     def total(self) -> int:
@@ -51,6 +53,23 @@ class JobSpec:
         policy = json.loads(meta.get("policy", "{}"))
         spec = cls(name, positions, finished=False, policy=policy)
         return replace(spec, finished=store.done_among(name, spec.indices) >= spec.total)
+
+
+def distinct(positions: Sequence[int]) -> Sequence[int]:
+    """The distinct indices of `positions` in order of first appearance, found with a
+    bitmap (a set of a million ints would take 30 MB); a range when they are consecutive."""
+    if not positions:
+        return range(0)
+    seen = bytearray((max(positions) >> 3) + 1)
+    out = array("I")
+    for i in positions:
+        byte, bit = i >> 3, 1 << (i & 7)
+        if not seen[byte] & bit:
+            seen[byte] |= bit
+            out.append(i)
+    if out[-1] - out[0] == len(out) - 1 and all(b > a for a, b in zip(out, out[1:], strict=False)):
+        return range(out[0], out[-1] + 1)
+    return out
 
 
 def current_positions(store: Store, name: str, meta: dict[str, str]) -> Sequence[int]:
@@ -104,13 +123,13 @@ def define(
         _upgrade(store, name, int(meta.get("total", 0)))
     digest = identity.list_digest(items)
     found = store.view(name, digest) if meta else None
-    digests = bytes(_digests(items)) if found is None else b""  # every input checked before anything is stored
+    head = _digests(items[:INDEX_BATCH]) if found is None else []  # checked before anything is stored
     # A list whose every result is stored runs nothing: no need to store the function
     # (a large captured array would be written again for nothing).
     payload = None if found is not None and found[2] else dump()
     numbers = _store_function(store, name, func, payload, ident, meta, policy, {"inputs": DISTINCT})
     if found is None:
-        spec = JobSpec(name, _index(store, name, items, digests), False, numbers, list_digest=digest)
+        spec = JobSpec(name, _index(store, name, items, head), False, numbers, list_digest=digest)
         store.save_view(name, digest, array("I", spec.positions), spec.total)
         complete = False
     else:
@@ -137,33 +156,84 @@ def _unnamed(store: Store, func: Callable[..., Any], ident: Identity) -> tuple[s
     return name, store.meta(name)
 
 
-def _index(store: Store, name: str, items: list[Any], digests: bytes) -> array[int]:
-    """The index in the job of each item (`digests`: theirs, end to end), storing those
-    the job does not hold yet, each distinct one once."""
-    size, count = identity.INPUT_DIGEST, len(items)
-    found = array("q")  # the index of each item the job holds already, else -1
-    for start in range(0, count, BATCH):
-        chunk = [digests[i * size : (i + 1) * size] for i in range(start, min(start + BATCH, count))]
-        found.extend(-1 if index is None else index for index in store.lookup(name, chunk))
-    new: dict[bytes, int] = {}  # digest -> where it first stands, for the inputs to store
-    for i in range(count):
-        if found[i] < 0:
-            new.setdefault(digests[i * size : (i + 1) * size], i)
-    firsts = list(new.values())
-    stored = store.add_inputs(name, list(new), lambda j: codec.dump_input(items[firsts[j]], firsts[j]))
-    for digest, index in zip(new, stored, strict=True):
-        new[digest] = index
-    return array("I", (f if f >= 0 else new[digests[i * size : (i + 1) * size]] for i, f in enumerate(found)))
+def _index(store: Store, name: str, items: list[Any], head: list[bytes]) -> array[int]:
+    """The index in the job of each item, storing those the job does not hold yet, each
+    distinct one once; a batch at a time, so that no per-item structure but the result
+    is held for the whole list. `head`: the digests of the first batch."""
+    layout = store.claim_index(name, len(items))  # a new job's index, laid out at its size
+    # In a new job, only an input equal to one this call stored already can be found:
+    # a Bloom filter of those says which few to look up.
+    stored_here = _Seen(len(items)) if layout is not None else None
+    positions = array("I")
+    for start in range(0, len(items), INDEX_BATCH):
+        digests = head if start == 0 else _digests(items[start : start + INDEX_BATCH], start)
+        found = _found(store, name, digests, stored_here)
+        new: dict[bytes, int] = {}  # digest -> where it first stands in the batch
+        for offset, (digest, index) in enumerate(zip(digests, found, strict=True)):
+            if index is None:
+                new.setdefault(digest, offset)
+        firsts = [start + offset for offset in new.values()]
+
+        def payload(j: int, firsts: list[int] = firsts) -> bytes:
+            return codec.dump_input(items[firsts[j]], firsts[j])
+
+        if layout is not None and stored_here is not None:
+            stored = store.lay_out(name, list(new), payload, *layout)
+            stored_here.add(new)
+        else:
+            stored = store.add_inputs(name, list(new), payload)
+        added = dict(zip(new, stored, strict=True))
+        positions.extend(index if index is not None else added[d] for d, index in zip(digests, found, strict=True))
+    return positions
 
 
-def _digests(items: list[Any]) -> bytearray:
-    """The digest of every input, end to end (16 bytes each: a million inputs, 16 MB);
-    NotPicklableError for an input nothing can pickle."""
-    out = bytearray()
+def _found(store: Store, name: str, digests: list[bytes], stored_here: _Seen | None) -> list[int | None]:
+    """The index of each digest the job holds (None for the others): all looked up, or,
+    for a new job, only those the filter of this call's inputs may hold."""
+    if stored_here is None:
+        return store.lookup(name, digests)
+    maybe = [i for i, digest in enumerate(digests) if digest in stored_here]
+    found: list[int | None] = [None] * len(digests)
+    for i, index in zip(maybe, store.lookup(name, [digests[i] for i in maybe]), strict=True):
+        found[i] = index
+    return found
+
+
+class _Seen:
+    """A Bloom filter of input digests (10 bits and 3 probes an input: about 1 % of the
+    others look held, and are only looked up for nothing)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.size = max(64, capacity * 10)
+        self.bits = bytearray((self.size + 7) // 8)
+
+    def _probes(self, digest: bytes) -> tuple[int, int, int]:
+        # Digests are uniform: three of their 4-byte words are three independent hashes.
+        size = self.size
+        return (
+            int.from_bytes(digest[4:8], "big") % size,
+            int.from_bytes(digest[8:12], "big") % size,
+            int.from_bytes(digest[12:16], "big") % size,
+        )
+
+    def add(self, digests: Iterable[bytes]) -> None:
+        bits = self.bits
+        for digest in digests:
+            for p in self._probes(digest):
+                bits[p >> 3] |= 1 << (p & 7)
+
+    def __contains__(self, digest: bytes) -> bool:
+        bits = self.bits
+        return all(bits[p >> 3] & (1 << (p & 7)) for p in self._probes(digest))
+
+
+def _digests(items: list[Any], start: int = 0) -> list[bytes]:
+    """The digest of each input; NotPicklableError for one nothing can pickle."""
+    out = []
     walker = identity.Walker()
-    for position, item in enumerate(items):
+    for position, item in enumerate(items, start):
         try:
-            out += identity.input_digest(item, walker)
+            out.append(identity.input_digest(item, walker))
         except identity.Unpicklable:
             codec.dump_input(item, position)  # raises NotPicklableError, naming the item
             raise

@@ -163,6 +163,16 @@ def pending_indices(bitmap: bytes, total: int) -> Iterator[int]:
                 yield base + bit
 
 
+def count_bits(bitmap: bytes, start: int, stop: int) -> int:
+    """How many bits of `bitmap` are set in [start, stop)."""
+    if stop <= start:
+        return 0
+    first, last = start >> 3, (stop + 7) >> 3
+    value = int.from_bytes(bitmap[first:last].ljust(last - first, b"\0"), "big")
+    value >>= (-stop) & 7  # the bits past `stop` in the last byte
+    return (value & ((1 << (stop - start)) - 1)).bit_count()  # and those before `start`
+
+
 def done_bits(bitmap: bytes, indices: Iterable[int]) -> list[bool]:
     """Per index, whether its bit is set in `bitmap`."""
     size = len(bitmap)
@@ -255,6 +265,8 @@ class Store:
         self._grow = client.register_script(lua.GROW)
         self._add = client.register_script(lua.ADD)
         self._claim_index = client.register_script(lua.CLAIM_INDEX)
+        self._read_buckets = client.register_script(lua.READ_BUCKETS)
+        self._write_buckets = client.register_script(lua.WRITE_BUCKETS)
         self._set_counts = client.register_script(lua.SET_COUNTS)
 
     @classmethod
@@ -316,13 +328,14 @@ class Store:
         # Each digest's bucket, as lua.ADD places it. Should a bucket split meanwhile, a
         # digest is not found here and ADD finds it: never two indices for one input.
         buckets = _by_bucket(digests, int(level or 0), int(split or 0))
-        entries: list[bytes | None] = [None] * len(digests)
-        pipe = self.client.pipeline(transaction=False)
+        args: list[str | bytes | int] = [k.index]
         for at, positions in buckets.items():
-            pipe.hmget(f"{k.index}{at}", [digests[i] for i in positions])
-        for positions, found in zip(buckets.values(), pipe.execute(), strict=True):
-            for i, entry in zip(positions, found, strict=True):
-                entries[i] = entry
+            args += (at, len(positions), *(digests[i] for i in positions))
+        entries: list[bytes | None] = [None] * len(digests)
+        found = iter(self._read_buckets(keys=[k.meta], args=args))
+        for positions in buckets.values():
+            for i in positions:
+                entries[i] = next(found)
         return [self._index_of(job, d, e) if e is not None else None for d, e in zip(digests, entries, strict=True)]
 
     def add_inputs(self, job: str, digests: list[bytes], payload: Callable[[int], bytes]) -> list[int]:
@@ -331,13 +344,7 @@ class Store:
         that another caller stored meanwhile keeps the index it got there."""
         if not digests:
             return []
-        k = self.keys[job]
-        # The first inputs of a job need no look-up and no split: the index is laid out
-        # at its final size in one go (lua.ADD would take five times longer).
-        level, split = _index_shape(len(digests))
-        if self._claim_index(keys=[k.meta], args=[len(digests), level, split]) == 1:
-            return self._lay_out(job, digests, payload, level, split)
-        sign = self.signer.sign
+        k, sign = self.keys[job], self.signer.sign
         out: list[int] = []
         for start, batch in _byte_batches(len(digests), payload):
             first = int(self.client.hincrby(k.meta, "size", len(batch))) - len(batch)
@@ -350,11 +357,23 @@ class Store:
             out += [self._index_of(job, d, e) for d, e in zip(mine, held, strict=True)]
         return out
 
-    def _lay_out(
+    def claim_index(self, job: str, room: int) -> tuple[int, int] | None:
+        """For a job whose index is empty: lay it out for `room` inputs, and the level and
+        split at which `lay_out` then stores them (lua.ADD, which looks and splits as it
+        goes, takes five times longer). None if the index holds inputs already."""
+        level, split = _index_shape(room)
+        claimed = self._claim_index(keys=[self.keys[job].meta], args=[room, level, split]) == 1
+        return (level, split) if claimed else None
+
+    def lay_out(
         self, job: str, digests: list[bytes], payload: Callable[[int], bytes], level: int, split: int
     ) -> list[int]:
-        """Store a new job's first inputs and their index entries, without looking: the
-        inputs in batches, then each bucket of the index in one command."""
+        """Store new inputs of a job whose index this caller laid out (`claim_index`),
+        without looking: the inputs in batches, then the index entries, bucket by bucket,
+        in one call. Another caller adding the same input meanwhile costs a second index
+        for it (computed twice), never a wrong one."""
+        if not digests:
+            return []
         k, sign = self.keys[job], self.signer.sign
         first = int(self.client.hincrby(k.meta, "size", len(digests))) - len(digests)
         pipe = self.client.pipeline(transaction=False)
@@ -362,12 +381,12 @@ class Store:
             at = first + start
             pipe.hset(k.inputs, mapping={at + i: sign(job, at + i, INPUT, data) for i, data in enumerate(batch)})
             pipe.execute()
+        args: list[str | bytes | int] = [k.index]
         for bucket, offsets in _by_bucket(digests, level, split).items():
-            fields = {digests[i]: self._index_entry(job, digests[i], first + i) for i in offsets}
-            pipe.hset(f"{k.index}{bucket}", mapping=fields)
-            if len(pipe) >= 1000:
-                pipe.execute()
-        pipe.execute()
+            args += (bucket, len(offsets))
+            for i in offsets:
+                args += (digests[i], self._index_entry(job, digests[i], first + i))
+        self._write_buckets(keys=[k.meta], args=args)
         return list(range(first, first + len(digests)))
 
     def _index_entry(self, job: str, digest: bytes, index: int) -> bytes:
@@ -438,9 +457,10 @@ class Store:
 
     def done_among(self, job: str, indices: Sequence[int]) -> int:
         """How many of `indices` have a recorded result."""
-        if isinstance(indices, range) and indices.start == 0:
-            return min(self.done_count(job), len(indices))  # every input of the job
-        return sum(done_bits(self.client.get(self.keys[job].done) or b"", indices))
+        bitmap = self.client.get(self.keys[job].done) or b""
+        if isinstance(indices, range):  # (a new job's list, a script's job)
+            return count_bits(bitmap, indices.start, indices.stop)
+        return sum(done_bits(bitmap, indices))
 
     def _signed_inputs(self, job: str, start: int, payloads: list[bytes]) -> dict[int, bytes]:
         sign = self.signer.sign
@@ -513,19 +533,23 @@ class Store:
         pipe.zrange(k.delayed, 0, -1)
         pipe.smembers(k.workers)
         bitmap, failed, delayed, wids = pipe.execute()
-        total = len(indices)
+        total, bitmap = len(indices), bitmap or b""
         waiting = {int(i) for i in [*failed, *delayed]} if resume else set()
-        if isinstance(indices, range) and indices.start == 0:
-            without = list(pending_indices(bitmap or b"", total))  # every input of the job
+        without: Iterable[int]  # the items without a result (one list of them at most: a million ints, 36 MB)
+        if isinstance(indices, range):  # (a new job's list, a script's job)
+            known = count_bits(bitmap, indices.start, indices.stop)
+            without = (i for i in pending_indices(bitmap, indices.stop) if i >= indices.start)
         else:
-            without = [i for i, done in zip(indices, done_bits(bitmap or b"", indices), strict=True) if not done]
+            bits = done_bits(bitmap, indices)
+            known = sum(bits)
+            without = (i for i, done in zip(indices, bits, strict=True) if not done)
         pending = [i for i in without if i not in waiting]
         claims = [k.claims(w.decode()) for w in wids]
         if resume:
             pipe.delete(k.queue, *claims)
         else:
             pipe.delete(k.workers, *(getattr(k, part) for part in RUN_STATE), *claims)
-            pipe.hset(k.meta, mapping={"started": time.time(), "done_at_start": total - len(without), "workers": 0})
+            pipe.hset(k.meta, mapping={"started": time.time(), "done_at_start": known, "workers": 0})
             pipe.hdel(k.meta, "ended")
         pipe.hset(k.meta, "total", total)  # what the last item's record compares with
         pipe.execute()
@@ -534,7 +558,7 @@ class Store:
             pipe.execute()
         # Bits set since the bitmap was read are items recorded meanwhile: counted too.
         seen = int.from_bytes(bitmap or b"", "big").bit_count()
-        done, failed_count = self._set_counts(keys=[k.counts, k.failures, k.done], args=[total - len(without), seen])
+        done, failed_count = self._set_counts(keys=[k.counts, k.failures, k.done], args=[known, seen])
         return Counts(total, int(done), int(failed_count))
 
     def wait_finished(self, job: str, timeout: float) -> bool:
@@ -549,8 +573,9 @@ class Store:
         pipe.hkeys(k.failures)
         bitmap, failed = pipe.execute()
         failed = {int(i) for i in failed}
-        if isinstance(indices, range) and indices.start == 0:
-            return min(len(indices), sum(bin(b).count("1") for b in bitmap or b"") + len(failed))
+        if isinstance(indices, range):
+            within = sum(1 for i in failed if indices.start <= i < indices.stop)
+            return count_bits(bitmap or b"", indices.start, indices.stop) + within
         bits = done_bits(bitmap or b"", indices)
         return sum(1 for i, done in zip(indices, bits, strict=True) if done or i in failed)
 
