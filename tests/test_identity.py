@@ -509,3 +509,22 @@ def test_the_index_grows_in_small_buckets_and_finds_every_input(r: redis.Redis, 
     sizes = [r.hlen(key) for key in r.scan_iter(match=keys.index + "*")]
     assert sum(sizes) == 6000 == int(r.hget(keys.meta, "ix_count"))
     assert max(sizes) <= 128  # each stays in Redis's compact encoding
+
+
+def test_equal_inputs_far_apart_in_a_long_new_list_run_once(r: redis.Redis, tmp_path: Path) -> None:
+    # A new job's list is stored in batches; an input equal to one of an earlier batch
+    # must find it (the second half repeats the first, a batch and more later).
+    from nbtasks.job import INDEX_BATCH
+
+    log = tmp_path / "log"
+
+    def f(x: int) -> int:
+        record(log, x)
+        return x + 1
+
+    half = list(range(INDEX_BATCH + 5000))
+    results, ran = run(log, f, half + half[::-1])
+    assert results == [x + 1 for x in half + half[::-1]]
+    assert ran == Counter(half)  # each once
+    (state,) = nbtasks.jobs()
+    assert state.total == len(half) and r.hlen(JobKeys(state.name).inputs) == len(half)
