@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from array import array
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
@@ -159,15 +159,16 @@ def _unnamed(store: Store, func: Callable[..., Any], ident: Identity) -> tuple[s
 def _index(store: Store, name: str, items: list[Any], head: list[bytes]) -> array[int]:
     """The index in the job of each item, storing those the job does not hold yet, each
     distinct one once; a batch at a time, so that no per-item structure but the result
-    is held for the whole list. `head`: the digests of the first batch."""
-    layout = store.claim_index(name, len(items))  # a new job's index, laid out at its size
-    # In a new job, only an input equal to one this call stored already can be found:
-    # a Bloom filter of those says which few to look up.
-    stored_here = _Seen(len(items)) if layout is not None else None
+    is held for the whole list. `head`: the digests of the first batch.
+
+    lua.ADD finds the inputs held already, atomically, so two callers storing the same
+    inputs at once share them. Look-ups first only spare sending those inputs again: a
+    job that held nothing when the call began is not looked up."""
+    looked_up = store.holds_inputs(name)
     positions = array("I")
     for start in range(0, len(items), INDEX_BATCH):
         digests = head if start == 0 else _digests(items[start : start + INDEX_BATCH], start)
-        found = _found(store, name, digests, stored_here)
+        found = store.lookup(name, digests) if looked_up else [None] * len(digests)
         new: dict[bytes, int] = {}  # digest -> where it first stands in the batch
         for offset, (digest, index) in enumerate(zip(digests, found, strict=True)):
             if index is None:
@@ -177,54 +178,9 @@ def _index(store: Store, name: str, items: list[Any], head: list[bytes]) -> arra
         def payload(j: int, firsts: list[int] = firsts) -> bytes:
             return codec.dump_input(items[firsts[j]], firsts[j])
 
-        if layout is not None and stored_here is not None:
-            stored = store.lay_out(name, list(new), payload, *layout)
-            stored_here.add(new)
-        else:
-            stored = store.add_inputs(name, list(new), payload)
-        added = dict(zip(new, stored, strict=True))
+        added = dict(zip(new, store.add_inputs(name, list(new), payload), strict=True))
         positions.extend(index if index is not None else added[d] for d, index in zip(digests, found, strict=True))
     return positions
-
-
-def _found(store: Store, name: str, digests: list[bytes], stored_here: _Seen | None) -> list[int | None]:
-    """The index of each digest the job holds (None for the others): all looked up, or,
-    for a new job, only those the filter of this call's inputs may hold."""
-    if stored_here is None:
-        return store.lookup(name, digests)
-    maybe = [i for i, digest in enumerate(digests) if digest in stored_here]
-    found: list[int | None] = [None] * len(digests)
-    for i, index in zip(maybe, store.lookup(name, [digests[i] for i in maybe]), strict=True):
-        found[i] = index
-    return found
-
-
-class _Seen:
-    """A Bloom filter of input digests (10 bits and 3 probes an input: about 1 % of the
-    others look held, and are only looked up for nothing)."""
-
-    def __init__(self, capacity: int) -> None:
-        self.size = max(64, capacity * 10)
-        self.bits = bytearray((self.size + 7) // 8)
-
-    def _probes(self, digest: bytes) -> tuple[int, int, int]:
-        # Digests are uniform: three of their 4-byte words are three independent hashes.
-        size = self.size
-        return (
-            int.from_bytes(digest[4:8], "big") % size,
-            int.from_bytes(digest[8:12], "big") % size,
-            int.from_bytes(digest[12:16], "big") % size,
-        )
-
-    def add(self, digests: Iterable[bytes]) -> None:
-        bits = self.bits
-        for digest in digests:
-            for p in self._probes(digest):
-                bits[p >> 3] |= 1 << (p & 7)
-
-    def __contains__(self, digest: bytes) -> bool:
-        bits = self.bits
-        return all(bits[p >> 3] & (1 << (p & 7)) for p in self._probes(digest))
 
 
 def _digests(items: list[Any], start: int = 0) -> list[bytes]:

@@ -212,7 +212,7 @@ end
 # (store.lookup computes the same address in Python.)
 INDEX_LOAD = 40  # entries per bucket on average: well under the compact encoding's 128
 
-# KEYS meta   ARGV prefix, then per bucket: its number, n, then n digests
+# KEYS meta (for a Cluster's routing)   ARGV prefix, then per bucket: its number, n, then n digests
 # The index entries of the digests, bucket by bucket, in one call (a command per bucket
 # from the client would cost more than the look-ups); nil for a digest not held.
 READ_BUCKETS = """
@@ -224,27 +224,6 @@ while i <= #ARGV do
   i = i + 2 + n
 end
 return out
-"""
-
-# KEYS meta   ARGV prefix, then per bucket: its number, n, then n pairs of digest, entry
-# Write index entries bucket by bucket, in one call (see store.lay_out).
-WRITE_BUCKETS = """
-local i = 2
-while i <= #ARGV do
-  local n = tonumber(ARGV[i + 1])
-  redis.call('HSET', ARGV[1] .. ARGV[i], unpack(ARGV, i + 2, i + 1 + 2 * n))
-  i = i + 2 + 2 * n
-end
-return 1
-"""
-
-# KEYS meta   ARGV count level split
-# An empty index is laid out by the caller that claims it here, at the level and split
-# of `count` entries (see store.add_inputs). 1 if claimed.
-CLAIM_INDEX = """
-if redis.call('HEXISTS', KEYS[1], 'ix_count') == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'ix_count', ARGV[1], 'ix_level', ARGV[2], 'ix_split', ARGV[3])
-return 1
 """
 
 # KEYS meta inputs   ARGV prefix, then per input: digest index entry payload

@@ -179,6 +179,16 @@ def done_bits(bitmap: bytes, indices: Iterable[int]) -> list[bool]:
     return [(i >> 3) < size and bool(bitmap[i >> 3] & (0x80 >> (i & 7))) for i in indices]
 
 
+def done_and_pending(bitmap: bytes, indices: Sequence[int]) -> tuple[int, Iterator[int]]:
+    """How many of `indices` have their bit set in `bitmap`, and the others, lazily. A
+    range (a new job's list, a script's job) is counted without a look at each index."""
+    if isinstance(indices, range):
+        pending = (i for i in pending_indices(bitmap, indices.stop) if i >= indices.start)
+        return count_bits(bitmap, indices.start, indices.stop), pending
+    bits = done_bits(bitmap, indices)
+    return sum(bits), (i for i, done in zip(indices, bits, strict=True) if not done)
+
+
 def pack(indices: Iterable[int]) -> bytes:
     """Indices as 4-byte little-endian integers (a list of a million: 4 MB)."""
     packed = array("I", indices)
@@ -206,13 +216,6 @@ def _batches(items: Iterable[Any], size: int) -> Iterator[tuple[int, list[Any]]]
             offset, batch = offset + size, []
     if batch:
         yield offset, batch
-
-
-def _index_shape(count: int) -> tuple[int, int]:
-    """The level and split of an index that holds `count` entries at its load (lua.ADD)."""
-    buckets = max(1, -(-count // lua.INDEX_LOAD))
-    level = buckets.bit_length() - 1
-    return level, buckets - (1 << level)
 
 
 def _by_bucket(digests: list[bytes], level: int, split: int) -> dict[int, list[int]]:
@@ -264,9 +267,7 @@ class Store:
         self._release = client.register_script(lua.RELEASE)
         self._grow = client.register_script(lua.GROW)
         self._add = client.register_script(lua.ADD)
-        self._claim_index = client.register_script(lua.CLAIM_INDEX)
         self._read_buckets = client.register_script(lua.READ_BUCKETS)
-        self._write_buckets = client.register_script(lua.WRITE_BUCKETS)
         self._set_counts = client.register_script(lua.SET_COUNTS)
 
     @classmethod
@@ -357,37 +358,9 @@ class Store:
             out += [self._index_of(job, d, e) for d, e in zip(mine, held, strict=True)]
         return out
 
-    def claim_index(self, job: str, room: int) -> tuple[int, int] | None:
-        """For a job whose index is empty: lay it out for `room` inputs, and the level and
-        split at which `lay_out` then stores them (lua.ADD, which looks and splits as it
-        goes, takes five times longer). None if the index holds inputs already."""
-        level, split = _index_shape(room)
-        claimed = self._claim_index(keys=[self.keys[job].meta], args=[room, level, split]) == 1
-        return (level, split) if claimed else None
-
-    def lay_out(
-        self, job: str, digests: list[bytes], payload: Callable[[int], bytes], level: int, split: int
-    ) -> list[int]:
-        """Store new inputs of a job whose index this caller laid out (`claim_index`),
-        without looking: the inputs in batches, then the index entries, bucket by bucket,
-        in one call. Another caller adding the same input meanwhile costs a second index
-        for it (computed twice), never a wrong one."""
-        if not digests:
-            return []
-        k, sign = self.keys[job], self.signer.sign
-        first = int(self.client.hincrby(k.meta, "size", len(digests))) - len(digests)
-        pipe = self.client.pipeline(transaction=False)
-        for start, batch in _byte_batches(len(digests), payload):
-            at = first + start
-            pipe.hset(k.inputs, mapping={at + i: sign(job, at + i, INPUT, data) for i, data in enumerate(batch)})
-            pipe.execute()
-        args: list[str | bytes | int] = [k.index]
-        for bucket, offsets in _by_bucket(digests, level, split).items():
-            args += (bucket, len(offsets))
-            for i in offsets:
-                args += (digests[i], self._index_entry(job, digests[i], first + i))
-        self._write_buckets(keys=[k.meta], args=args)
-        return list(range(first, first + len(digests)))
+    def holds_inputs(self, job: str) -> bool:
+        """Whether the job's index holds any input yet."""
+        return bool(self.client.hexists(self.keys[job].meta, "ix_count"))
 
     def _index_entry(self, job: str, digest: bytes, index: int) -> bytes:
         """What the index holds for an input: its index, and with a secret a signature
@@ -457,10 +430,7 @@ class Store:
 
     def done_among(self, job: str, indices: Sequence[int]) -> int:
         """How many of `indices` have a recorded result."""
-        bitmap = self.client.get(self.keys[job].done) or b""
-        if isinstance(indices, range):  # (a new job's list, a script's job)
-            return count_bits(bitmap, indices.start, indices.stop)
-        return sum(done_bits(bitmap, indices))
+        return done_and_pending(self.client.get(self.keys[job].done) or b"", indices)[0]
 
     def _signed_inputs(self, job: str, start: int, payloads: list[bytes]) -> dict[int, bytes]:
         sign = self.signer.sign
@@ -535,15 +505,8 @@ class Store:
         bitmap, failed, delayed, wids = pipe.execute()
         total, bitmap = len(indices), bitmap or b""
         waiting = {int(i) for i in [*failed, *delayed]} if resume else set()
-        without: Iterable[int]  # the items without a result (one list of them at most: a million ints, 36 MB)
-        if isinstance(indices, range):  # (a new job's list, a script's job)
-            known = count_bits(bitmap, indices.start, indices.stop)
-            without = (i for i in pending_indices(bitmap, indices.stop) if i >= indices.start)
-        else:
-            bits = done_bits(bitmap, indices)
-            known = sum(bits)
-            without = (i for i, done in zip(indices, bits, strict=True) if not done)
-        pending = [i for i in without if i not in waiting]
+        known, without = done_and_pending(bitmap, indices)
+        pending = [i for i in without if i not in waiting]  # (the one list of them: a million ints, 36 MB)
         claims = [k.claims(w.decode()) for w in wids]
         if resume:
             pipe.delete(k.queue, *claims)
@@ -557,7 +520,7 @@ class Store:
             pipe.rpush(k.queue, *chunk)
             pipe.execute()
         # Bits set since the bitmap was read are items recorded meanwhile: counted too.
-        seen = int.from_bytes(bitmap or b"", "big").bit_count()
+        seen = int.from_bytes(bitmap, "big").bit_count()
         done, failed_count = self._set_counts(keys=[k.counts, k.failures, k.done], args=[known, seen])
         return Counts(total, int(done), int(failed_count))
 
@@ -572,12 +535,9 @@ class Store:
         pipe.get(k.done)
         pipe.hkeys(k.failures)
         bitmap, failed = pipe.execute()
+        done, pending = done_and_pending(bitmap or b"", indices)
         failed = {int(i) for i in failed}
-        if isinstance(indices, range):
-            within = sum(1 for i in failed if indices.start <= i < indices.stop)
-            return count_bits(bitmap or b"", indices.start, indices.stop) + within
-        bits = done_bits(bitmap or b"", indices)
-        return sum(1 for i, done in zip(indices, bits, strict=True) if done or i in failed)
+        return done + (sum(1 for i in pending if i in failed) if failed else 0)
 
     def poll(self, job: str, token: str, total: int, ttl: float, workers: int = 0) -> Counts:
         """Refresh the caller's heartbeat (and its count of live workers) and read the

@@ -1,6 +1,7 @@
 """The quickstart notebook in a real browser: JupyterLab and headless Chromium (driven by
 Playwright) run all its cells; the pmap progress bar and the status dashboard must render
-in the page and end full and finished. Saves docs/screenshot.png for the README."""
+in the page and end full and finished. With NBTASKS_SCREENSHOT=1 it saves
+docs/screenshot.png for the README."""
 
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).parent.parent
 NOTEBOOK = REPO / "notebooks" / "quickstart.ipynb"
+# The README's screenshot is written again only when asked for (NBTASKS_SCREENSHOT=1):
+# the test command leaves the checkout as it was.
 SCREENSHOT = REPO / "docs" / "screenshot.png"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -166,7 +169,7 @@ RUN_ENDED = r"""() => {
 
 
 @pytest.mark.timeout(300)
-def test_quickstart_in_a_real_browser(page: Page, lab: Lab) -> None:
+def test_quickstart_in_a_real_browser(page: Page, lab: Lab, tmp_path: Path) -> None:
     from playwright.sync_api import expect
 
     expect.set_options(timeout=30_000)  # for what must show up in the page once the run ended
@@ -212,8 +215,9 @@ def test_quickstart_in_a_real_browser(page: Page, lab: Lab) -> None:
     pmap.evaluate("cell => cell.scrollIntoView({block: 'start'})")
     expect(tqdm).to_be_in_viewport()
     expect(row).to_be_in_viewport()
-    SCREENSHOT.parent.mkdir(exist_ok=True)
-    page.screenshot(path=SCREENSHOT)
+    shot = SCREENSHOT if os.environ.get("NBTASKS_SCREENSHOT") == "1" else tmp_path / "screenshot.png"
+    page.screenshot(path=shot)
+    assert shot.stat().st_size > 10_000  # a real picture of the page, not an empty one
 
 
 def assert_full(bar: Locator) -> None:
