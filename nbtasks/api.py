@@ -16,6 +16,7 @@ from . import backends, codec, identity, job, server
 from .config import Policy, Settings, parse_rate, settings
 from .errors import ConfigError, Failure, JobCancelled, NbtasksError, RedisUnavailable, UnknownJob
 from .job import JobSpec
+from .output import Output
 from .progress import in_notebook
 from .run import Run
 from .snapshot import JobStatus, detail, snapshots, table
@@ -230,10 +231,12 @@ class Job:
         # buttons); elsewhere a text bar. Begun here, in the caller's thread, so either
         # shows in the calling cell.
         widget = progress and in_notebook()
-        run = Run(self._store, spec, cfg, None, progress and not widget)
-        if widget:
+        lines = _OutputWidget() if widget else None
+        run = Run(self._store, spec, cfg, None, progress and not widget, echo=lines.add if lines else None)
+        if lines is not None:
             self._shown = False
             self._ipython_display_()
+            lines.show()  # the tasks' output, under the job's row
         self._stop, self._error = threading.Event(), None
         self._thread = threading.Thread(target=self._follow, args=(run,), name=f"nbtasks {self.name}", daemon=True)
         self._thread.start()
@@ -292,6 +295,12 @@ class Job:
         """Every failure of the last run: index, input, type, message, remote traceback."""
         return job.load_failures(self._store, self.name)
 
+    def logs(self, last: int | None = None) -> Output:
+        """What the job's tasks printed, warned and logged, oldest first: each line with
+        its item, stream ("out", "err", "log"), worker and time. The store keeps the last
+        10,000 lines of a job; `last` returns only the newest so many."""
+        return self._store.output(self.name, last)
+
     def retry_failed(
         self, *, processes: int | None = None, concurrency: int | None = None, progress: bool = True
     ) -> Job:
@@ -314,6 +323,24 @@ class Job:
 
         self._shown = True
         Dashboard(self._store, [self.name]).show()
+
+
+class _OutputWidget:
+    """Where a background run's task output goes in Jupyter: an Output widget, which a
+    thread may add to after the cell has ended (a print would land in whatever cell runs)."""
+
+    def __init__(self) -> None:
+        import ipywidgets
+
+        self.widget = ipywidgets.Output()
+
+    def show(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)  # type: ignore[no-untyped-call]
+
+    def add(self, text: str, to_stderr: bool) -> None:
+        (self.widget.append_stderr if to_stderr else self.widget.append_stdout)(text + "\n")
 
 
 _background: dict[tuple[str, str, str], Job] = {}  # runs this process drives, by (url, job, list)

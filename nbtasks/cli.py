@@ -43,6 +43,10 @@ def parser() -> argparse.ArgumentParser:
     failures = command("failures", "the failures of a job, with their remote tracebacks")
     failures.add_argument("name", metavar="NAME")
     failures.add_argument("--limit", type=int, default=20, help="at most this many (default 20; 0: all)")
+    logs = command("logs", "what a job's tasks printed, warned and logged (the store keeps the last 10,000 lines)")
+    logs.add_argument("name", metavar="NAME")
+    logs.add_argument("--last", type=int, metavar="N", help="only the newest N lines")
+    logs.add_argument("-f", "--follow", action="store_true", help="then print new lines as they come, until Ctrl-C")
     reset = command("reset", "delete a job, its inputs and its results (stopping it first)")
     reset.add_argument("name", metavar="NAME")
     reset.add_argument("--yes", action="store_true", help="do not ask first")
@@ -102,6 +106,9 @@ def _jobs_command(args: Any) -> int:
         more = f" ({len(found) - len(shown)} more: --limit 0 shows all)" if len(shown) < len(found) else ""
         print(f"{len(found)} failed{more}.")
         return EXIT_FAILED if found else 0
+    if args.command == "logs":
+        Job(args.name, redis=store.client)  # UnknownJob unless it exists
+        return _logs(store, args.name, args.last, args.follow)
     if args.command == "reset":
         Job(args.name, redis=store.client)  # UnknownJob if there is none
         inputs, results = store.held(args.name)
@@ -116,6 +123,22 @@ def _jobs_command(args: Any) -> int:
     processes = args.processes if args.processes is not None else cfg.processes
     concurrency = args.concurrency if args.concurrency is not None else cfg.concurrency
     return Service(store, max(1, processes), concurrency, args.job, args.heartbeat).serve()
+
+
+def _logs(store: Any, name: str, last: int | None, follow: bool) -> int:
+    lines = store.output(name, last)
+    for line in lines:
+        print(line)
+    cursor = lines.cursor
+    try:
+        while follow:
+            store.wait_output(name, cursor, 1.0)
+            found, cursor = store.output_since(name, cursor, 1000)
+            for line in found:
+                print(line, flush=True)
+    except KeyboardInterrupt:
+        pass  # the way to stop following
+    return 0
 
 
 def _server(action: str) -> int:

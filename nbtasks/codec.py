@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import importlib
 import linecache
 import os
 import pickle
+import pickletools
+import sys
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from types import CellType, CodeType, FunctionType, ModuleType
 from typing import Any
 
 import cloudpickle
 
-from .errors import NotPicklableError
+from .errors import NotPicklableError, ResultNotPicklable
 
 PROTOCOL = 5
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
@@ -64,6 +67,74 @@ def load(data: bytes) -> Any:
     return pickle.loads(data)
 
 
+def dump_result(value: Any) -> bytes:
+    """`dump` for a task's return value, in the worker: ResultNotPicklable, whose message
+    is the whole story (the caller shows it as the item's failure, with no traceback), for
+    a value that cannot be sent back. That includes one that would load eventlet into the
+    caller: with the eventlet backend the worker's `threading.Lock()` is eventlet's, which
+    pickles, while on the other backends the same task fails (see `_refuse_green`)."""
+    try:
+        data = dump(value)
+        # Only a process that has eventlet (or greenlet) can make a pickle that refers to
+        # it; then a search of the bytes, at memory speed, and the exact check only when
+        # they name it (most results never do).
+        if ("eventlet" in sys.modules or "greenlet" in sys.modules) and (b"eventlet" in data or b"greenlet" in data):
+            _refuse_green(data)
+    except Exception as exc:
+        kind = type(value).__name__
+        raise ResultNotPicklable(
+            f"The return value ({'an' if kind[:1].lower() in 'aeiou' else 'a'} {kind}) could not be sent back: "
+            f"{type(exc).__name__}: {exc}. Return plain data (strings, numbers, lists, dicts) instead of locks, "
+            "connections, open files or generators."
+        ) from None  # the message says it all: no frames of ours or of pickle's
+    return data
+
+
+_GREEN = ("eventlet", "greenlet")
+
+
+def _refuse_green(data: bytes) -> None:
+    """TypeError, as for any object that cannot be pickled, if loading `data` would import
+    eventlet or greenlet."""
+    for module, name in _globals(data):
+        if module.partition(".")[0] in _GREEN:
+            raise TypeError(f"cannot pickle '{name}' object" if name else f"cannot pickle module {module!r}")
+
+
+_STRINGS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING"}
+_GETS = {"GET", "BINGET", "LONG_BINGET"}
+_PUTS = {"PUT", "BINPUT", "LONG_BINPUT"}
+
+
+def _globals(data: bytes) -> Iterator[tuple[str, str]]:
+    """The (module, name) of every global a pickle loads, and (module, "") for each module
+    cloudpickle imports by name. STACK_GLOBAL takes the two strings pushed just
+    before it (or fetched from the memo), which is how pickle writes them."""
+    memo: dict[int, object] = {}
+    last: tuple[object, object] = (None, None)  # the two values pushed last; None: not a string
+    importing = False  # a cloudpickle `subimport` was just loaded: its module name comes next
+    for op, arg, _ in pickletools.genops(data):
+        kind, pushed = op.name, None
+        if kind in ("PROTO", "FRAME"):
+            continue
+        if kind == "MEMOIZE" or kind in _PUTS:
+            memo[len(memo) if kind == "MEMOIZE" else int(arg)] = last[1]  # type: ignore[arg-type]
+            continue
+        if kind in _STRINGS:
+            pushed = arg
+        elif kind in _GETS:
+            pushed = memo.get(int(arg))  # type: ignore[arg-type]
+        elif kind in ("GLOBAL", "INST"):
+            module, _, name = str(arg).partition(" ")
+            yield module, name
+        elif kind == "STACK_GLOBAL" and isinstance(last[0], str) and isinstance(last[1], str):
+            yield last[0], last[1]
+        if importing and isinstance(pushed, str):
+            yield pushed, ""
+        importing = kind == "STACK_GLOBAL" and last[1] == "subimport" and str(last[0]).startswith("cloudpickle")
+        last = (last[1], pushed)
+
+
 def dump_function(func: Callable[..., Any], retry_on: tuple[type[BaseException], ...] = (Exception,)) -> bytes:
     """Serialize the task function by value where needed, or say what cannot be sent.
 
@@ -71,14 +142,18 @@ def dump_function(func: Callable[..., Any], retry_on: tuple[type[BaseException],
     real names, and the source of notebook cells (which exist only in this process),
     travel along so that remote tracebacks show the failing lines.
     """
-    files = {_code_key(f.__code__): f.__code__.co_filename for f in _functions(func)}
+    functions = list(_functions(func))
+    files = {_code_key(f.__code__): f.__code__.co_filename for f in functions}
+    submodules = submodules_used(f for f in functions if _by_value(f))
     cells = {
         name: entry
         for name, entry in list(linecache.cache.items())
         if name in files.values() and len(entry) == 4 and entry[1] is None
     }
     try:
-        return _cloudpickle({"func": func, "files": files, "cells": cells, "retry_on": retry_on})
+        return _cloudpickle(
+            {"func": func, "files": files, "cells": cells, "retry_on": retry_on, "submodules": submodules}
+        )
     except Exception as exc:
         raise NotPicklableError(
             f"Cannot send {describe(func)} to the worker processes: {type(exc).__name__}: {exc}. "
@@ -89,6 +164,11 @@ def dump_function(func: Callable[..., Any], retry_on: tuple[type[BaseException],
 def load_function(data: bytes) -> tuple[Callable[[Any], Any], tuple[type[BaseException], ...]]:
     """The inverse of `dump_function`: the function and the exceptions it retries on."""
     payload = pickle.loads(data)
+    for name in payload.get("submodules", ()):
+        try:
+            importlib.import_module(name)
+        except Exception:  # not here: the call fails as it would have anyway, and says why
+            pass
     files: dict[tuple[str, int], str] = payload["files"]
     for name, entry in payload["cells"].items():
         linecache.cache.setdefault(name, entry)
@@ -110,6 +190,58 @@ def _functions(root: object, limit: int = 200) -> Iterator[FunctionType]:
         yield f
         todo += [cell.cell_contents for cell in f.__closure__ or () if _filled(cell)]
         todo += [f.__globals__[n] for n in _names(f.__code__) if n in f.__globals__]
+
+
+def submodules_used(functions: Iterable[FunctionType]) -> list[str]:
+    """The submodules loaded here that `functions` use as attributes of a module they
+    reference: ``xml.etree.ElementTree.fromstring(...)`` after ``import xml.etree.ElementTree``
+    references the module `xml` alone. pickle sends `xml` by name, and a fresh worker has
+    no `xml.etree` unless it imports it. Counted: each module in sys.modules below a module
+    among a function's globals and closure values whose dotted path's parts are all names
+    its code uses, nested code included (cloudpickle looks only at the outer code)."""
+    below: dict[str, list[str]] | None = None  # module -> the loaded modules below it
+    found: set[str] = set()
+    for f in functions:
+        names = set(_names(f.__code__))
+        values = [f.__globals__[n] for n in names if n in f.__globals__]
+        values += [cell.cell_contents for cell in f.__closure__ or () if _filled(cell)]
+        for module in values:
+            if not isinstance(module, ModuleType) or not isinstance(getattr(module, "__name__", None), str):
+                continue
+            if below is None:
+                below = _modules_below()
+            start = len(module.__name__) + 1
+            found.update(sub for sub in below.get(module.__name__, ()) if set(sub[start:].split(".")) <= names)
+    return sorted(found)
+
+
+def _modules_below() -> dict[str, list[str]]:
+    below: dict[str, list[str]] = {}
+    for name in list(sys.modules):  # a copy: another thread may import meanwhile
+        if isinstance(name, str):
+            parts = name.split(".")
+            for end in range(1, len(parts)):
+                below.setdefault(".".join(parts[:end]), []).append(name)
+    return below
+
+
+def _by_value(f: FunctionType) -> bool:
+    """Whether cloudpickle sends `f` by value: defined in __main__ (a notebook, a script),
+    in a shipped module, or not found under its name (a lambda, a closure). A function
+    sent by name comes with its module, which imports what it needs."""
+    module = getattr(f, "__module__", None)
+    if not isinstance(module, str) or module == "__main__" or module not in sys.modules:
+        return True
+    parts = module.split(".")
+    if any(shipped(".".join(parts[:end])) for end in range(1, len(parts) + 1)):
+        return True
+    found: Any = sys.modules[module]
+    try:
+        for part in f.__qualname__.split("."):
+            found = getattr(found, part, None)
+    except Exception:  # a module's own __getattr__ may raise anything
+        return True
+    return found is not f
 
 
 def _filled(cell: CellType) -> bool:
@@ -159,17 +291,28 @@ def func_label(func: Callable[..., Any]) -> str:
     return name.replace("<locals>.", "").replace("<lambda>", "lambda").replace("<", "").replace(">", "")
 
 
-def failure_payload(exc: BaseException) -> bytes:
-    """A failure as the caller will see it: type, message and remote traceback."""
+def failure_payload(exc: BaseException, output: str = "") -> bytes:
+    """A failure as the caller will see it: type, message, remote traceback, and the last
+    lines its attempt printed or logged."""
     tb = exc.__traceback__
     while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PACKAGE):
         tb = tb.tb_next  # the user's frames only: nbtasks' own say nothing about the failure
-    return failure_record(exc_name(exc), str(exc), "".join(traceback.format_exception(type(exc), exc, tb)))
+    text = "".join(traceback.format_exception(type(exc), exc, tb))
+    return failure_record(exc_name(exc), _message(exc), text, output)
 
 
-def failure_record(exc_type: str, message: str, traceback_text: str) -> bytes:
+def _message(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:  # noqa: BLE001 (an exception whose __str__ raises still fails its item)
+        return f"<{exc_name(exc)} whose message could not be shown>"
+
+
+def failure_record(exc_type: str, message: str, traceback_text: str, output: str = "") -> bytes:
     """A failure the caller will load as `Failure` fields."""
     record = {"exc_type": exc_type, "message": message, "traceback": traceback_text}
+    if output:
+        record["output"] = output
     return pickle.dumps(record, protocol=PROTOCOL)
 
 
@@ -180,6 +323,6 @@ def exc_name(exc: BaseException) -> str:
 
 def failure_line(exc: BaseException) -> str:
     """One line for a failed attempt's history."""
-    message = str(exc).strip().splitlines()
+    message = _message(exc).strip().splitlines()
     line = f"{exc_name(exc)}: {message[0]}" if message else exc_name(exc)
     return line if len(line) <= 200 else line[:197] + "..."

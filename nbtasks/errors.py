@@ -4,6 +4,7 @@ NbtasksError
 ├── ConfigError          no Redis configured, contradictory settings
 ├── RedisUnavailable     the Redis server cannot be reached
 ├── NotPicklableError    the function or an input cannot be sent to the workers
+├── ResultNotPicklable   a task's return value cannot be sent back (that item's failure)
 ├── JobMismatchError     a script's job name used by pmap, or the other way round
 ├── WorkerError          worker processes cannot start or keep dying
 ├── JobCancelled         the run was cancelled (job.cancel(), the dashboard)
@@ -35,6 +36,12 @@ class RedisUnavailable(NbtasksError):
 
 class NotPicklableError(NbtasksError):
     """The function or an input cannot be serialized for the workers."""
+
+
+class ResultNotPicklable(NbtasksError):
+    """A task's return value cannot be sent back to the caller (a lock, a connection, an
+    open file, a generator). Raised in the worker: the caller sees it as that item's
+    `Failure`, whose traceback is the message alone."""
 
 
 class JobMismatchError(NbtasksError):
@@ -77,7 +84,8 @@ class SecurityWarning(UserWarning):
 @dataclass(frozen=True)
 class Failure:
     """One task that failed: where, with what input, the last attempt's exception and
-    remote traceback, and one line per failed attempt (`history`)."""
+    remote traceback, one line per failed attempt (`history`), and the last lines its
+    last attempt printed or logged (`output`)."""
 
     index: int
     input: Any
@@ -86,6 +94,7 @@ class Failure:
     traceback: str
     attempts: int = 1
     history: tuple[str, ...] = ()
+    output: str = ""  # the last lines the last attempt printed or logged
 
     def __str__(self) -> str:
         tries = f" (after {self.attempts} attempts)" if self.attempts > 1 else ""
@@ -106,7 +115,7 @@ class TaskError(NbtasksError):
             f"after you fix the function, add name={job!r} to the call so that the finished results are "
             "kept (an edited function is otherwise a new job, run from the start)."
             f"\n\nRemote traceback of item {first.index}:\n"
-            f"{first.traceback.rstrip()}"
+            f"{first.traceback.rstrip()}" + (f"\n\nItem {first.index} printed:\n{first.output}" if first.output else "")
         )
 
 

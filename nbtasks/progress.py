@@ -6,6 +6,7 @@ failures stops short of 100 % and tqdm draws it red.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -48,6 +49,14 @@ class Progress:
             self.bar.set_postfix({k: v for k, v in shown.items() if v}, refresh=False)
         if counts.done > self.bar.n:
             self.bar.update(counts.done - self.bar.n)
+
+    def write(self, text: str, to_stderr: bool = False) -> None:
+        """A line of the tasks' output, under the bar (a terminal bar is redrawn below it)."""
+        out = sys.stderr if to_stderr else sys.stdout
+        if self._handle is None and not self.bar.disable:
+            self.bar.write(text, file=out)
+        else:
+            print(text, file=out, flush=True)
 
     def note(self, text: str | None) -> None:
         """Show (or, with None, clear) a word on the bar, e.g. during a Redis outage."""

@@ -6,7 +6,9 @@ then followed there (`pmap`) or in a background thread (`Job`).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import json
 import sys
 import threading
 import time
@@ -14,8 +16,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from . import codec
-from .backends.aio import run_sync
+from . import codec, output
+from .backends.aio import LoopThread
 from .config import Settings
 from .errors import JobCancelled, JobLost, PayloadRejected, RedisUnavailable
 from .job import JobSpec
@@ -43,14 +45,18 @@ class Run:
         func: Callable[[Any], Any] | None,
         progress: bool = True,
         resume_hint: str = "Run the same call again to resume.",
+        echo: Callable[[str, bool], None] | None = None,
     ) -> None:
         self.store, self.spec, self.cfg, self.func = store, spec, cfg, func
         self.resume_hint = resume_hint
         self.token = uuid.uuid4().hex
         self.inline = cfg.processes == 0
         self.ttl = INLINE_TTL if self.inline else cfg.heartbeat_ttl
+        # Workers log as the caller does (level, format), from the first item on.
+        store.note(spec.name, logging=json.dumps(output.logging_config()))
         self.counts = store.begin_run(spec.name, self.token, spec.indices, self.ttl)
         self.bar = Progress(spec.name, self.counts, progress)
+        self.echo = output.Echo(store, spec.name, echo or self.bar.write)
         self._epoch = store.meta(spec.name).get("epoch")
         self._outage_since: float | None = None
         self._polls = 0
@@ -91,6 +97,9 @@ class Run:
             raise JobCancelled(message.removeprefix("nbtasks: ")) from None
         finally:
             self._stop()
+            with contextlib.suppress(*TRANSIENT):
+                self.echo.pump()  # the last lines: stored before the results that ended the run
+            self.echo.close()
             self.bar.close()
 
     def _stop(self) -> None:
@@ -140,6 +149,7 @@ class Run:
         self._check_epoch(counts.epoch)
         self.counts = counts
         self.bar.update(counts)
+        self.echo.pump()
         if counts.owner == "cancel":
             raise _Stop
         if counts.owner == "none":
@@ -204,24 +214,28 @@ class Run:
 
     def _run_inline(self, func: Callable[[Any], Any]) -> Counts:
         """Run in the caller with the same store calls. The first task that raises is
-        recorded as failed and its exception propagates unchanged, so ``%debug`` lands in it."""
+        recorded as failed and its exception propagates unchanged, so ``%debug`` lands in it.
+        An async def function's items share one event loop, closed at the end of the call,
+        so a client it makes on first use and keeps serves every item."""
         name, total = self.spec.name, self.spec.total
-        while items := self.store.claim(name, self.token, "inline", INLINE_BATCH):
-            outcomes: list[Outcome] = []
-            try:
-                for index, payload in items:
-                    try:
-                        if isinstance(payload, PayloadRejected):
-                            raise payload  # never unpickled, never run
-                        value = func(codec.load(payload))
-                        if inspect.iscoroutine(value):  # an async def function
-                            value = run_sync(value)
-                    except Exception as exc:
-                        outcomes.append(Outcome(index, "0", codec.failure_payload(exc), codec.failure_line(exc)))
-                        raise
-                    outcomes.append(Outcome(index, "1", codec.dump(value)))
-            finally:
-                self.store.record(name, "inline", outcomes)
-                self.counts = self.store.poll(name, self.token, total, self.ttl)
-                self.bar.update(self.counts)
+        with LoopThread() as loop:
+            while items := self.store.claim(name, self.token, "inline", INLINE_BATCH):
+                outcomes: list[Outcome] = []
+                try:
+                    for index, payload in items:
+                        try:
+                            if isinstance(payload, PayloadRejected):
+                                raise payload  # never unpickled, never run
+                            value = func(codec.load(payload))
+                            if inspect.iscoroutine(value):  # an async def function
+                                value = loop.run(value)
+                            data = codec.dump_result(value)
+                        except Exception as exc:
+                            outcomes.append(Outcome(index, "0", codec.failure_payload(exc), codec.failure_line(exc)))
+                            raise
+                        outcomes.append(Outcome(index, "1", data))
+                finally:
+                    self.store.record(name, "inline", outcomes)
+                    self.counts = self.store.poll(name, self.token, total, self.ttl)
+                    self.bar.update(self.counts)
         return self.counts

@@ -29,6 +29,7 @@ Cluster and the Lua scripts below may touch several of its keys.
     nbtasks:{job}:fatal          string why a worker could not start
     nbtasks:{job}:refused        hash   host and Python -> why a worker there refused the job
     nbtasks:{job}:finished       list   pushed when the last item settles: wakes the caller
+    nbtasks:{job}:output         stream what tasks printed and logged: item, stream, text, worker
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from redis.cluster import RedisCluster
 
 from . import lua
 from .errors import ConfigError, PayloadRejected, RedisUnavailable, SecurityWarning
+from .output import KEEP, Output, OutputLine
 from .trust import FAILURE, FUNCTION, INDEX, INPUT, RESULT, VIEW, Signer
 
 RedisError = redis.RedisError  # for callers that must not import redis themselves
@@ -97,6 +99,7 @@ class Counts:
 PARTS = (
     "meta", "func", "inputs", "views", "complete", "queue", "workers", "done", "results", "failures",
     "attempts", "history", "delayed", "deaths", "rate", "counts", "owner", "cancel", "fatal", "finished", "refused",
+    "output",
 )  # fmt: skip
 RUN_STATE = ("queue", "failures", "attempts", "history", "delayed", "deaths", "fatal", "cancel", "finished", "refused")
 
@@ -132,6 +135,7 @@ class JobKeys:
     fatal: str
     finished: str
     refused: str
+    output: str
 
     def claims(self, wid: str) -> str:
         return f"{self.prefix}claims:{wid}"
@@ -460,6 +464,10 @@ class Store:
         pipe.execute()
         self.client.sadd(REGISTRY, job)  # another slot on a Cluster: not in the transaction
 
+    def note(self, job: str, **fields: str) -> None:
+        """Set fields of the job's meta (e.g. the caller's logging, for its workers)."""
+        self.client.hset(self.keys[job].meta, mapping=fields)
+
     def done_count(self, job: str) -> int:
         return int(self.client.bitcount(self.keys[job].done))
 
@@ -718,6 +726,38 @@ class Store:
         for index, blob in zip(indices, blobs, strict=True):
             yield self.signer.open(job, index, RESULT, blob) if blob is not None else None
 
+    def append_output(self, job: str, wid: str, lines: list[tuple[int, str, str]]) -> None:
+        """Lines tasks wrote (item, stream, text); the job keeps the last KEEP."""
+        key = self.keys[job].output
+        pipe = self.client.pipeline(transaction=False)
+        for index, stream, text in lines:
+            pipe.xadd(key, {"i": index, "s": stream, "t": text, "w": wid}, maxlen=KEEP, approximate=True)
+        pipe.execute()
+
+    def output(self, job: str, last: int | None = None) -> Output:
+        """The job's kept output, oldest first (only the `last` lines, if given)."""
+        key = self.keys[job].output
+        entries = self.client.xrevrange(key, count=last)[::-1] if last else self.client.xrange(key)
+        found = Output(_output_line(entry_id, fields) for entry_id, fields in entries)
+        found.cursor = entries[-1][0].decode() if entries else "0-0"
+        return found
+
+    def output_cursor(self, job: str) -> str:
+        """Where the job's output ends now: `output_since` from here reads what follows."""
+        last = self.client.xrevrange(self.keys[job].output, count=1)
+        return last[0][0].decode() if last else "0-0"
+
+    def output_since(self, job: str, cursor: str, count: int) -> tuple[list[OutputLine], str]:
+        """Up to `count` lines after `cursor`, and the cursor after them."""
+        reply = self.client.xread({self.keys[job].output: cursor}, count=count)
+        entries = reply[0][1] if reply else []
+        lines = [_output_line(entry_id, fields) for entry_id, fields in entries]
+        return lines, (entries[-1][0].decode() if entries else cursor)
+
+    def wait_output(self, job: str, cursor: str, timeout: float) -> None:
+        """Return once the job's output has lines after `cursor`, or after `timeout` s."""
+        self.client.xread({self.keys[job].output: cursor}, count=1, block=max(1, int(timeout * 1000)))
+
     def failures(self, job: str) -> dict[int, bytes]:
         raw = self.client.hgetall(self.keys[job].failures).items()
         return {int(i): self.signer.open(job, int(i), FAILURE, p) for i, p in raw}
@@ -745,6 +785,13 @@ class _KeyCache(dict[str, JobKeys]):
 
 
 _warned: set[str] = set()
+
+
+def _output_line(entry_id: bytes, fields: dict[bytes, bytes]) -> OutputLine:
+    text = fields.get(b"t", b"").decode("utf-8", errors="replace")
+    index = int(fields.get(b"i", b"-1"))
+    when = int(entry_id.split(b"-")[0]) / 1000
+    return OutputLine(index, fields.get(b"s", b"out").decode(), text, fields.get(b"w", b"").decode(), when)
 
 
 def _reachable_from_other_hosts(url: str) -> bool:

@@ -43,7 +43,7 @@ from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, NoReturn, TypeVar  # noqa: E402
 
-from . import backends, codec  # noqa: E402
+from . import backends, codec, output  # noqa: E402
 from .backends import Backend, Task  # noqa: E402
 from .beacon import Beacon  # noqa: E402
 from .errors import PayloadRejected  # noqa: E402
@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     control = Control(args.control) if args.control is not None else None
     modules = Modules()
+    collector = output.capture()  # what tasks print and log goes to their job's output
     stores: dict[str, Store] = {}
     while assignment is not None:
         assignment.apply()
@@ -107,6 +108,7 @@ def main(argv: list[str] | None = None) -> None:
         a, began = assignment, time.time()
         backend = backends.load(args.backend)
         worker = Worker(store, a.job, a.token, a.wid, a.concurrency, beacon, control, args.heartbeat, backend)
+        worker.collector = collector
         reusable = worker.run()
         if beacon is not None:
             beacon.close()
@@ -151,6 +153,8 @@ class Worker:
         self.recording = False
         self.policy: dict[str, Any] = {}
         self.retry_on: tuple[type[BaseException], ...] = (Exception,)
+        self.collector = output.Collector()  # (main sets the one that stdout and logging feed)
+        self.sending = threading.Lock()  # output goes out in the order it was written
 
     def run(self) -> bool:
         """Work until the run is over; whether this process may take another run (the
@@ -166,7 +170,7 @@ class Worker:
     def _work(self, helpers: list[threading.Thread]) -> None:
         func = self._load_function()
         self.backend.start(func, self.policy.get("timeout"), self._begin, self._end)
-        helpers += [self._helper(self._record_loop), self._helper(self._watch_owner)]
+        helpers += [self._helper(self._record_loop), self._helper(self._watch_owner), self._helper(self._output_loop)]
         if self.heartbeat is not None:
             # On another machine the caller cannot see this process: say it lives, in
             # Redis, before the first claim (an item claimed without it would go back).
@@ -216,6 +220,7 @@ class Worker:
         if payload is None:
             self._fatal("the job has no stored function (was it reset?).")
         self.policy = json.loads(meta.get("policy", "{}"))
+        output.apply_logging(json.loads(meta.get("logging", "{}")))
         try:
             func, self.retry_on = codec.load_function(payload)
         except Exception as exc:
@@ -291,19 +296,21 @@ class Worker:
         return granted
 
     def _begin(self, task: Task) -> Any:
+        output.ITEM.set(task.index)  # in the task's own context: its lines carry its index
         return codec.load(task.payload)
 
     def _end(self, task: Task, value: Any, error: BaseException | None) -> None:
         """A backend ended an item (from any thread): queue its outcome, free its slot."""
-        outcome = None
+        outcome, retry = None, True
+        said = self.collector.finish(task.index)  # what this attempt printed: a failure carries it
         if error is None:
             try:
-                outcome = Outcome(task.index, "1", codec.dump(value))
-            except Exception as exc:  # a result that cannot be pickled is the task's failure
-                error = exc
+                outcome = Outcome(task.index, "1", codec.dump_result(value))
+            except Exception as exc:  # ResultNotPicklable: the task's failure, whose message says it all
+                error, retry = exc, False  # running it again would return the same kind of value
         if error is not None:
-            kind = "r" if isinstance(error, self.retry_on) else "0"
-            outcome = Outcome(task.index, kind, codec.failure_payload(error), codec.failure_line(error))
+            kind = "r" if retry and isinstance(error, self.retry_on) else "0"
+            outcome = Outcome(task.index, kind, codec.failure_payload(error, said), codec.failure_line(error))
         with self.counting:
             self.in_flight -= 1
         self.outcomes.put(outcome)
@@ -325,9 +332,21 @@ class Worker:
             stop = None in batch  # the run is over (see run)
             batch = [outcome for outcome in batch if outcome is not None]
             retries, delay = self.policy.get("retries", 0), self.policy.get("retry_delay", 0.0)
+            self._send_output()  # an item's lines are stored before its result
             if batch:
                 self._retrying(self.store.record, self.job, self.wid, batch, retries, delay)
             self.recording = False
+
+    def _output_loop(self) -> None:
+        """Send what tasks write as they write it, not only when they end."""
+        while not self.over.wait(0.2):
+            self._send_output()
+        self._send_output()
+
+    def _send_output(self) -> None:
+        with self.sending:
+            while lines := self.collector.take():
+                self._retrying(self.store.append_output, self.job, self.wid, lines)
 
     def _watch_owner(self) -> None:
         while self._retrying(self.store.owner, self.job) == self.token:
@@ -376,6 +395,10 @@ class Worker:
             if self.outcomes.empty() and not self.recording:
                 break
             time.sleep(0.01)
+        try:
+            self.store.append_output(self.job, self.wid, self.collector.take(output.PENDING_MAX))
+        except Exception:  # noqa: BLE001 (leaving anyway: what tasks wrote last is lost, not their results)
+            pass
         if requeue:
             self.store.requeue(self.job, self.wid)
         os._exit(0)

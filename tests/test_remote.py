@@ -106,6 +106,23 @@ def test_a_silent_worker_loses_its_items_and_the_job_completes(r: redis.Redis, r
             os.kill(frozen[0], signal.SIGCONT)
 
 
+def say_where(x: int) -> str:
+    place = where(x)
+    print("ran at", place)
+    return place
+
+
+def test_the_output_of_a_remote_workers_tasks_lands_in_the_job(r: redis.Redis, redis_server, log: Path) -> None:
+    job = nbtasks.pmap(say_where, range(400), name="heard", background=True, processes=1, concurrency=5, progress=False)
+    with service(redis_server.url, "--job", "heard"):
+        wait_until(lambda: places(log)["remote"] >= 20, 60, "the remote worker at work")
+        results = job.result(timeout=120)
+    lines = job.logs()
+    remote = [line for line in lines if ":" in line.worker]  # (host:id; a caller's workers are token-n)
+    assert len(remote) == results.count("remote") and {line.text for line in remote} == {"ran at remote"}
+    assert len(lines) == 400 and sorted(line.index for line in lines) == list(range(400))
+
+
 def test_a_worker_refuses_a_function_it_cannot_load_and_ship_sends_it(
     r: redis.Redis, redis_server, log: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from .base import Backend, Task
+
+T = TypeVar("T")
 
 
 class AsyncioBackend(Backend):
@@ -47,20 +49,72 @@ class AsyncioBackend(Backend):
         self.thread.join(5)
 
 
-def run_sync(coroutine: Coroutine[Any, Any, Any]) -> Any:
-    """Await `coroutine` from synchronous code, even where an event loop already runs
-    in this thread (a Jupyter kernel): on a private loop in a thread of its own."""
-    out: dict[str, Any] = {}
+class LoopThread:
+    """One private event loop in a thread of its own, for synchronous code to await on,
+    even where an event loop already runs in this thread (a Jupyter kernel). Every
+    coroutine it runs shares the loop, so a client that a module makes on first use and
+    keeps (an aiohttp.ClientSession, an httpx.AsyncClient) serves them all. The thread
+    starts with the first coroutine; `close` ends it as `asyncio.run` would end its
+    loop (tasks left are cancelled, async generators and the executor shut down)."""
 
-    def serve() -> None:
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.thread: threading.Thread | None = None
+        self.ready = threading.Event()
+        self.closing: asyncio.Event | None = None
+
+    def __enter__(self) -> LoopThread:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Await `coroutine` on the loop and return its value, or raise its exception."""
+        future = asyncio.run_coroutine_threadsafe(_settled(coroutine), self._started())
         try:
-            out["value"] = asyncio.run(coroutine)
-        except BaseException as exc:  # handed to the caller
-            out["error"] = exc
+            value, error = future.result()
+        except BaseException:  # an interrupt while it runs: it is cancelled, then the loop closed
+            future.cancel()
+            raise
+        if error is not None:
+            raise error
+        return cast(T, value)
 
-    thread = threading.Thread(target=serve, name="nbtasks inline asyncio")
-    thread.start()
-    thread.join()
-    if "error" in out:
-        raise out["error"]
-    return out.get("value")
+    def close(self) -> None:
+        if self.thread is None:
+            return
+        assert self.loop is not None and self.closing is not None
+        self.loop.call_soon_threadsafe(self.closing.set)
+        self.thread.join()
+        self.thread = None
+
+    def _started(self) -> asyncio.AbstractEventLoop:
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._serve, name="nbtasks inline asyncio", daemon=True)
+            self.thread.start()
+            self.ready.wait()
+        assert self.loop is not None
+        return self.loop
+
+    def _serve(self) -> None:
+        try:
+            with asyncio.Runner() as runner:
+                self.loop = runner.get_loop()
+                runner.run(self._until_closed())
+        finally:
+            self.ready.set()  # (should the loop fail to start, the caller must not wait forever)
+
+    async def _until_closed(self) -> None:
+        self.closing = asyncio.Event()
+        self.ready.set()
+        await self.closing.wait()
+
+
+async def _settled(coroutine: Coroutine[Any, Any, T]) -> tuple[T | None, BaseException | None]:
+    """The value or the exception of `coroutine`: a SystemExit or KeyboardInterrupt
+    raised in a task would stop the loop itself, and nobody would hear of it."""
+    try:
+        return await coroutine, None
+    except BaseException as exc:  # handed to the caller
+        return None, exc

@@ -5,10 +5,16 @@ so sockets, `time.sleep` and the worker loop's own threads and queues are green.
 A task that waits on the network yields to the others; its timeout is an
 eventlet.Timeout. A task stuck in CPU or C code never yields: the greenlet trace keeps
 the beacon told which item holds the loop, and the caller replaces the process.
+
+A task may run an event loop of its own (``asyncio.run()``, ``loop.run_until_complete``):
+under the patch its selector waits through eventlet, so the loop yields to the other
+green threads like any socket. asyncio keeps one running loop per OS thread, which the
+green threads share; the trace hands each green thread its own as it switches in.
 """
 
 from __future__ import annotations
 
+from asyncio import AbstractEventLoop, _get_running_loop, _set_running_loop
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
@@ -20,7 +26,7 @@ import greenlet
 from greenlet import GreenletExit
 
 from ..beacon import IDLE, Beacon
-from .base import Backend, Task
+from .base import Backend, Begin, End, Task
 
 SYNC_STREAK = 200  # items in a row that never yielded before batches run in one green thread
 
@@ -33,6 +39,7 @@ class GreenBackend(Backend):
         self.switches = 0  # green-thread switches seen by the trace
         self.streak = 0  # items in a row that ran without yielding
         self.beacon: Beacon | None = None
+        self.loops: dict[greenlet.greenlet, AbstractEventLoop] = {}  # switched-out green thread -> its running loop
 
     def semaphore(self, value: int) -> Any:
         return eventlet.semaphore.Semaphore(value)
@@ -43,12 +50,16 @@ class GreenBackend(Backend):
     def lock(self) -> AbstractContextManager[Any]:
         return nullcontext()  # green threads switch only where they wait
 
+    def start(self, func: Callable[[Any], Any], timeout: float | None, begin: Begin, end: End) -> None:
+        super().start(func, timeout, begin, end)
+        greenlet.settrace(self._trace)
+
     def watch(self, beacon: Beacon) -> None:
         self.beacon = beacon
-        greenlet.settrace(self._trace)
 
     def stop(self) -> None:
         greenlet.settrace(None)
+        self.loops.clear()
 
     def soon(self, fn: Callable[[], None]) -> None:
         eventlet.spawn_n(fn)
@@ -99,6 +110,21 @@ class GreenBackend(Backend):
         return synchronous
 
     def _trace(self, event: str, args: tuple[greenlet.greenlet, greenlet.greenlet]) -> None:
-        if event in ("switch", "throw") and self.beacon is not None:
+        # Events are "switch" and "throw": either hands the OS thread to args[1].
+        loop = _get_running_loop()
+        if loop is not None or self.loops:
+            self._hand_over(loop, *args)
+        if self.beacon is not None:
             self.switches += 1
             self.beacon.running(self.running.get(args[1], IDLE))
+
+    def _hand_over(self, loop: AbstractEventLoop | None, origin: greenlet.greenlet, target: greenlet.greenlet) -> None:
+        """asyncio's running loop belongs to the OS thread, which the green threads
+        share: keep `origin`'s, and make `target`'s (or none) the running one. Without
+        this, a second green thread in asyncio.run() would find the first one's loop
+        running and refuse."""
+        if loop is not None and not origin.dead:
+            self.loops[origin] = loop
+        resumed = self.loops.pop(target, None)
+        if resumed is not loop:
+            _set_running_loop(resumed)
