@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import standby
+from . import blas, standby
 from .beacon import IDLE, Beacon
 from .standby import Assignment
 
@@ -73,7 +73,8 @@ class WorkerPool:
         beacon = Beacon(beacon_path, create=True)
         # The caller's import path, so functions from its own modules load there too.
         sys_path = [p or os.getcwd() for p in sys.path]
-        env = {**os.environ, "NBTASKS_REDIS_URL": self.url}  # not in argv: the URL may hold a password
+        env = {**os.environ, **blas.limits(os.environ, self.processes)}  # BLAS threads: see blas
+        env["NBTASKS_REDIS_URL"] = self.url  # not in argv: the URL may hold a password
         if self.warm > 0:
             a = Assignment(self.job, self.token, wid, self.concurrency, str(beacon_path), self.url, sys_path)
             a.env, a.cwd = env, os.getcwd()

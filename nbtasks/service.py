@@ -20,6 +20,7 @@ import threading
 import uuid
 from dataclasses import dataclass
 
+from . import blas
 from .exits import EXIT_REFUSED
 from .store import Store, safe_url
 
@@ -97,7 +98,8 @@ class Service:
         wid = f"{self.host}:{uuid.uuid4().hex[:8]}"  # never like a caller's own (token-n)
         cmd = [sys.executable, "-m", "nbtasks.worker", "--job", job, "--token", token, "--wid", wid]
         cmd += ["--concurrency", str(self.concurrency), "--heartbeat", str(self.heartbeat), "--backend", backend]
-        env = {**os.environ, "NBTASKS_REDIS_URL": self.store.url, "NBTASKS_SYS_PATH": os.getcwd()}
+        env = {**os.environ, **blas.limits(os.environ, self.processes)}  # BLAS threads: see blas
+        env |= {"NBTASKS_REDIS_URL": self.store.url, "NBTASKS_SYS_PATH": os.getcwd()}
         # Its own session: Ctrl-C here reaches this loop, which stops the workers in order.
         popen = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
         if job not in {c.job for c in self.children}:

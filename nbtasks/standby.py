@@ -110,8 +110,8 @@ def take(assignment: Assignment, backend: str) -> tuple[subprocess.Popen[bytes],
     deadline = time.monotonic() + READY_WAIT
     while True:
         with _lock:
-            candidates = [w for w in _idle if w.popen.poll() is None and w.backend == backend]
-            _prune_locked()
+            _prune_locked()  # first: it closes the sockets of those that left
+            candidates = [w for w in _idle if w.backend == backend]
             for w in candidates:
                 if _readable(w.control, 0):
                     _idle.remove(w)

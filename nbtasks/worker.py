@@ -39,11 +39,12 @@ import socket  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
+from collections import deque  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, NoReturn, TypeVar  # noqa: E402
 
-from . import backends, codec, output  # noqa: E402
+from . import backends, blas, codec, output  # noqa: E402
 from .backends import Backend, Task  # noqa: E402
 from .beacon import Beacon  # noqa: E402
 from .errors import PayloadRejected  # noqa: E402
@@ -99,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     stores: dict[str, Store] = {}
     while assignment is not None:
         assignment.apply()
+        blas.limit_loaded()  # a warm worker's loaded BLAS takes this run's thread limit
         store = stores.get(assignment.url) or stores.setdefault(assignment.url, Store.connect(assignment.url))
         store.signer = Signer.from_environment()  # the caller's secret, as the assignment set it
         try:
@@ -124,6 +126,9 @@ class Worker:
     backend, their outcomes recorded in batches."""
 
     CLAIM_MAX = 1000  # items per claim; also bounds a Lua call's argument count
+    AHEAD = 8  # items claimed beyond the free slots when items are short (see _claim_loop)
+    SHORT = 0.05  # seconds: items that take less, on average, are short
+    GATHER = 0.005  # seconds the recorder waits for more outcomes of short items
     WATCH_INTERVAL = 0.25  # seconds between checks that the caller still owns the job
     OUTAGE_LIMIT = 300.0  # seconds a worker waits for Redis to come back
     START_WAIT = 60.0  # seconds a late warm-capable worker waits for the caller's word
@@ -149,6 +154,8 @@ class Worker:
         self.in_flight = 0  # items handed to the backend and not ended
         self.counting = self.backend.lock()  # backends end items from their own threads
         self.slots = self.backend.semaphore(concurrency)
+        self.began: dict[int, float] = {}  # item -> when it began
+        self.item_time = float("inf")  # moving average of items' durations (unknown yet)
         self.outcomes = self.backend.queue()  # Outcome, or None: the run is over
         self.recording = False
         self.policy: dict[str, Any] = {}
@@ -253,37 +260,64 @@ class Worker:
     def _claim_loop(self) -> None:
         idle = 0.01
         rate = self.policy.get("rate")
+        waiting: deque[Task] = deque()  # claimed, not started (see _wanted)
         while not self.over.is_set() and not self.stopping:
             self.slots.acquire()
-            want = 1
-            while want < self.CLAIM_MAX and self.slots.acquire(blocking=False):
-                want += 1
+            free = 1
+            while free < self.CLAIM_MAX and self.slots.acquire(blocking=False):
+                free += 1
             if rate:
-                want = self._turns(want, rate)
-                if not want:
+                free = self._turns(free, rate)
+                if not free:
                     continue
-            items = self._retrying(self.store.claim, self.job, self.token, self.wid, want)
-            if items is None:  # the caller let go of the job
-                return
-            for _ in range(want - len(items)):
+            started = self._start(waiting, free)
+            want = self._wanted(free - started, len(waiting), bool(rate))
+            if want > 0:
+                # (On green threads the items just started run while this waits.)
+                items = self._retrying(self.store.claim, self.job, self.token, self.wid, want)
+                if items is None:  # the caller let go of the job
+                    return
+                waiting.extend(self._runnable(items))
+                started += self._start(waiting, free - started)
+            for _ in range(free - started):
                 self.slots.release()
-            if not items:
+            if not started:
                 self.over.wait(idle)
                 idle = min(idle * 2, 0.2)
                 continue
             idle = 0.01
-            tasks = []
-            for index, payload in items:
-                if isinstance(payload, PayloadRejected):
-                    # Never unpickled, never run, never retried: recorded once as a final failure.
-                    print(f"nbtasks: {payload}", file=sys.stderr)
-                    self.outcomes.put(Outcome(index, "0", codec.failure_payload(payload), codec.failure_line(payload)))
-                    self.slots.release()
-                else:
-                    tasks.append(Task(index, payload))
+
+    def _wanted(self, free: int, waiting: int, rate: bool) -> int:
+        """How many items to claim now. Short items (at low concurrency above all) would
+        each wait for a round trip to Redis, and pay for one: a few more are claimed in
+        one go, before slots free. Not for long items, which one process would then hoard
+        while others idle at the end of the run, nor under a rate limit, whose turns are
+        taken as items start."""
+        if rate or self.item_time > self.SHORT:
+            return free
+        if free == 0 and waiting > self.AHEAD // 2:
+            return 0  # enough waits here: claim when it runs low
+        return free + self.AHEAD - waiting
+
+    def _start(self, waiting: deque[Task], free: int) -> int:
+        """Hand up to `free` waiting items to the backend; how many."""
+        tasks = [waiting.popleft() for _ in range(min(free, len(waiting)))]
+        if tasks:
             with self.counting:
                 self.in_flight += len(tasks)
             self.backend.submit(tasks)
+        return len(tasks)
+
+    def _runnable(self, items: list[tuple[int, bytes | PayloadRejected]]) -> list[Task]:
+        tasks = []
+        for index, payload in items:
+            if isinstance(payload, PayloadRejected):
+                # Never unpickled, never run, never retried: recorded once as a final failure.
+                print(f"nbtasks: {payload}", file=sys.stderr)
+                self.outcomes.put(Outcome(index, "0", codec.failure_payload(payload), codec.failure_line(payload)))
+            else:
+                tasks.append(Task(index, payload))
+        return tasks
 
     def _turns(self, want: int, rate: float) -> int:
         """How many of `want` items may start now under the job's shared rate limit;
@@ -297,12 +331,16 @@ class Worker:
 
     def _begin(self, task: Task) -> Any:
         output.ITEM.set(task.index)  # in the task's own context: its lines carry its index
+        self.began[task.index] = time.monotonic()
         return codec.load(task.payload)
 
     def _end(self, task: Task, value: Any, error: BaseException | None) -> None:
         """A backend ended an item (from any thread): queue its outcome, free its slot."""
         outcome, retry = None, True
         said = self.collector.finish(task.index)  # what this attempt printed: a failure carries it
+        if (began := self.began.pop(task.index, None)) is not None:
+            took = time.monotonic() - began
+            self.item_time = took if self.item_time == float("inf") else 0.8 * self.item_time + 0.2 * took
         if error is None:
             try:
                 outcome = Outcome(task.index, "1", codec.dump_result(value))
@@ -327,6 +365,8 @@ class Worker:
         while not stop:
             batch = [self.outcomes.get()]
             self.recording = True
+            if self.item_time < self.SHORT and self.outcomes.empty():
+                time.sleep(self.GATHER)  # short items: a few more end meanwhile, one round trip for all
             while len(batch) < self.CLAIM_MAX and not self.outcomes.empty():
                 batch.append(self.outcomes.get_nowait())
             stop = None in batch  # the run is over (see run)
