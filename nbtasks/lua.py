@@ -134,6 +134,21 @@ end
 return #back
 """
 
+# KEYS claims queue done counts; ARGV indices
+# A worker gives back items it claimed and has not started (see worker._wanted).
+UNCLAIM = """
+local back, n = {}, 0
+for _, i in ipairs(ARGV) do
+  if redis.call('HDEL', KEYS[1], i) == 1 then
+    n = n + 1
+    if redis.call('GETBIT', KEYS[3], i) == 0 then back[#back + 1] = i end
+  end
+end
+if n > 0 then redis.call('HINCRBY', KEYS[4], 'running', -n) end
+if #back > 0 then redis.call('LPUSH', KEYS[2], unpack(back)) end
+return #back
+"""
+
 # KEYS claims queue done counts deaths failures history attempts
 # ARGV culprit limit payload line
 # A worker died: its unfinished items go back to the head of the queue, except the one

@@ -266,6 +266,7 @@ class Store:
         self._record = client.register_script(lua.RECORD)
         self._poll = client.register_script(lua.POLL)
         self._requeue = client.register_script(lua.REQUEUE)
+        self._unclaim = client.register_script(lua.UNCLAIM)
         self._bury = client.register_script(lua.BURY)
         self._take = client.register_script(lua.TAKE)
         self._release = client.register_script(lua.RELEASE)
@@ -632,6 +633,11 @@ class Store:
         """Give a stopped worker's unfinished items back to the queue; how many went back."""
         k = self.keys[job]
         return int(self._requeue(keys=[k.claims(wid), k.queue, k.done, k.counts]))
+
+    def unclaim(self, job: str, wid: str, indices: list[int]) -> int:
+        """Give back items a worker claimed and has not started; how many went back."""
+        k = self.keys[job]
+        return int(self._unclaim(keys=[k.claims(wid), k.queue, k.done, k.counts], args=indices))
 
     def bury(self, job: str, wid: str, culprit: int, limit: int, payload: bytes, line: str) -> int:
         """A worker died executing `culprit` (-1: none): requeue its unfinished items,

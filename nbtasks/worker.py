@@ -270,6 +270,10 @@ class Worker:
                 free = self._turns(free, rate)
                 if not free:
                     continue
+            if waiting and self.item_time > self.SHORT:
+                # Items turned long: those claimed ahead go back, for idle workers to take.
+                self._retrying(self.store.unclaim, self.job, self.wid, [t.index for t in waiting])
+                waiting.clear()
             started = self._start(waiting, free)
             want = self._wanted(free - started, len(waiting), bool(rate))
             if want > 0:
@@ -291,8 +295,8 @@ class Worker:
         """How many items to claim now. Short items (at low concurrency above all) would
         each wait for a round trip to Redis, and pay for one: a few more are claimed in
         one go, before slots free. Not for long items, which one process would then hoard
-        while others idle at the end of the run, nor under a rate limit, whose turns are
-        taken as items start."""
+        while others idle (and those claimed ahead go back once items turn long), nor
+        under a rate limit, whose turns are taken as items start."""
         if rate or self.item_time > self.SHORT:
             return free
         if free == 0 and waiting > self.AHEAD // 2:

@@ -190,3 +190,18 @@ def test_fast_items_run_in_batches_and_slow_ones_still_overlap(r: redis.Redis, h
     out = nbtasks.pmap(mostly_instant, urls, concurrency=50, progress=False)
     assert out == [u if not u.endswith("?delay=0.3") else u[len(http_url) :] for u in urls]
     assert demo.SlowHandler.peak >= 3, f"only {demo.SlowHandler.peak} slow requests overlapped"
+
+
+def pid_after(item: tuple[float, int]) -> int:
+    import time
+
+    time.sleep(item[0])
+    return os.getpid()
+
+
+def test_items_that_turn_long_are_not_hoarded_by_one_worker(r: redis.Redis) -> None:
+    # Short items are claimed a few ahead; once items turn long, those claimed ahead go
+    # back to the queue, so the long ones at the end do not all wait on one process.
+    items = [(0.0, i) for i in range(20)] + [(0.5, i) for i in range(4)]  # distinct: each runs
+    pids = nbtasks.pmap(pid_after, items, processes=2, concurrency=1, progress=False)
+    assert len(set(pids[20:])) == 2, f"one worker ran every long item: {pids[20:]}"
