@@ -14,7 +14,15 @@ import redis
 
 from . import backends, codec, identity, job, server
 from .config import Policy, Settings, parse_rate, settings
-from .errors import ConfigError, Failure, JobCancelled, NbtasksError, RedisUnavailable, UnknownJob
+from .errors import (
+    ConfigError,
+    Failure,
+    JobCancelled,
+    NbtasksError,
+    NotPicklableError,
+    RedisUnavailable,
+    UnknownJob,
+)
 from .job import JobSpec
 from .output import Output
 from .progress import in_notebook
@@ -121,7 +129,8 @@ def pmap(
     ident = identity.identify(func)
     store = connect(redis if redis is not None else cfg.redis_url)
     try:
-        dump = functools.partial(codec.dump_function, func, policy.retry_on)  # only when something may run
+        to_bytes = functools.partial(codec.dump_function, func, policy.retry_on)  # only when something may run
+        dump = functools.partial(_if_it_can_travel, to_bytes) if cfg.processes == 0 else to_bytes
         spec = job.define(store, func, dump, ident, inputs, name=name, fresh=fresh, policy=policy)
         del inputs  # the store has them; don't hold them through the run
         if background:
@@ -137,6 +146,15 @@ def pmap(
             f"Lost Redis at {safe_url(store.url)} ({exc}). Every result recorded before is kept: "
             "run the same call again once the server is back."
         ) from exc
+
+
+def _if_it_can_travel(dump: Callable[[], bytes]) -> bytes | None:
+    """The stored function of a run here (processes=0), or None: it need not travel, and
+    its globals may hold what cannot (a client it keeps, made by an earlier call)."""
+    try:
+        return dump()
+    except NotPicklableError:
+        return None
 
 
 def _run_and_gather(

@@ -94,7 +94,7 @@ APPENDABLE = "appended"  # the inputs kind of a job that grows by appending (a s
 def define(
     store: Store,
     func: Callable[..., Any],
-    dump: Callable[[], bytes],
+    dump: Callable[[], bytes | None],
     ident: Identity,
     items: list[Any],
     *,

@@ -6,6 +6,7 @@ then followed there (`pmap`) or in a background thread (`Job`).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import inspect
 import json
@@ -28,6 +29,19 @@ from .supervise import Supervisor
 
 INLINE_TTL = 24 * 3600.0  # an inline run has no workers waiting on its heartbeat
 INLINE_BATCH = 100
+
+
+_loops: list[LoopThread] = []
+
+
+def _inline_loop() -> LoopThread:
+    """The event loop of async def items run here (processes=0): one for the process, as
+    a worker has, so that a client a function makes on first use and keeps in a global
+    (an aiohttp.ClientSession, an httpx.AsyncClient) serves every item of every call."""
+    if not _loops:
+        _loops.append(LoopThread())
+        atexit.register(_loops[0].close)
+    return _loops[0]
 
 
 class _Stop(Exception):
@@ -215,27 +229,25 @@ class Run:
     def _run_inline(self, func: Callable[[Any], Any]) -> Counts:
         """Run in the caller with the same store calls. The first task that raises is
         recorded as failed and its exception propagates unchanged, so ``%debug`` lands in it.
-        An async def function's items share one event loop, closed at the end of the call,
-        so a client it makes on first use and keeps serves every item."""
+        An async def function's items share one event loop (see `_inline_loop`)."""
         name, total = self.spec.name, self.spec.total
-        with LoopThread() as loop:
-            while items := self.store.claim(name, self.token, "inline", INLINE_BATCH):
-                outcomes: list[Outcome] = []
-                try:
-                    for index, payload in items:
-                        try:
-                            if isinstance(payload, PayloadRejected):
-                                raise payload  # never unpickled, never run
-                            value = func(codec.load(payload))
-                            if inspect.iscoroutine(value):  # an async def function
-                                value = loop.run(value)
-                            data = codec.dump_result(value)
-                        except Exception as exc:
-                            outcomes.append(Outcome(index, "0", codec.failure_payload(exc), codec.failure_line(exc)))
-                            raise
-                        outcomes.append(Outcome(index, "1", data))
-                finally:
-                    self.store.record(name, "inline", outcomes)
-                    self.counts = self.store.poll(name, self.token, total, self.ttl)
-                    self.bar.update(self.counts)
+        while items := self.store.claim(name, self.token, "inline", INLINE_BATCH):
+            outcomes: list[Outcome] = []
+            try:
+                for index, payload in items:
+                    try:
+                        if isinstance(payload, PayloadRejected):
+                            raise payload  # never unpickled, never run
+                        value = func(codec.load(payload))
+                        if inspect.iscoroutine(value):  # an async def function
+                            value = _inline_loop().run(value)
+                        data = codec.dump_result(value)
+                    except Exception as exc:
+                        outcomes.append(Outcome(index, "0", codec.failure_payload(exc), codec.failure_line(exc)))
+                        raise
+                    outcomes.append(Outcome(index, "1", data))
+            finally:
+                self.store.record(name, "inline", outcomes)
+                self.counts = self.store.poll(name, self.token, total, self.ttl)
+                self.bar.update(self.counts)
         return self.counts

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +18,8 @@ import redis
 
 import nbtasks
 from nbtasks import demo
+
+from .conftest import run_script
 
 N = 20  # items, and green threads in the one worker process
 
@@ -149,3 +152,15 @@ async def stop_at(i: int) -> int:
 def test_inline_a_base_exception_reaches_the_caller(r: redis.Redis) -> None:
     with pytest.raises(Stop):
         nbtasks.pmap(stop_at, range(5), processes=0, progress=False)
+
+
+def test_inline_a_client_kept_by_an_earlier_call_serves_the_next(r: redis.Redis, redis_server, http_url: str) -> None:  # type: ignore[no-untyped-def]
+    # A notebook function (by value) whose global now holds a session: it need not travel
+    # to run here, and the session's loop is still the one the items run on.
+    script = Path(__file__).parent / "scripts" / "inline_kept_client.py"
+    proc = run_script(script, redis_server.url, http_url)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    first, second, made = out.splitlines()
+    assert first == str([f"/first/{i}" for i in range(3)]) and second == str([f"/second/{i}" for i in range(3)])
+    assert made == "1"
