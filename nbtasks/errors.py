@@ -110,7 +110,7 @@ class TaskError(NbtasksError):
         self.failures = failures
         first = failures[0]
         super().__init__(
-            f"{len(failures)} of {total} tasks of job '{job}' failed; the first, {first}. Results of "
+            f"{len(failures)} of {total} tasks of job '{job}' failed; the first, {str(first).rstrip('.')}. Results of "
             "the others are kept. Running the same call again, unchanged, retries only the failed ones; "
             f"after you fix the function, add name={job!r} to the call so that the finished results are "
             "kept (an edited function is otherwise a new job, run from the start)."

@@ -262,9 +262,9 @@ class Echo:
 
     BATCH = 1000
 
-    def __init__(self, store: Store, job: str, write: Callable[[str, bool], None]) -> None:
+    def __init__(self, store: Store, job: str, write: Callable[[str, bool], None], cursor: str) -> None:
         self.store, self.job, self.write = store, job, write
-        self.cursor = store.output_cursor(job)  # only what this run's tasks write
+        self.cursor = cursor  # where the job's output ended before this run (see Store.output_cursor)
         self.shown = self.hidden = 0
 
     def pump(self) -> None:

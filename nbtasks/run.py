@@ -66,11 +66,13 @@ class Run:
         self.token = uuid.uuid4().hex
         self.inline = cfg.processes == 0
         self.ttl = INLINE_TTL if self.inline else cfg.heartbeat_ttl
-        # Workers log as the caller does (level, format), from the first item on.
+        # Workers log as the caller does (level, format), from the first item on; what
+        # they write is shown from here on (taken before any item is queued).
         store.note(spec.name, logging=json.dumps(output.logging_config()))
+        cursor = store.output_cursor(spec.name)
         self.counts = store.begin_run(spec.name, self.token, spec.indices, self.ttl)
         self.bar = Progress(spec.name, self.counts, progress)
-        self.echo = output.Echo(store, spec.name, echo or self.bar.write)
+        self.echo = output.Echo(store, spec.name, echo or self.bar.write, cursor)
         self._epoch = store.meta(spec.name).get("epoch")
         self._outage_since: float | None = None
         self._polls = 0

