@@ -18,7 +18,6 @@ from __future__ import annotations
 import io
 import logging
 import sys
-import threading
 from collections import deque
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -85,8 +84,7 @@ class Collector:
         self.pending: deque[tuple[int, str, str]] = deque()  # appends and pops are atomic
         self.dropped = 0
         self.tails: dict[int, deque[str]] = {}
-        self.partial: dict[tuple[int, str], str] = {}
-        self.lock = threading.Lock()  # (patched: green under eventlet)
+        self.partial: dict[tuple[int, str], str] = {}  # (item, stream) -> a line not ended yet
 
     def write(self, stream: str, text: str) -> None:
         """Text written by whatever runs now: complete lines are kept, the rest waits."""
