@@ -20,6 +20,8 @@ from nbtasks import blas, service
 
 from .conftest import _pids
 
+ONE_SERVER = True  # (see conftest): thread limits, not the server, are under test
+
 CORES = blas.cores()
 
 
@@ -111,7 +113,6 @@ import numpy
 from nbtasks import blas
 from threadpoolctl import threadpool_info
 
-ONE_SERVER = True  # (see conftest): thread limits, not the server, are under test
 
 def threads():
     return [i["num_threads"] for i in threadpool_info() if i["internal_api"] == "openblas"]

@@ -25,6 +25,8 @@ from nbtasks.errors import NbtasksError, ResultNotPicklable
 
 from .test_backends import BACKENDS, pick
 
+ONE_SERVER = True  # (see conftest): what is pickled, not the server, is under test
+
 SCRIPTS = Path(__file__).parent / "scripts"
 
 
@@ -131,7 +133,6 @@ import eventlet.lock, eventlet.timeout
 from nbtasks import codec
 from nbtasks.errors import ResultNotPicklable
 
-ONE_SERVER = True  # (see conftest): what is pickled, not the server, is under test
 def green_sleep():
     return eventlet.sleep  # from __main__: cloudpickle sends it by value, and eventlet by name
 for value in (eventlet.lock.Lock(), [1, eventlet.timeout.Timeout], green_sleep):

@@ -22,6 +22,8 @@ from nbtasks.store import JobKeys
 
 from .conftest import wait_until
 
+ONE_SERVER = True  # (see conftest): what tasks print, not the server, is under test
+
 BACKENDS = ["eventlet", "threads"]
 
 
@@ -228,7 +230,6 @@ def test_the_callers_logging_level_and_format_apply_in_workers(redis_server, tmp
 NOTEBOOK_CELL = """
 import nbtasks
 
-ONE_SERVER = True  # (see conftest): what tasks print, not the server, is under test
 def noisy(x):
     print("page", x)
     return x

@@ -185,9 +185,10 @@ def candidates() -> list[str]:
     return found + [w for v in ("3.12", "3.13") if v != here and (w := shutil.which(f"python{v}"))]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def other_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """nbtasks installed in a venv of another Python version."""
+    """nbtasks installed in a venv of another Python version (once: tests run grouped by
+    server, so a module's fixture would be built again for the second)."""
     other = next((p for p in candidates() if subprocess.run([p, "-c", ""], capture_output=True).returncode == 0), None)
     if other is None:
         pytest.skip("no other Python 3 here")
