@@ -303,10 +303,19 @@ class Store:
             )
         return store
 
-    def check(self) -> None:
-        """Raise RedisUnavailable, saying what to do, unless the server answers."""
+    def check(self, loading_wait: float = 60.0) -> None:
+        """Raise RedisUnavailable, saying what to do, unless the server answers. A server
+        still loading its data (just restarted) is waited for, up to `loading_wait` s."""
+        deadline = time.monotonic() + loading_wait
         try:
-            self.client.ping()
+            while True:
+                try:
+                    self.client.ping()
+                    return
+                except redis.BusyLoadingError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
         except redis.RedisError as exc:
             raise RedisUnavailable(
                 f"Cannot reach Redis at {safe_url(self.url)} ({exc}). Start that server, or point "

@@ -11,6 +11,8 @@ import redis
 
 import nbtasks
 
+ONE_SERVER = True  # (see conftest): the command line, not the server, is under test
+
 
 def nbt(
     *args: str, url: str | None = None, columns: int = 200, stdin: str | None = None

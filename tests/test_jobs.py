@@ -18,6 +18,8 @@ from .conftest import wait_until, worker_pids
 from .test_failures import flaky
 from .test_pmap import SCRIPT, executions
 
+ONE_SERVER = True  # (see conftest): Job, the dashboard and status, not the server, are under test
+
 
 def slow(x: int) -> int:
     time.sleep(0.05)

@@ -24,6 +24,8 @@ from .conftest import RedisServer, wait_until
 from .test_cluster import free_port
 from .test_remote import ROOT, places, remote_wids, where  # noqa: F401 (where travels by reference)
 
+ONE_SERVER = True  # (see conftest): a worker on another host, not the server, is under test
+
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("ip") is None, reason="network namespaces need root and iproute2"
 )

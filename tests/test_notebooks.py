@@ -18,6 +18,8 @@ from nbtasks.store import JobKeys
 
 from .conftest import wait_until, worker_pids
 
+ONE_SERVER = True  # (see conftest): kernels and widgets, not the server, are under test
+
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 
 

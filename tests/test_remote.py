@@ -21,6 +21,8 @@ from nbtasks.store import JobKeys
 
 from .conftest import _pids, wait_until
 
+ONE_SERVER = True  # (see conftest): workers on other machines, not the server, are under test
+
 ROOT = Path(__file__).parent.parent
 
 

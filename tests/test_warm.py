@@ -18,6 +18,8 @@ import nbtasks
 
 from .conftest import _pids, wait_until
 
+ONE_SERVER = True  # (see conftest): reusing worker processes, not the server, is under test
+
 
 @pytest.fixture(autouse=True)
 def warm(r: redis.Redis) -> Iterator[None]:
