@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import redis
 
-from . import backends, codec, identity, job, server
+from . import backends, codec, identity, job, pool, server
 from .config import Policy, Settings, parse_rate, settings
 from .errors import (
     ConfigError,
@@ -128,6 +128,7 @@ def pmap(
         return []  # nothing to run: no server, no workers
     ident = identity.identify(func)
     store = connect(redis if redis is not None else cfg.redis_url)
+    pool.remove_leftovers()  # of callers killed earlier, whether or not this call runs anything
     try:
         to_bytes = functools.partial(codec.dump_function, func, policy.retry_on)  # only when something may run
         dump = functools.partial(_if_it_can_travel, to_bytes) if cfg.processes == 0 else to_bytes
@@ -229,7 +230,7 @@ class Job:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._error: BaseException | None = None
-        self._shown = False
+        self._shown_in: int | None = None  # the cell that showed the job's row
 
     @classmethod
     def _start(cls, store: Store, spec: JobSpec, cfg: Settings, progress: bool) -> Job:
@@ -252,7 +253,7 @@ class Job:
         lines = _OutputWidget() if widget else None
         run = Run(self._store, spec, cfg, None, progress and not widget, echo=lines.add if lines else None)
         if lines is not None:
-            self._shown = False
+            self._shown_in = None
             self._ipython_display_()
             lines.show()  # the tasks' output, under the job's row
         self._stop, self._error = threading.Event(), None
@@ -335,12 +336,23 @@ class Job:
 
     def _ipython_display_(self) -> None:
         """In Jupyter: the job's live dashboard row (bar, counts, cancel, retry, failures)."""
-        if self._shown:
-            return  # pmap(..., background=True) showed it already
+        cell = _cell()
+        if cell is not None and cell == self._shown_in:
+            return  # pmap(..., background=True) showed it already, in this same cell
         from .dashboard import Dashboard
 
-        self._shown = True
+        self._shown_in = cell
         Dashboard(self._store, [self.name]).show()
+
+
+def _cell() -> int | None:
+    """The number of the Jupyter cell running now (None outside IPython)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    shell = get_ipython()
+    return None if shell is None else int(shell.execution_count)
 
 
 class _OutputWidget:
@@ -383,7 +395,7 @@ def reset(name: str, *, redis: str | redis.Redis | None = None) -> None:
     """Delete a job and everything stored for it, stopping it first if it runs."""
     handle = Job(name, redis=redis)
     if not handle.done():
-        handle.cancel()
+        handle._store.cancel(name, why="reset")  # its run says the job goes, not how to resume it
         deadline = time.monotonic() + 30
         while not handle.done():
             if time.monotonic() > deadline:

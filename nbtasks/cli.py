@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+import time
 from typing import Any
 
 from .exits import EXIT_FAILED, EXIT_NOT_RUNNING, EXITS, confirm, reported
@@ -39,6 +40,7 @@ def parser() -> argparse.ArgumentParser:
 
     status = command("status", "every job as a table, or one job with its first failures")
     status.add_argument("name", nargs="?", metavar="NAME")
+    status.add_argument("--watch", action="store_true", help="refresh every second until no job runs (Ctrl-C stops)")
     command("jobs", "one line per job: name, state, done/total, failed (for scripts)")
     failures = command("failures", "the failures of a job, with their remote tracebacks")
     failures.add_argument("name", metavar="NAME")
@@ -81,18 +83,13 @@ def _jobs_command(args: Any) -> int:
     from . import job
     from .api import Job, connect, reset
     from .config import settings
-    from .snapshot import detail, snapshots, table
+    from .snapshot import snapshots
 
     cfg = settings()
     store = connect(args.redis or cfg.redis_url)
     width = shutil.get_terminal_size().columns
     if args.command == "status":
-        if args.name is None:
-            print(table(snapshots(store), width))
-            return 0
-        state = Job(args.name, redis=store.client).counts()
-        print(detail(state, job.load_failures(store, args.name), width=width, refusals=store.refusals(args.name)))
-        return 0
+        return _status(store, args.name, args.watch, width)
     if args.command == "jobs":
         for s in snapshots(store):
             print(f"{s.name}\t{s.state}\t{s.done}/{s.total}\t{s.failed}")
@@ -123,6 +120,31 @@ def _jobs_command(args: Any) -> int:
     processes = args.processes if args.processes is not None else cfg.processes
     concurrency = args.concurrency if args.concurrency is not None else cfg.concurrency
     return Service(store, max(1, processes), concurrency, args.job, args.heartbeat).serve()
+
+
+def _status(store: Any, name: str | None, watch: bool, width: int) -> int:
+    """Every job as a table, or one in detail; with `watch`, again every second until
+    none runs (in a terminal, redrawn in place)."""
+    from . import job
+    from .api import Job
+    from .snapshot import detail, snapshots, table
+
+    if name is not None:
+        Job(name, redis=store.client)  # UnknownJob unless it exists
+    while True:
+        states = snapshots(store, None if name is None else [name])
+        if name is None:
+            text = table(states, width)
+        else:
+            text = detail(states[0], job.load_failures(store, name), width=width, refusals=store.refusals(name))
+        if watch and sys.stdout.isatty():
+            text = "\x1b[H\x1b[2J" + text  # the terminal's screen, redrawn
+        print(text, flush=True)
+        if not watch or not any(s.state == "running" for s in states):
+            return 0
+        time.sleep(1.0)
+        if not sys.stdout.isatty():
+            print(flush=True)  # (in a file, one table after another)
 
 
 def _logs(store: Any, name: str, last: int | None, follow: bool) -> int:

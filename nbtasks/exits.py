@@ -3,6 +3,7 @@ both so that shell scripts can rely on them, and the yes/no question before dele
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 
@@ -48,6 +49,11 @@ def reported(prog: str, call: Callable[[], int]) -> int:
     ]
     try:
         return call()
+    except BrokenPipeError:
+        # The reader left (`| head`): nothing more to say. Point stdout at /dev/null, or
+        # Python's own flush at exit would print a traceback of the same error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except NbtasksError as exc:

@@ -191,11 +191,43 @@ _kept: set[Path] = set()  # logs of workers that died: their last lines explain 
 
 def _log_dir() -> Path:
     """One folder of worker logs per caller process (warm workers outlive a run),
-    removed at exit unless a worker died there."""
+    removed at exit unless a worker died there (see also `remove_leftovers`)."""
     if not _logs:
-        _logs.append(Path(tempfile.mkdtemp(prefix="nbtasks-workers-")))
+        remove_leftovers()
+        _logs.append(Path(tempfile.mkdtemp(prefix=f"{LOGS_PREFIX}{os.getpid()}-")))
         atexit.register(_remove_logs)
     return _logs[0]
+
+
+LOGS_PREFIX = "nbtasks-workers-"
+
+
+_swept: list[bool] = []
+
+
+def remove_leftovers() -> None:
+    """Remove the worker folders of callers that are gone (killed, or whose workers
+    died), once per process: at its first call that may run something."""
+    if not _swept:
+        _swept.append(True)
+        _remove_leftovers(Path(tempfile.gettempdir()))
+
+
+def _remove_leftovers(folder: Path) -> None:
+    for leftover in folder.glob(f"{LOGS_PREFIX}*"):
+        pid = leftover.name.removeprefix(LOGS_PREFIX).split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's
+    return True
 
 
 def _remove_logs() -> None:

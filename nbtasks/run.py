@@ -77,6 +77,7 @@ class Run:
         self._outage_since: float | None = None
         self._polls = 0
         self._complete = False
+        self._cancelled_for: str | None = None  # "reset": the job is being deleted
         self.pool = None
         if not self.inline:
             backend = spec.policy.get("backend", "eventlet")
@@ -107,6 +108,8 @@ class Run:
                 f"nbtasks: {what}; {self.counts.done} of {self.spec.total} results of job '{self.spec.name}' "
                 f"are stored. {self.resume_hint}"
             )
+            if self._cancelled_for == "reset":
+                message = f"nbtasks: cancelled; job '{self.spec.name}' is being deleted (nbtasks.reset)."
             print(message, file=sys.stderr)
             if isinstance(exc, KeyboardInterrupt):
                 raise
@@ -167,6 +170,7 @@ class Run:
         self.bar.update(counts)
         self.echo.pump()
         if counts.owner == "cancel":
+            self._cancelled_for = self.store.cancel_reason(name)
             raise _Stop
         if counts.owner == "none":
             # Our heartbeat lapsed (the machine slept?): take the job back; live workers

@@ -33,7 +33,7 @@ from .config import Policy, parse_rate, settings
 from .errors import ConfigError
 from .exits import EXIT_FAILED, EXIT_UNKNOWN_JOB, EXITS, confirm, reported
 from .run import Run
-from .snapshot import detail, snapshots
+from .snapshot import count, detail, snapshots
 from .store import Store
 
 _func: Callable[[Any], Any] | None = None
@@ -147,7 +147,7 @@ def _add(store: Store, name: str, files: list[str]) -> int:
         text = sys.stdin.read() if file == "-" else Path(file).read_text()
         lines += [line for line in text.splitlines() if line.strip()]
     spec = _store_job(store, name, lines)
-    print(f"{name}: added {len(lines)} inputs; {spec.total} in all.")
+    print(f"{name}: added {count(len(lines), 'input')}; {spec.total:,} in all.")
     return 0
 
 

@@ -27,7 +27,7 @@ class JobStatus:
     retrying: int  # failed attempts waiting for their retry
     state: str
     workers: int
-    rate: float  # results per second over the current (or last) run
+    rate: float  # results per second over the run under way (0 when none is)
     created: float
     taken_at: float
 
@@ -73,6 +73,10 @@ def snapshots(store: Store, names: Sequence[str] | None = None) -> list[JobStatu
         gained = done - int(meta.get("done_at_start", done))
         rate = gained / elapsed if elapsed > 0 else 0.0
         workers = int(meta.get("workers", 0)) if owned else 0
+        if not owned:
+            # No run under way (finished, stopped, its caller killed): nothing runs, at no
+            # rate, whatever the counters of the last run were left saying.
+            running, rate = 0, 0.0
         created = float(meta.get("created", now))
         function = meta.get("function", "?")
         out.append(
@@ -154,10 +158,16 @@ def detail(
     for who, why in (refusals or {}).items():
         lines.append(f"refused by a worker on {who}: {why}")
     if failures:
-        lines.append(f"\n{len(failures)} failed; the first {min(limit, len(failures))}:")
+        first = "the first:" if len(failures) == 1 else f"the first {min(limit, len(failures))}:"
+        lines.append(f"\n{len(failures)} failed; {first}")
         for f in failures[:limit]:
             lines += ["", textwrap.fill(str(f), width) if width else str(f), f.traceback.rstrip()]
     return "\n".join(lines)
+
+
+def count(n: int, noun: str) -> str:
+    """ "1 input", "2 inputs": a number with its noun, singular or plural."""
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
 
 
 def duration(seconds: float) -> str:

@@ -566,13 +566,19 @@ class Store:
         epoch = epoch.decode() if epoch is not None else None
         return Counts(total, int(done), int(failed), int(running), owner.decode(), int(retrying), epoch)
 
-    def cancel(self, job: str) -> bool:
-        """Ask whoever runs the job to stop; False if nobody runs it."""
+    def cancel(self, job: str, why: str = "cancel") -> bool:
+        """Ask whoever runs the job to stop ("reset": it is about to be deleted); False
+        if nobody runs it."""
         k = self.keys[job]
         if not self.client.exists(k.owner):
             return False
-        self.client.set(k.cancel, 1, ex=60)  # unclaimed, it lapses: a cancel is for the run under way
+        self.client.set(k.cancel, why, ex=60)  # unclaimed, it lapses: a cancel is for the run under way
         return True
+
+    def cancel_reason(self, job: str) -> str | None:
+        """Why the run under way was asked to stop (see `cancel`), if it was."""
+        reason = self.client.get(self.keys[job].cancel)
+        return reason.decode() if reason is not None else None
 
     def end_run(self, job: str, token: str) -> None:
         """Release the job (if still ours): its workers see the owner gone and exit."""

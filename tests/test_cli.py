@@ -10,6 +10,7 @@ import pytest
 import redis
 
 import nbtasks
+from nbtasks.snapshot import count
 
 ONE_SERVER = True  # (see conftest): the command line, not the server, is under test
 
@@ -26,7 +27,7 @@ def nbt(
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["status"], ["jobs"], ["failures"], ["reset"], ["worker"], ["server"], ["demo"]]
+    "command", [[], ["status"], ["jobs"], ["failures"], ["logs"], ["reset"], ["worker"], ["server"], ["demo"]]
 )
 def test_every_command_has_help_with_the_exit_codes(command: list[str]) -> None:
     out = nbt(*command, "--help")
@@ -90,3 +91,51 @@ def test_the_status_table_fits_a_narrow_terminal(r: redis.Redis, redis_server) -
         narrow = nbt("status", url=redis_server.url, columns=columns)
         assert all(len(line) <= columns for line in narrow.stdout.splitlines()), narrow.stdout
         assert "20/20" in narrow.stdout and "2000/2000" in narrow.stdout and "finished" in narrow.stdout
+
+
+def test_output_cut_short_by_its_reader_ends_quietly(r: redis.Redis, redis_server) -> None:
+    nbtasks.pmap(fails, range(400), name="many", errors="return", progress=False)
+    for command in ("failures many --limit 0", "logs many", "jobs"):
+        piped = subprocess.run(
+            f"{sys.executable} -m nbtasks {command} | head -1",
+            shell=True,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "NBTASKS_REDIS_URL": redis_server.url},
+            timeout=60,
+        )
+        assert "Traceback" not in piped.stderr and "BrokenPipeError" not in piped.stderr, (command, piped.stderr)
+
+
+def test_one_is_one(r: redis.Redis, redis_server) -> None:
+    nbtasks.pmap(fails, [3, 4], name="single", errors="return", progress=False)
+    shown = nbt("status", "single", url=redis_server.url).stdout
+    assert "1 failed; the first:" in shown
+    assert (count(1, "input"), count(2, "input"), count(1000, "item")) == ("1 input", "2 inputs", "1,000 items")
+
+
+def test_reset_during_a_run_does_not_say_how_to_resume(r: redis.Redis, capfd: pytest.CaptureFixture[str]) -> None:
+    job = nbtasks.pmap(slow, range(200), name="doomed", background=True, processes=1, concurrency=2, progress=False)
+    job.counts()  # it exists, and runs
+    nbtasks.reset("doomed")
+    with pytest.raises((nbtasks.JobCancelled, nbtasks.UnknownJob)):
+        job.result(timeout=60)  # (waits for the run's thread, which said what happened)
+    err = capfd.readouterr().err
+    assert "job 'doomed' is being deleted" in err and "resume" not in err
+
+
+def slow(x: int) -> int:
+    import time
+
+    time.sleep(0.05)
+    return x
+
+
+def test_status_watch_refreshes_until_no_job_runs(r: redis.Redis, redis_server) -> None:
+    job = nbtasks.pmap(slow, range(60), name="watched", background=True, processes=1, concurrency=2, progress=False)
+    watched = nbt("status", "--watch", url=redis_server.url)
+    assert watched.returncode == 0, watched.stderr
+    tables = [t for t in watched.stdout.split("\n\n") if "watched" in t]
+    assert len(tables) >= 2, watched.stdout  # it refreshed while the job ran...
+    assert "running" in tables[0] and "finished" in tables[-1]  # ...and stopped once it ended
+    assert job.result(timeout=60) == list(range(60))

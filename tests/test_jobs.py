@@ -75,6 +75,7 @@ def test_cancel_keeps_results_and_retry_failed_resumes(r: redis.Redis, redis_ser
     assert worker_pids("cancelled") == []
     stopped = nbtasks.Job("cancelled").counts()
     assert stopped.state == "stopped" and 50 <= stopped.done < 400
+    assert (stopped.running, stopped.rate, stopped.eta) == (0, 0.0, None)  # no stale numbers of the stopped run
     with pytest.raises(nbtasks.JobCancelled, match="stopped with"):
         nbtasks.Job("cancelled").result()
 

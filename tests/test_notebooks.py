@@ -151,3 +151,24 @@ def test_the_same_cells_in_a_new_kernel_find_their_results_and_an_edit_does_not(
     assert run_in_a_new_kernel(2, "1") == 40
     assert run_in_a_new_kernel(2, "2") == 0  # a new kernel, another hash seed: all found
     assert run_in_a_new_kernel(3, "3") == 40  # a global the class reads changed: all run
+
+
+SHOWN = [
+    "import nbtasks\ndef twice(x):\n    return 2 * x\njob = nbtasks.pmap(twice, range(5), background=True)",
+    "assert job.result(timeout=60) == [0, 2, 4, 6, 8]\njob",
+    "job",
+    "nbtasks.pmap(twice, range(5, 8), background=True)",
+]
+
+
+def test_a_job_shows_in_every_cell_that_asks_and_once_in_the_cell_that_starts_it(jupyter_env: redis.Redis) -> None:
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code) for code in SHOWN])
+    NotebookClient(nb, timeout=120, kernel_name="python3").execute()
+
+    def widgets(cell: int) -> int:
+        return sum("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in nb.cells[cell].outputs)
+
+    started = widgets(0)  # the job's row, and the box its tasks' output goes to
+    assert started >= 1
+    assert widgets(1) >= 1 and widgets(2) >= 1, "a later cell showed nothing"
+    assert widgets(3) == started, "the cell that started the job showed it twice"

@@ -31,8 +31,8 @@ def start(redis_url: str, log: Path, job: str, **kw: object) -> subprocess.Popen
     return run_script(SCRIPT, *args, "--concurrency", "10", **kw)
 
 
-def finish(redis_url: str, log: Path, job: str) -> list[int]:
-    proc = start(redis_url, log, job)
+def finish(redis_url: str, log: Path, job: str, **kw: object) -> list[int]:
+    proc = start(redis_url, log, job, **kw)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     return list(json.loads(out)["results"])
@@ -77,13 +77,19 @@ def test_interrupt_returns_fast_stops_workers_and_resumes(r: redis.Redis, redis_
 
 def test_workers_exit_after_their_caller_dies(r: redis.Redis, redis_server, tmp_path) -> None:
     log, job = tmp_path / "log", "orphaned"
-    caller = start(redis_server.url, log, job)
+    tmp = tmp_path / "tmp"  # the callers' temporary folder: what they leave there is seen
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    caller = start(redis_server.url, log, job, env=env)
     wait_until(lambda: len(worker_pids(job)) == 2 and len(recorded(r, job)) > 0, 60, "workers at work")
     caller.kill()
     caller.communicate()
     # The caller's heartbeat lives 6 s; the bound leaves slack for a loaded machine.
     wait_until(lambda: worker_pids(job) == [], 15, "orphaned workers to exit")
-    assert finish(redis_server.url, log, job) == [x * x for x in range(N)]
+    assert len(list(tmp.glob("nbtasks-workers-*"))) == 1  # the killed caller could not clean up
+    assert finish(redis_server.url, log, job, env=env) == [x * x for x in range(N)]
+    left = {str(f.relative_to(tmp)) for f in tmp.rglob("*")}
+    assert not any(name.startswith("nbtasks-workers-") for name in left), f"left behind: {sorted(left)}"
 
 
 def test_inline_run_resumes_too(r: redis.Redis, redis_server, tmp_path) -> None:
