@@ -46,7 +46,8 @@ class Progress:
         if trouble != self._trouble:
             self._trouble = trouble
             shown = {"failed": counts.failed, "retrying": trouble[1]}
-            self.bar.set_postfix({k: v for k, v in shown.items() if v}, refresh=False)
+            # Drawn now when no result moves the bar: a job whose items all fail must say so.
+            self.bar.set_postfix({k: v for k, v in shown.items() if v}, refresh=counts.done <= self.bar.n)
         if counts.done > self.bar.n:
             self.bar.update(counts.done - self.bar.n)
 

@@ -139,3 +139,21 @@ def test_status_watch_refreshes_until_no_job_runs(r: redis.Redis, redis_server) 
     assert len(tables) >= 2, watched.stdout  # it refreshed while the job ran...
     assert "running" in tables[0] and "finished" in tables[-1]  # ...and stopped once it ended
     assert job.result(timeout=60) == list(range(60))
+
+
+def test_the_text_bar_shows_failures_as_they_happen(r: redis.Redis, redis_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    release = tmp_path / "release"
+    script = os.path.join(os.path.dirname(__file__), "scripts", "failing_bar.py")
+    env = {**os.environ, "RELEASE": str(release)}
+    proc = subprocess.Popen([sys.executable, script, redis_server.url], stderr=subprocess.PIPE, env=env)
+    assert proc.stderr is not None
+    seen = b""
+    try:
+        while b"failed=20" not in seen:
+            chunk = proc.stderr.read1(4096)
+            assert chunk, f"the run ended without showing its failures: {seen[-500:]!r}"
+            seen += chunk
+    finally:
+        release.touch()
+        proc.communicate(timeout=60)
+    assert proc.returncode == 0
