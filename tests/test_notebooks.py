@@ -37,23 +37,28 @@ def jupyter_env(tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_in_a_real_kernel(path: Path, jupyter_env: redis.Redis) -> None:
-    nb = nbformat.read(path, as_version=4)
-    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
-    code = [cell for cell in nb.cells if cell.cell_type == "code"]
-    outputs = [o for cell in code for o in cell.outputs]
-    # Only cells tagged raises-exception may end in an error (nbclient enforces it too).
-    expected = [cell for cell in code if "raises-exception" in cell.metadata.get("tags", [])]
-    errors = [o for cell in code if cell not in expected for o in cell.outputs if o.output_type == "error"]
-    assert not errors
-    for cell in expected:
-        assert [o.ename for o in cell.outputs if o.output_type == "error"] == ["KeyboardInterrupt"]
-    # tqdm.auto drew a widget, not a text bar or a bare "HBox(...)".
-    widgets = [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
-    assert widgets, "no progress widget was displayed"
-    # Their plain-text copies (what GitHub or nbconvert show) hold the final state.
-    for o in widgets:
-        text = o.data["text/plain"]
-        assert "| 0/" not in text and not text.startswith(("HBox(", "VBox(")), text
+    # As users meet them: in a store that holds other jobs, and run again after a first time.
+    nbtasks.pmap(abs, range(-20, 20), name="someone-elses", progress=False)
+    for run in ("first", "again"):
+        nb = nbformat.read(path, as_version=4)
+        resources = {"metadata": {"path": str(path.parent)}}
+        NotebookClient(nb, timeout=120, kernel_name="python3", resources=resources).execute()
+        code = [cell for cell in nb.cells if cell.cell_type == "code"]
+        outputs = [o for cell in code for o in cell.outputs]
+        # Only cells tagged raises-exception may end in an error (nbclient enforces it too).
+        expected = [cell for cell in code if "raises-exception" in cell.metadata.get("tags", [])]
+        errors = [o for cell in code if cell not in expected for o in cell.outputs if o.output_type == "error"]
+        assert not errors, run
+        for cell in expected:
+            assert [o.ename for o in cell.outputs if o.output_type == "error"] == ["KeyboardInterrupt"], run
+        # tqdm.auto drew a widget, not a text bar or a bare "HBox(...)".
+        widgets = [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+        assert widgets or run == "again", "no progress widget was displayed"  # (again: results are stored)
+        # Their plain-text copies (what GitHub or nbconvert show) hold the final state.
+        for o in widgets:
+            text = o.data["text/plain"]
+            assert "| 0/" not in text and not text.startswith(("HBox(", "VBox(")), text
+    assert "someone-elses" in {job.name for job in nbtasks.jobs()}
 
 
 def test_there_are_notebooks() -> None:
