@@ -303,19 +303,23 @@ class Store:
             )
         return store
 
-    def check(self, loading_wait: float = 60.0) -> None:
+    def check(self, loading_wait: float = 60.0, restart_wait: float = 3.0) -> None:
         """Raise RedisUnavailable, saying what to do, unless the server answers. A server
-        still loading its data (just restarted) is waited for, up to `loading_wait` s."""
-        deadline = time.monotonic() + loading_wait
+        still loading its data is waited for up to `loading_wait` s, and one that refuses
+        connections up to `restart_wait` s (it may be restarting)."""
+        started = time.monotonic()
         try:
             while True:
                 try:
                     self.client.ping()
                     return
                 except redis.BusyLoadingError:
-                    if time.monotonic() > deadline:
+                    if time.monotonic() - started > loading_wait:
                         raise
-                    time.sleep(0.05)
+                except redis.ConnectionError:
+                    if time.monotonic() - started > restart_wait:
+                        raise
+                time.sleep(0.05)
         except redis.RedisError as exc:
             raise RedisUnavailable(
                 f"Cannot reach Redis at {safe_url(self.url)} ({exc}). Start that server, or point "
