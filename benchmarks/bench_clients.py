@@ -21,12 +21,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +32,9 @@ from nbtasks import standby
 from nbtasks.server import TemporaryServer
 
 HERE = Path(__file__).parent
+
+from run import http_server  # noqa: E402 (the suite's own: a server process, its base URL)
+
 POOL = 100  # the baseline's threads
 CONCURRENCY = 50  # per worker process; travels with the functions below (by value)
 
@@ -156,19 +156,6 @@ REFERENCES: list[tuple[str, str, Callable[[list[str]], object]]] = [
     ("httpx.AsyncClient", f"asyncio.gather, {POOL} at once, in-process", lambda urls: asyncio.run(gather_httpx(urls))),
     ("aiohttp", f"asyncio.gather, {POOL} at once, in-process", lambda urls: asyncio.run(gather_aiohttp(urls))),
 ]
-
-
-@contextmanager
-def http_server(delay: float) -> Iterator[str]:
-    cmd = [sys.executable, str(HERE / "http_server.py"), "--delay", str(delay)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    port = int(proc.stdout.readline())
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def best(fn: Callable[[], object], repeat: int, setup: Callable[[], object] | None = None) -> float:
