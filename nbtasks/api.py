@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import redis
 
-from . import backends, codec, identity, job, pool, server
+from . import backends, codec, identity, interrupt, job, pool, server
 from .config import Policy, Settings, parse_rate, settings
 from .errors import (
     ConfigError,
@@ -37,6 +37,7 @@ R = TypeVar("R")
 _stores: dict[str, Store] = {}
 
 
+@interrupt.shortened
 def pmap(
     func: Callable[[T], R],
     iterable: Iterable[T],
@@ -281,6 +282,7 @@ class Job:
         """True once no run of the job is under way (finished, failed or stopped)."""
         return not self._running_here() and self.counts().state != "running"
 
+    @interrupt.shortened
     def result(self, timeout: float | None = None) -> list[Any]:
         """The results in input order, once the run is over; TaskError as pmap raises it.
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from .api import pmap
@@ -48,6 +50,12 @@ class SlowHandler(BaseHTTPRequestHandler):
 class SlowServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 1024  # the listen backlog: hundreds of green threads connect at once
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hung up (its worker stopped by the stop button) is no error of
+        # ours: the standard library would print a traceback for each into the cell.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 @contextlib.contextmanager

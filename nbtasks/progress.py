@@ -26,6 +26,7 @@ def in_notebook() -> bool:
 class Progress:
     def __init__(self, job: str, start: Counts, enabled: bool = True) -> None:
         self._trouble = (0, 0)
+        self._stopped = False
         self._desc = job
         self._handle: Any = None
         options: dict[str, Any] = dict(
@@ -63,8 +64,15 @@ class Progress:
         """Show (or, with None, clear) a word on the bar, e.g. during a Redis outage."""
         self.bar.set_description(f"{self._desc} ({text})" if text else self._desc)
 
+    def stopped(self) -> None:
+        """Mark the bar as stopped (interrupted or cancelled): not the red of a failure."""
+        self._stopped = True
+        self.note("stopped")
+
     def close(self) -> None:
         self.bar.close()
+        if self._stopped and self._handle is not None:
+            self.bar.disp(bar_style="warning", check_delay=False)  # tqdm paints a short bar red
         if self._handle is not None:
             bundle = self.bar.container._repr_mimebundle_()
             bundle["text/plain"] = repr(self.bar.container)

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from . import codec, output
+from . import codec, interrupt, output
 from .backends.aio import LoopThread
 from .config import Settings
 from .errors import JobCancelled, JobLost, PayloadRejected, RedisUnavailable
@@ -97,29 +97,39 @@ class Run:
                 return self._run_inline(self.func)
             return self._follow(self.pool, stop or threading.Event())
         except (KeyboardInterrupt, _Stop) as exc:
-            self._stop()
-            try:
-                self.counts = self.store.poll(self.spec.name, self.token, self.spec.total, self.ttl)
-            except TRANSIENT:
-                pass  # Redis is gone: report the last counts seen
-            self.bar.update(self.counts)
-            what = "interrupted" if isinstance(exc, KeyboardInterrupt) else "cancelled"
-            message = (
-                f"nbtasks: {what}; {self.counts.done} of {self.spec.total} results of job '{self.spec.name}' "
-                f"are stored. {self.resume_hint}"
-            )
-            if self._cancelled_for == "reset":
-                message = f"nbtasks: cancelled; job '{self.spec.name}' is being deleted (nbtasks.reset)."
-            print(message, file=sys.stderr)
+            with interrupt.held():
+                message = self._stopped("interrupted" if isinstance(exc, KeyboardInterrupt) else "cancelled")
             if isinstance(exc, KeyboardInterrupt):
                 raise
             raise JobCancelled(message.removeprefix("nbtasks: ")) from None
         finally:
-            self._stop()
-            with contextlib.suppress(*TRANSIENT):
-                self.echo.pump()  # the last lines: stored before the results that ended the run
-            self.echo.close()
-            self.bar.close()
+            with interrupt.held():
+                self._stop()
+                with contextlib.suppress(*TRANSIENT):
+                    self.echo.pump()  # the last lines: stored before the results that ended the run
+                self.echo.close()
+                self.bar.close()
+
+    def _stopped(self, what: str) -> str:
+        """Stop the workers, show the bar as stopped and print the one line that says
+        what is kept and how to go on; return that line."""
+        self._stop()
+        try:
+            self.counts = self.store.poll(self.spec.name, self.token, self.spec.total, self.ttl)
+        except TRANSIENT:
+            pass  # Redis is gone: report the last counts seen
+        self.bar.update(self.counts)
+        self.bar.stopped()
+        message = (
+            f"nbtasks: {what}; {self.counts.done} of {self.spec.total} results of job '{self.spec.name}' "
+            f"are stored. {self.resume_hint}"
+        )
+        if self._cancelled_for == "reset":
+            message = f"nbtasks: cancelled; job '{self.spec.name}' is being deleted (nbtasks.reset)."
+        with contextlib.suppress(*TRANSIENT):
+            self.echo.pump()  # the tasks' last lines come before the one line
+        print(message, file=sys.stderr)
+        return message
 
     def _stop(self) -> None:
         if self._complete and self.pool is not None:

@@ -100,6 +100,18 @@ def home(tmp_path: Path, server_bin: str, monkeypatch: pytest.MonkeyPatch) -> It
             os.kill(p, signal.SIGKILL)
 
 
+@pytest.fixture
+def jupyter_env(tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[redis.Redis]:
+    """Private Jupyter folders, and nbtasks' own server in a clean NBTASKS_HOME (no URL:
+    as a user starts); yields a client of that server."""
+    for var in ("JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR", "IPYTHONDIR"):
+        monkeypatch.setenv(var, str(tmp_path / var.lower()))
+    nbtasks.server.start()
+    client = redis.Redis.from_url(nbtasks.server.url_for(home))
+    yield client
+    client.close()
+
+
 def server_pids(folder: Path) -> list[int]:
     """Pids of live servers serving `folder`'s socket."""
     return _pids(lambda argv: str(folder / server.SOCKET).encode() in argv)

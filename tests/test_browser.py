@@ -5,6 +5,7 @@ docs/screenshot.png for the README."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -73,18 +74,25 @@ def answers(url: str) -> bool:
 
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[Lab]:
-    """JupyterLab on its own port, token and folders, serving a copy of the quickstart whose
+    """JupyterLab serving a clean copy of the quickstart (see `serve`)."""
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    for cell in nb.cells:  # start from a clean copy even if the repository's has outputs
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    with serve(tmp_path, nb, NOTEBOOK.name) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def serve(tmp_path: Path, nb: nbformat.NotebookNode, filename: str) -> Iterator[Lab]:
+    """JupyterLab on its own port, token and folders, serving `nb` as `filename`, whose
     kernels use nbtasks' own server in a fresh, short NBTASKS_HOME. Everything it started
     (JupyterLab, its kernels, the nbtasks server) is stopped afterwards."""
     if importlib.util.find_spec("jupyterlab") is None:
         pytest.skip("JupyterLab is not installed (pip install jupyterlab)")
     root = tmp_path / "root"
     root.mkdir()
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    for cell in nb.cells:  # start from a clean copy even if the repository's has outputs
-        if cell.cell_type == "code":
-            cell.outputs, cell.execution_count = [], None
-    nbformat.write(nb, root / NOTEBOOK.name)
+    nbformat.write(nb, root / filename)
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTER", "NBTASKS_"))}
     for var in ("JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR", "IPYTHONDIR"):
@@ -114,7 +122,7 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
 
         wait_until(up, 60, "JupyterLab to answer")
         workspace = f"nbtasks-{secrets.token_hex(4)}"
-        url = f"{base}/lab/workspaces/{workspace}/tree/{NOTEBOOK.name}?reset&token={token}"
+        url = f"{base}/lab/workspaces/{workspace}/tree/{filename}?reset&token={token}"
         yield Lab(url, sum(cell.cell_type == "code" for cell in nb.cells))
     finally:
         _stop(proc, tmp_path / "jupyter_runtime_dir")
@@ -235,3 +243,93 @@ def assert_full(bar: Locator) -> None:
         return track is not None and filled is not None and filled["width"] > 0.99 * track["width"] > 0
 
     wait_until(full, 30, "the bar to be drawn full across its track")
+
+
+STOP_CELLS = [
+    """import threading, urllib.request
+import nbtasks
+from nbtasks.demo import SlowHandler, SlowServer
+
+server = SlowServer(("127.0.0.1", 0), SlowHandler)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+urls = [f"http://127.0.0.1:{server.server_address[1]}/page/{i}?delay=1" for i in range(1000)]
+
+def fetch(url):
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return response.read().decode()""",
+    'pages = nbtasks.pmap(fetch, urls, name="crawl", concurrency=50)',
+    """assert pages == [f"/page/{i}?delay=1" for i in range(1000)]
+print(f"all {len(pages)} pages, in order")""",
+]
+STOPPED_SHOT = REPO / "docs" / "stopped.png"
+RESUMED_SHOT = REPO / "docs" / "resumed.png"
+
+
+@pytest.mark.timeout(300)
+def test_the_stop_button_in_a_real_browser_then_the_same_cell_again(page: Page, tmp_path: Path) -> None:
+    """Press JupyterLab's stop button while pmap runs: the cell shows its bar stopped
+    (not red), the one line saying what is kept, and a traceback that ends in the cell,
+    nothing else. Running the cell again finishes the job; the next cell checks it."""
+    from playwright.sync_api import expect
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code) for code in STOP_CELLS])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+    with serve(tmp_path, nb, "crawl.ipynb") as lab:
+        expect.set_options(timeout=30_000)
+        page.goto(lab.url)
+        cells = page.locator(".jp-Notebook .jp-CodeCell")
+        expect(cells).to_have_count(3, timeout=WAIT_MS)
+        kernel = page.get_by_role("contentinfo").get_by_role("button", name=re.compile(r"\(ipykernel\) \| Idle$"))
+        expect(kernel).to_be_visible(timeout=WAIT_MS)
+        page.keyboard.press("Control+b")  # no file browser: the screenshots show the notebook
+        crawl = cells.nth(1)
+
+        cells.first.locator(".jp-InputArea-editor").click()
+        page.keyboard.press("Shift+Enter")  # the set-up cell
+        expect(cells.first.locator(".jp-InputPrompt")).to_have_text("[1]:", timeout=WAIT_MS)
+        page.keyboard.press("Shift+Enter")  # the crawl
+        bar = crawl.locator(".jp-OutputArea .widget-hbox").filter(has=page.locator(".widget-hprogress"))
+        expect(bar).to_have_count(1, timeout=WAIT_MS)
+        numbers = bar.locator(".widget-html-content").last
+
+        def some_done() -> bool:
+            found = re.match(r"\s*(\d+)/1000", numbers.inner_text())
+            return found is not None and int(found.group(1)) >= 150
+
+        wait_until(some_done, 60, "150 pages before pressing stop")
+        page.locator('.jp-NotebookPanel-toolbar [data-command="notebook:interrupt-kernel"]').click()
+        expect(crawl.locator(".jp-InputPrompt")).to_have_text("[2]:", timeout=WAIT_MS)
+
+        # The bar: stopped, in the dashboard's colour for it, not the red of a failure.
+        expect(bar.locator(".progress-bar")).to_have_class(re.compile(r"\bprogress-bar-warning\b"))
+        expect(bar.locator(".widget-html-content").first).to_have_text(re.compile(r"^crawl\s\(stopped\):"))
+        kept = int(re.match(r"\s*(\d+)/1000", numbers.inner_text()).group(1))  # type: ignore[union-attr]
+        texts = crawl.locator(".jp-OutputArea .jp-RenderedText").all_inner_texts()
+        shown = "\n".join(texts)
+        assert f"nbtasks: interrupted; {kept} of 1000 results of job 'crawl' are stored." in shown, shown
+        assert "----> 1 pages = nbtasks.pmap(fetch, urls" in shown, shown
+        assert not re.search(r"redis|site-packages|nbtasks/|BrokenPipe|ConnectionReset", shown), shown
+        assert len(shown.strip().splitlines()) <= 8, shown
+        crawl.evaluate("cell => cell.scrollIntoView({block: 'start'})")
+        _shot(page, STOPPED_SHOT, tmp_path)
+
+        crawl.locator(".jp-InputPrompt").click()  # select the crawl, then run it again and the check below
+        page.get_by_role("menuitem", name="Run", exact=True).click()
+        page.get_by_role("menuitem", name="Run Selected Cell and All Below", exact=True).click()
+        expect(cells.last.locator(".jp-InputPrompt")).to_have_text("[4]:", timeout=WAIT_MS)
+        again = crawl.locator(".jp-OutputArea .widget-hbox").filter(has=page.locator(".widget-hprogress"))
+        expect(again).to_have_count(1)
+        expect(again.locator(".widget-html-content").last).to_have_text(re.compile(r"^\s*1000/1000\b"))
+        expect(again.locator(".progress-bar")).to_have_class(re.compile(r"\bprogress-bar-success\b"))
+        assert_full(again.locator(".widget-hprogress"))
+        assert "Traceback" not in "\n".join(crawl.locator(".jp-OutputArea-output").all_inner_texts())
+        expect(cells.last.locator(".jp-OutputArea-output")).to_have_text(re.compile(r"all 1000 pages, in order"))
+        crawl.evaluate("cell => cell.scrollIntoView({block: 'start'})")
+        _shot(page, RESUMED_SHOT, tmp_path)
+
+
+def _shot(page: Page, readme_copy: Path, tmp_path: Path) -> None:
+    """A screenshot: the README's copy in docs/ with NBTASKS_SCREENSHOT=1, else a temp file."""
+    shot = readme_copy if os.environ.get("NBTASKS_SCREENSHOT") == "1" else tmp_path / readme_copy.name
+    page.screenshot(path=shot, clip={"x": 0, "y": 0, "width": 1280, "height": 380})  # the two cells
+    assert shot.stat().st_size > 10_000  # a real picture of the page, not an empty one

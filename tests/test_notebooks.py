@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import queue
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import nbformat
@@ -21,18 +20,6 @@ from .conftest import wait_until, worker_pids
 ONE_SERVER = True  # (see conftest): kernels and widgets, not the server, are under test
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
-
-
-@pytest.fixture
-def jupyter_env(tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[redis.Redis]:
-    """Private Jupyter folders, and nbtasks' own server in a clean NBTASKS_HOME (no URL:
-    as a user starts); yields a client of that server."""
-    for var in ("JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR", "IPYTHONDIR"):
-        monkeypatch.setenv(var, str(tmp_path / var.lower()))
-    nbtasks.server.start()
-    client = redis.Redis.from_url(nbtasks.server.url_for(home))
-    yield client
-    client.close()
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
