@@ -252,7 +252,9 @@ class Job:
         # shows in the calling cell.
         widget = progress and in_notebook()
         lines = _OutputWidget() if widget else None
-        run = Run(self._store, spec, cfg, None, progress and not widget, echo=lines.add if lines else None)
+        run = Run(
+            self._store, spec, cfg, None, progress and not widget, echo=lines.add if lines else None, background=True
+        )
         if lines is not None:
             self._shown_in = None
             self._ipython_display_()

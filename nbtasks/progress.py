@@ -11,6 +11,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from . import screen
 from .store import Counts
 
 
@@ -24,7 +25,10 @@ def in_notebook() -> bool:
 
 
 class Progress:
-    def __init__(self, job: str, start: Counts, enabled: bool = True) -> None:
+    """The bar of one run. `shared`: a background run's, which shares a terminal with
+    the program's own prints (see `screen`)."""
+
+    def __init__(self, job: str, start: Counts, enabled: bool = True, shared: bool = False) -> None:
         self._trouble = (0, 0)
         self._stopped = False
         self._desc = job
@@ -40,17 +44,37 @@ class Progress:
             self.bar = tqdm(**options, display=False)
             self._handle = display(self.bar.container, display_id=True)  # type: ignore[no-untyped-call]
         else:
-            self.bar = tqdm(**options)
+            self._shared = shared and enabled
+            self.bar = tqdm(**options, file=screen.real(sys.stderr))
+            if self._shared:
+                screen.add(self)
+
+    _shared = False
 
     def update(self, counts: Counts) -> None:
-        trouble = (counts.failed, counts.retrying)
-        if trouble != self._trouble:
-            self._trouble = trouble
-            shown = {"failed": counts.failed, "retrying": trouble[1]}
-            # Drawn now when no result moves the bar: a job whose items all fail must say so.
-            self.bar.set_postfix({k: v for k, v in shown.items() if v}, refresh=counts.done <= self.bar.n)
-        if counts.done > self.bar.n:
-            self.bar.update(counts.done - self.bar.n)
+        with screen.lock:
+            draw = not (self._shared and screen.held)
+            trouble = (counts.failed, counts.retrying)
+            if trouble != self._trouble:
+                self._trouble = trouble
+                shown = {"failed": counts.failed, "retrying": trouble[1]}
+                # Drawn now when no result moves the bar: a job whose items all fail must say so.
+                self.bar.set_postfix({k: v for k, v in shown.items() if v}, refresh=draw and counts.done <= self.bar.n)
+            if counts.done > self.bar.n:
+                if draw:
+                    self.bar.update(counts.done - self.bar.n)
+                else:
+                    self.bar.n = counts.done  # drawn once the program's unfinished line ends
+
+    def hide(self) -> None:
+        self.bar.clear()
+
+    def show(self) -> None:
+        if self._closing:
+            self._closing = False
+            self.close()
+        else:
+            self.bar.refresh()
 
     def write(self, text: str, to_stderr: bool = False) -> None:
         """A line of the tasks' output, under the bar (a terminal bar is redrawn below it)."""
@@ -69,8 +93,16 @@ class Progress:
         self._stopped = True
         self.note("stopped")
 
+    _closing = False
+
     def close(self) -> None:
-        self.bar.close()
+        with screen.lock:
+            if self._shared and screen.held:
+                self._closing = True  # its last state is drawn below the program's line, once it ends
+                return
+            self.bar.close()
+        if self._shared:
+            screen.remove(self)
         if self._stopped and self._handle is not None:
             self.bar.disp(bar_style="warning", check_delay=False)  # tqdm paints a short bar red
         if self._handle is not None:

@@ -60,6 +60,7 @@ class Run:
         progress: bool = True,
         resume_hint: str = "Run the same call again to resume.",
         echo: Callable[[str, bool], None] | None = None,
+        background: bool = False,
     ) -> None:
         self.store, self.spec, self.cfg, self.func = store, spec, cfg, func
         self.resume_hint = resume_hint
@@ -71,7 +72,7 @@ class Run:
         store.note(spec.name, logging=json.dumps(output.logging_config()))
         cursor = store.output_cursor(spec.name)
         self.counts = store.begin_run(spec.name, self.token, spec.indices, self.ttl)
-        self.bar = Progress(spec.name, self.counts, progress)
+        self.bar = Progress(spec.name, self.counts, progress, shared=background)
         self.echo = output.Echo(store, spec.name, echo or self.bar.write, cursor)
         self._epoch = store.meta(spec.name).get("epoch")
         self._outage_since: float | None = None
