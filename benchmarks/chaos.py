@@ -23,6 +23,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import psutil
 import redis
 
 from nbtasks import server
@@ -125,13 +126,13 @@ def _done(client: redis.Redis) -> int:
 
 def _kill_a_worker() -> bool:
     pids = []
-    for entry in Path("/proc").iterdir():
+    for proc in psutil.process_iter():
         try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0") if entry.name.isdigit() else []
-        except OSError:
+            argv = proc.cmdline()
+        except psutil.Error:
             continue
-        if b"nbtasks.worker" in argv and b"chaos" in argv:
-            pids.append(int(entry.name))
+        if "nbtasks.worker" in argv and "chaos" in argv:
+            pids.append(proc.pid)
     if not pids:
         return False
     try:

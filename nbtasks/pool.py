@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from . import blas, standby
 from .beacon import IDLE, Beacon
 from .standby import Assignment
@@ -125,11 +127,11 @@ class WorkerPool:
         return out
 
     def frozen(self, age: float) -> list[str]:
-        """Workers stopped (SIGSTOP, a debugger) for more than `age` seconds (Linux)."""
+        """Workers stopped (SIGSTOP, a debugger) for more than `age` seconds."""
         now = time.monotonic()
         out = []
         for p in self.procs:
-            if _state(p.popen.pid) in ("T", "t"):
+            if _stopped(p.popen.pid):
                 since = self._stopped_since.setdefault(p.wid, now)
                 if now - since > age:
                     out.append(p.wid)
@@ -221,13 +223,7 @@ def _remove_leftovers(folder: Path) -> None:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's
-    return True
+    return bool(psutil.pid_exists(pid))
 
 
 def _remove_logs() -> None:
@@ -236,12 +232,12 @@ def _remove_logs() -> None:
         shutil.rmtree(_logs[0], ignore_errors=True)
 
 
-def _state(pid: int) -> str:
-    """A process's state letter from /proc (R running, S sleeping, T stopped...)."""
+def _stopped(pid: int) -> bool:
+    """Whether a process is stopped (SIGSTOP, a debugger), on any platform psutil knows."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return "?"
+        return bool(psutil.Process(pid).status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP))
+    except psutil.Error:
+        return False
 
 
 def _tail(path: Path, lines: int = 15) -> str:

@@ -30,6 +30,7 @@ from pathlib import Path
 from types import TracebackType
 
 import platformdirs
+import psutil
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -108,7 +109,7 @@ def _command(folder: Path, *, durable: bool, binary: str | None = None) -> list[
     cmd = [binary or find_binary()]
     if durable:
         # The embedded server asks for a password. It goes in a config file, not on the
-        # command line, which every user of the machine can read in /proc.
+        # command line, which every user of the machine can read (ps).
         if _password(folder) is None:
             _private_file(folder / PASSWORD, secrets.token_hex(32))
         _private_file(folder / "server.conf", f"requirepass {_password(folder)}\n")
@@ -209,11 +210,12 @@ def _pid(folder: Path) -> int | None:
     """The pid in the pidfile, if that process is alive and is a server of this folder."""
     try:
         pid = int((folder / "server.pid").read_text())
-        os.kill(pid, 0)
-    except (OSError, ValueError):
+        argv = psutil.Process(pid).cmdline()
+    except (OSError, ValueError, psutil.NoSuchProcess):  # (a zombie too: it is gone)
         return None
-    cmdline = Path(f"/proc/{pid}/cmdline")
-    if cmdline.exists() and str(folder / SOCKET).encode() not in cmdline.read_bytes():
+    except psutil.AccessDenied:
+        return pid  # another user's process cannot be told apart: assume it is the server
+    if str(folder / SOCKET) not in " ".join(argv):  # (a server may rewrite its title)
         return None  # the pid was reused by another program
     return pid
 

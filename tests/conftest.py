@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 import redis
 
@@ -150,19 +151,31 @@ def worker_pids(job: str) -> list[int]:
 
 
 def _pids(match: Callable[[bytes], bool]) -> list[int]:
-    """Pids of live (not zombie) processes whose command line matches, read from /proc."""
+    """Pids of live (not zombie) processes whose command line (its words joined by NUL
+    bytes) matches."""
     pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for proc in psutil.process_iter():
         try:
-            argv = (entry / "cmdline").read_bytes()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
+            argv = "\0".join(proc.cmdline()).encode()
+            alive = proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
             continue
-        if state != "Z" and match(argv):
-            pids.append(int(entry.name))
+        if alive and match(argv):
+            pids.append(proc.pid)
     return pids
+
+
+def worker_children(parent: int | None = None) -> set[int]:
+    """Pids of live worker processes started by `parent` (default: this process)."""
+    mine = parent or os.getpid()
+    return {p for p in _pids(lambda argv: b"nbtasks.worker" in argv) if _ppid(p) == mine}
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        return int(psutil.Process(pid).ppid())
+    except psutil.Error:
+        return None
 
 
 def wait_until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -18,7 +17,7 @@ import redis
 import nbtasks
 from nbtasks import blas, service
 
-from .conftest import _pids
+from .conftest import worker_children
 
 ONE_SERVER = True  # (see conftest): thread limits, not the server, are under test
 
@@ -153,25 +152,12 @@ def warm(r: redis.Redis) -> Iterator[None]:
     standby.close_all()
 
 
-def workers() -> set[int]:
-    """Live worker processes this test process started."""
-    mine = str(os.getpid()).encode()
-    return {p for p in _pids(lambda argv: b"nbtasks.worker" in argv) if _ppid(p) == mine}
-
-
-def _ppid(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[1]
-    except OSError:
-        return b""
-
-
 @pytest.mark.skipif(CORES < 2, reason="one core: every share is one thread")
 def test_a_warm_worker_takes_the_next_runs_limit(warm: None) -> None:
     pytest.importorskip("threadpoolctl")
     first = nbtasks.pmap(seen, range(4), name="warm-2", processes=2, concurrency=1, progress=False)
     assert {n for o in first for n in o["blas"]} == {CORES // 2}
-    waiting = workers()
+    waiting = worker_children()
     second = nbtasks.pmap(seen, range(4), name="warm-1", processes=1, concurrency=1, progress=False)
     assert len({o["pid"] for o in second} & waiting) == 1, "a worker of the first run took the second"
     assert {n for o in second for n in o["blas"]} == {CORES}, "its numpy, loaded in the first run, got the new limit"

@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import redis
 
@@ -45,8 +46,8 @@ def test_a_killed_workers_items_come_back_and_a_replacement_starts(r: redis.Redi
 
 
 def _wid_of(pid: int) -> str:
-    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    return argv[argv.index(b"--wid") + 1].decode()
+    argv = psutil.Process(pid).cmdline()
+    return argv[argv.index("--wid") + 1]
 
 
 def test_a_frozen_worker_gives_its_items_back_and_its_late_results_change_nothing(r: redis.Redis) -> None:

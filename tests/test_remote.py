@@ -19,7 +19,7 @@ import redis
 import nbtasks
 from nbtasks.store import JobKeys
 
-from .conftest import _pids, wait_until
+from .conftest import wait_until, worker_children
 
 ONE_SERVER = True  # (see conftest): workers on other machines, not the server, are under test
 
@@ -47,18 +47,8 @@ def service(url: str, *args: str, cwd: Path = ROOT, python: str = sys.executable
         finally:
             if proc.poll() is None:
                 proc.kill()
-            for pid in workers_of(proc.pid):
+            for pid in sorted(worker_children(proc.pid)):
                 os.kill(pid, signal.SIGKILL)
-
-
-def workers_of(parent: int) -> list[int]:
-    def child(pid: int) -> bool:
-        try:
-            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1] == str(parent)
-        except OSError:
-            return False
-
-    return [p for p in _pids(lambda argv: b"nbtasks.worker" in argv) if child(p)]
 
 
 def places(log: Path) -> Counter[str]:
@@ -96,7 +86,7 @@ def test_a_silent_worker_loses_its_items_and_the_job_completes(r: redis.Redis, r
     job = nbtasks.pmap(where, range(400), name="silent", background=True, processes=1, concurrency=5, progress=False)
     with service(redis_server.url, "--job", "silent", "--heartbeat", "1.5") as proc:
         wait_until(lambda: places(log)["remote"] >= 20, 60, "the remote worker at work")
-        frozen = workers_of(proc.pid)
+        frozen = sorted(worker_children(proc.pid))
         assert len(frozen) == 1 and len(remote_wids(r, "silent")) == 1
         wid = remote_wids(r, "silent")[0]
         os.kill(frozen[0], signal.SIGSTOP)  # alive but silent, like a host behind a cut link

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import redis
 
 import nbtasks
@@ -94,22 +95,8 @@ def test_folder_and_socket_are_private_and_nothing_listens_on_tcp(home: Path) ->
     assert client.config_get("port") == {"port": "0"}
     client.close()
     assert state.pid is not None
-    assert not _listening_tcp_inodes() & _socket_inodes(state.pid)
-
-
-def _socket_inodes(pid: int) -> set[str]:
-    links = (os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir())
-    return {link[len("socket:[") : -1] for link in links if link.startswith("socket:[")}
-
-
-def _listening_tcp_inodes() -> set[str]:
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] == "0A":  # LISTEN
-                inodes.add(fields[9])
-    return inodes
+    listening = [c for c in psutil.Process(state.pid).net_connections("inet") if c.status == psutil.CONN_LISTEN]
+    assert not listening, listening
 
 
 def test_cli_controls_the_server(home: Path) -> None:

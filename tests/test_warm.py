@@ -16,7 +16,7 @@ import redis
 
 import nbtasks
 
-from .conftest import _pids, wait_until
+from .conftest import _pids, wait_until, worker_children
 
 ONE_SERVER = True  # (see conftest): reusing worker processes, not the server, is under test
 
@@ -30,19 +30,6 @@ def warm(r: redis.Redis) -> Iterator[None]:
     standby.close_all()  # no warm worker carries over to the next test
 
 
-def children(parent: int | None = None) -> set[int]:
-    """Live worker processes started by `parent` (this test process)."""
-    mine = str(parent or os.getpid()).encode()
-    return {p for p in _pids(lambda argv: b"nbtasks.worker" in argv) if _ppid(p) == mine}
-
-
-def _ppid(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[1]
-    except OSError:
-        return b""
-
-
 def whoami(x: int) -> tuple[int, str | None, str]:
     return os.getpid(), os.environ.get("NBTASKS_TEST_MARK"), os.getcwd()
 
@@ -52,7 +39,7 @@ def test_the_next_call_reuses_the_workers_and_sees_the_callers_environment(
 ) -> None:
     monkeypatch.setenv("NBTASKS_TEST_MARK", "first")
     first = nbtasks.pmap(whoami, range(400), name="warm-1", concurrency=2, progress=False)
-    workers = children()
+    workers = worker_children()
     assert len(workers) == 2, "both workers wait for the next call"
     assert {pid for pid, _, _ in first} <= workers
     assert {mark for _, mark, _ in first} == {"first"}
@@ -63,20 +50,20 @@ def test_the_next_call_reuses_the_workers_and_sees_the_callers_environment(
     assert {pid for pid, _, _ in second} <= workers, "the same processes ran the second call"
     assert {mark for _, mark, _ in second} == {"second"}
     assert {cwd for _, _, cwd in second} == {str(tmp_path)}
-    assert children() == workers
+    assert worker_children() == workers
 
 
 def test_idle_workers_leave_after_the_warm_period() -> None:
     nbtasks.configure(warm=0.5)
     assert nbtasks.pmap(abs, range(-20, 0), name="idle", progress=False) == list(range(20, 0, -1))
-    assert children(), "workers wait after the call"
-    wait_until(lambda: not children(), 15, "idle workers to leave")
+    assert worker_children(), "workers wait after the call"
+    wait_until(lambda: not worker_children(), 15, "idle workers to leave")
 
 
 def test_warm_0_keeps_no_worker() -> None:
     nbtasks.configure(warm=0)
     nbtasks.pmap(abs, range(20), name="cold", progress=False)
-    wait_until(lambda: not children(), 15, "workers to leave")
+    wait_until(lambda: not worker_children(), 15, "workers to leave")
 
 
 def test_a_worker_whose_module_changed_on_disk_is_not_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -115,7 +102,7 @@ def test_warm_workers_leave_when_their_caller_is_killed(tmp_path: Path, r: redis
     ) as caller:
         try:
             assert caller.stdout is not None and caller.stdout.readline().strip() == "done"
-            workers = children(caller.pid)
+            workers = worker_children(caller.pid)
             assert len(workers) == 2
         finally:
             caller.send_signal(signal.SIGKILL)
@@ -124,7 +111,7 @@ def test_warm_workers_leave_when_their_caller_is_killed(tmp_path: Path, r: redis
 
 def test_a_reused_worker_that_dies_is_replaced_and_the_job_completes(tmp_path: Path) -> None:
     nbtasks.pmap(abs, range(20), name="warm-up", progress=False)
-    workers = children()
+    workers = worker_children()
     marker = tmp_path / "killed"
 
     def kill_once(x: int) -> int:
@@ -135,7 +122,7 @@ def test_a_reused_worker_that_dies_is_replaced_and_the_job_completes(tmp_path: P
 
     assert nbtasks.pmap(kill_once, range(100), name="dies", progress=False) == [x * 2 for x in range(100)]
     assert marker.exists()
-    assert len(workers - children()) == 1, "the worker that died is gone, the other still waits"
+    assert len(workers - worker_children()) == 1, "the worker that died is gone, the other still waits"
 
 
 def test_an_interrupted_run_keeps_no_worker(r: redis.Redis) -> None:
@@ -144,7 +131,7 @@ def test_an_interrupted_run_keeps_no_worker(r: redis.Redis) -> None:
     job.cancel()
     with pytest.raises(nbtasks.JobCancelled):
         job.result()
-    wait_until(lambda: not children(), 15, "the cancelled run's workers to leave")
+    wait_until(lambda: not worker_children(), 15, "the cancelled run's workers to leave")
 
 
 def _slow(x: int) -> int:
