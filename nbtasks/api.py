@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import redis
 
-from . import backends, codec, identity, interrupt, job, pool, server
+from . import backends, codec, identity, interrupt, job, pool
 from .config import Policy, Settings, parse_rate, settings
 from .errors import (
     ConfigError,
@@ -20,7 +20,6 @@ from .errors import (
     JobCancelled,
     NbtasksError,
     NotPicklableError,
-    RedisUnavailable,
     UnknownJob,
 )
 from .job import JobSpec
@@ -28,13 +27,10 @@ from .output import Output
 from .progress import in_notebook
 from .run import Run
 from .snapshot import JobStatus, detail, snapshots, table
-from .store import REFUSED, RedisError, Store, safe_url
-from .trust import Signer
+from .store import Store, connect, safe_url
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-_stores: dict[str, Store] = {}
 
 
 @interrupt.shortened
@@ -130,24 +126,13 @@ def pmap(
     ident = identity.identify(func)
     store = connect(redis if redis is not None else cfg.redis_url)
     pool.remove_leftovers()  # of callers killed earlier, whether or not this call runs anything
-    try:
-        to_bytes = functools.partial(codec.dump_function, func, policy.retry_on)  # only when something may run
-        dump = functools.partial(_if_it_can_travel, to_bytes) if cfg.processes == 0 else to_bytes
-        spec = job.define(store, func, dump, ident, inputs, name=name, fresh=fresh, policy=policy)
-        del inputs  # the store has them; don't hold them through the run
-        if background:
-            return Job._start(store, spec, cfg, progress)
-        return _run_and_gather(store, spec, cfg, func, progress, errors)
-    except REFUSED as exc:
-        raise RedisUnavailable(
-            f"Redis at {safe_url(store.url)} refuses writes ({exc}). Nothing was recorded wrong; free "
-            "memory there (nbtasks.reset() old jobs, or raise its maxmemory) and run the call again."
-        ) from exc
-    except RedisError as exc:
-        raise RedisUnavailable(
-            f"Lost Redis at {safe_url(store.url)} ({exc}). Every result recorded before is kept: "
-            "run the same call again once the server is back."
-        ) from exc
+    to_bytes = functools.partial(codec.dump_function, func, policy.retry_on)  # only when something may run
+    dump = functools.partial(_if_it_can_travel, to_bytes) if cfg.processes == 0 else to_bytes
+    spec = job.define(store, func, dump, ident, inputs, name=name, fresh=fresh, policy=policy)
+    del inputs  # the store has them; don't hold them through the run
+    if background:
+        return Job._start(store, spec, cfg, progress)
+    return _run_and_gather(store, spec, cfg, func, progress, errors)
 
 
 def _if_it_can_travel(dump: Callable[[], bytes]) -> bytes | None:
@@ -171,40 +156,6 @@ def _run_and_gather(
         # what is missing, once.
         Run(store, spec, cfg, func, progress).follow()
         return job.gather(store, spec, errors)
-
-
-def connect(target: str | redis.Redis | None) -> Store:
-    """A store for a URL or client (reused across calls for the same URL); with
-    neither, the embedded server, started if it is not running. The secret is read
-    again at every call, so that setting NBTASKS_SECRET in a notebook takes effect."""
-    if target is None:
-        store = _embedded()
-    elif not isinstance(target, str):
-        store = Store.connect(target)
-    elif (cached := _stores.get(target)) is None:
-        store = _stores[target] = Store.connect(target)
-    else:
-        store = cached
-        store.check()
-    store.signer = Signer.from_environment()
-    return store
-
-
-def _embedded() -> Store:
-    """nbtasks' own server: one ping when it runs (the cached store's), started or
-    restarted only when it does not answer."""
-    store = _stores.get(server.url_for(server.home()))
-    if store is not None:
-        try:
-            store.check()
-            return store
-        except RedisUnavailable:
-            pass
-    url = server.ensure()
-    store = _stores.get(url) or Store.connect(url)
-    _stores[url] = store
-    store.revive = server.ensure  # a run restarts our own server if it dies
-    return store
 
 
 class Job:

@@ -81,9 +81,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _jobs_command(args: Any) -> int:
     from . import job
-    from .api import Job, connect, reset
+    from .api import Job, reset
     from .config import settings
     from .snapshot import snapshots
+    from .store import connect
 
     cfg = settings()
     store = connect(args.redis or cfg.redis_url)

@@ -14,8 +14,9 @@ from typing import Any
 import ipywidgets as w
 from IPython.display import display
 
+from .errors import RedisUnavailable
 from .snapshot import JobStatus, duration, snapshots, table
-from .store import RedisError, Store
+from .store import Store
 
 STYLE = {"running": "info", "finished": "success", "failed": "danger", "stopped": "warning"}
 
@@ -153,7 +154,7 @@ class Dashboard:
         while quiet < 3 and not self._halt.wait(self.interval):
             try:
                 changed = self.refresh()
-            except RedisError as exc:  # the server went away: say so, and stop refreshing
+            except RedisUnavailable as exc:  # the server went away: say so, and stop refreshing
                 self.empty.value = f"Lost Redis ({html.escape(str(exc))}); run nbtasks.status() again."
                 self.widget.children = [self.empty]
                 return

@@ -2,7 +2,9 @@
 
 NbtasksError
 ├── ConfigError          no Redis configured, contradictory settings
-├── RedisUnavailable     the Redis server cannot be reached
+├── RedisUnavailable     the Redis server cannot be reached, or answers with an error
+│   ├── ConnectionLost   it stopped answering (a restart, a failover): results are kept
+│   └── WritesRefused    it refuses writes (out of memory, a read-only replica)
 ├── NotPicklableError    the function or an input cannot be sent to the workers
 ├── ResultNotPicklable   a task's return value cannot be sent back (that item's failure)
 ├── JobMismatchError     a script's job name used by pmap, or the other way round
@@ -31,7 +33,31 @@ class ConfigError(NbtasksError):
 
 
 class RedisUnavailable(NbtasksError):
-    """The Redis server cannot be reached."""
+    """The Redis server cannot be reached, or answers with an error."""
+
+
+class ConnectionLost(RedisUnavailable):
+    """The server stopped answering (a restart, a failover, a cut link); `lasted`: for
+    how long a run waited for it."""
+
+    def __init__(self, url: str, cause: BaseException, lasted: float | None = None) -> None:
+        self.url, self.cause = url, cause
+        during = f" for {lasted:.0f} s" if lasted is not None else ""
+        super().__init__(
+            f"Lost Redis at {url}{during} ({cause}). Every result recorded before is kept: "
+            "run the same call again once the server is back."
+        )
+
+
+class WritesRefused(RedisUnavailable):
+    """The server refuses writes: out of memory (maxmemory), or a read-only replica."""
+
+    def __init__(self, url: str, cause: BaseException) -> None:
+        self.url, self.cause = url, cause
+        super().__init__(
+            f"Redis at {url} refuses writes ({cause}). Recorded results are kept; free memory there "
+            "(nbtasks.reset() old jobs, or raise its maxmemory) and run the call again."
+        )
 
 
 class NotPicklableError(NbtasksError):

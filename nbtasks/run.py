@@ -20,11 +20,11 @@ from typing import Any
 from . import codec, interrupt, output
 from .backends.aio import LoopThread
 from .config import Settings
-from .errors import JobCancelled, JobLost, PayloadRejected, RedisUnavailable
+from .errors import ConnectionLost, JobCancelled, JobLost, PayloadRejected
 from .job import JobSpec
 from .pool import WorkerPool
 from .progress import Progress
-from .store import REFUSED, TRANSIENT, Counts, Outcome, Store, safe_url
+from .store import Counts, Outcome, Store, safe_url
 from .supervise import Supervisor
 
 INLINE_TTL = 24 * 3600.0  # an inline run has no workers waiting on its heartbeat
@@ -106,7 +106,7 @@ class Run:
         finally:
             with interrupt.held():
                 self._stop()
-                with contextlib.suppress(*TRANSIENT):
+                with contextlib.suppress(ConnectionLost):
                     self.echo.pump()  # the last lines: stored before the results that ended the run
                 self.echo.close()
                 self.bar.close()
@@ -117,7 +117,7 @@ class Run:
         self._stop()
         try:
             self.counts = self.store.poll(self.spec.name, self.token, self.spec.total, self.ttl)
-        except TRANSIENT:
+        except ConnectionLost:
             pass  # Redis is gone: report the last counts seen
         self.bar.update(self.counts)
         self.bar.stopped()
@@ -127,7 +127,7 @@ class Run:
         )
         if self._cancelled_for == "reset":
             message = f"nbtasks: cancelled; job '{self.spec.name}' is being deleted (nbtasks.reset)."
-        with contextlib.suppress(*TRANSIENT):
+        with contextlib.suppress(ConnectionLost):
             self.echo.pump()  # the tasks' last lines come before the one line
         print(message, file=sys.stderr)
         return message
@@ -137,7 +137,7 @@ class Run:
             self.pool.keep_warm()  # told before the owner key goes, so they wait rather than leave
         try:
             self.store.end_run(self.spec.name, self.token)  # workers see the owner gone and leave
-        except TRANSIENT:
+        except ConnectionLost:
             pass  # Redis is gone: the workers are killed below, and the owner key expires
         finally:
             if self.pool is not None:
@@ -164,13 +164,8 @@ class Run:
                     self._complete = True
                     return self.counts
                 pause = self.cfg.poll_interval
-            except TRANSIENT as exc:
+            except ConnectionLost as exc:
                 pause = self._in_outage(exc, pause)
-            except REFUSED as exc:
-                raise RedisUnavailable(
-                    f"Redis at {safe_url(self.store.url)} refuses writes ({exc}). Recorded results are kept; "
-                    "free memory there (nbtasks.reset() old jobs, or raise maxmemory) and run the call again."
-                ) from None
 
     def _step(self, pool: WorkerPool, supervisor: Supervisor) -> bool:
         """One poll; True once every item is settled (checked against the bitmap)."""
@@ -206,7 +201,7 @@ class Run:
         supervisor.top_up()
         return False
 
-    def _in_outage(self, exc: Exception, pause: float) -> float:
+    def _in_outage(self, exc: ConnectionLost, pause: float) -> float:
         """Redis does not answer: say so on the bar, restart the embedded server if it
         is ours, and wait longer each time, up to the settings' outage_limit."""
         now = time.monotonic()
@@ -214,10 +209,7 @@ class Run:
             self._outage_since = now
         self.bar.note("Redis unreachable, retrying")
         if now - self._outage_since > self.cfg.outage_limit:
-            raise RedisUnavailable(
-                f"Lost Redis at {safe_url(self.store.url)} for {self.cfg.outage_limit:.0f} s ({exc}). Every result "
-                "recorded before is kept: run the same call again once the server is back."
-            ) from None
+            raise ConnectionLost(safe_url(self.store.url), exc.cause, lasted=self.cfg.outage_limit) from None
         if self.store.revive is not None:
             try:
                 self.store.revive()

@@ -34,7 +34,7 @@ from .errors import ConfigError
 from .exits import EXIT_FAILED, EXIT_UNKNOWN_JOB, EXITS, confirm, reported
 from .run import Run
 from .snapshot import count, detail, snapshots
-from .store import Store
+from .store import Store, connect
 
 _func: Callable[[Any], Any] | None = None
 _name: str | None = None
@@ -101,8 +101,6 @@ def run_verb(argv: list[str] | None = None) -> int:
 
 
 def _verb(verb: str, args: argparse.Namespace, name: str, prog: str) -> int:
-    from .api import connect
-
     store = connect(_redis if _redis is not None else settings().redis_url)
     if verb == "add":
         return _add(store, name, args.files)

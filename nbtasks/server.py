@@ -36,6 +36,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .errors import ConfigError
+from .store.keys import REGISTRY
 
 MIN_VERSION = (6, 2)  # LPOP with a count
 START_TIMEOUT = 60.0  # seconds; loading a large append-only file takes a while
@@ -273,7 +274,7 @@ def status(folder: Path | None = None) -> ServerStatus:
     client = _client(folder)
     try:
         info = client.info()
-        jobs = int(client.scard("nbtasks:jobs"))
+        jobs = int(client.scard(REGISTRY))
     finally:
         client.close()
     server = info.get("server_name", "redis")

@@ -47,10 +47,10 @@ from typing import Any, NoReturn, TypeVar  # noqa: E402
 from . import backends, blas, codec, output  # noqa: E402
 from .backends import Backend, Task  # noqa: E402
 from .beacon import Beacon  # noqa: E402
-from .errors import PayloadRejected  # noqa: E402
+from .errors import ConnectionLost, PayloadRejected  # noqa: E402
 from .exits import EXIT_REFUSED  # noqa: E402
 from .standby import Assignment, Control, Modules  # noqa: E402
-from .store import TRANSIENT, Outcome, Store  # noqa: E402
+from .store import Outcome, Store, open_store  # noqa: E402
 from .trust import Signer  # noqa: E402
 
 T = TypeVar("T")
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     while assignment is not None:
         assignment.apply()
         blas.limit_loaded()  # a warm worker's loaded BLAS takes this run's thread limit
-        store = stores.get(assignment.url) or stores.setdefault(assignment.url, Store.connect(assignment.url))
+        store = stores.get(assignment.url) or stores.setdefault(assignment.url, open_store(assignment.url))
         store.signer = Signer.from_environment()  # the caller's secret, as the assignment set it
         try:
             beacon = Beacon(Path(assignment.beacon)) if assignment.beacon else None
@@ -416,7 +416,7 @@ class Worker:
         while True:
             try:
                 return call(*args)
-            except TRANSIENT:
+            except ConnectionLost:
                 if waited > self.OUTAGE_LIMIT:
                     raise
                 time.sleep(pause)

@@ -16,7 +16,7 @@ import pytest
 import redis
 
 import nbtasks
-from nbtasks import api, config, demo, server
+from nbtasks import config, demo, server, store
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -127,7 +127,7 @@ def r(redis_server: RedisServer) -> Iterator[redis.Redis]:
     nbtasks.configure(redis_url=redis_server.url)
     yield client
     config._current = None
-    api._stores.clear()
+    store.forget()
     client.close()
 
 

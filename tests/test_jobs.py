@@ -12,7 +12,7 @@ import pytest
 import redis
 
 import nbtasks
-from nbtasks.store import REGISTRY, JobKeys, Store
+from nbtasks.store import REGISTRY, JobKeys, open_store
 
 from .conftest import wait_until, worker_pids
 from .test_failures import flaky
@@ -133,7 +133,7 @@ def test_dashboard_rows_and_actions(r: redis.Redis, redis_server) -> None:
     from nbtasks.dashboard import Dashboard
 
     job = nbtasks.pmap(slow, range(400), name="watched", background=True, concurrency=5, progress=False)
-    board = Dashboard(Store.connect(redis_server.url))
+    board = Dashboard(open_store(redis_server.url))
     row = board.rows["watched"]
     assert row.cancel.disabled is False and row.delete.disabled is True and row.bar.max == 400
 
@@ -165,7 +165,7 @@ def test_dashboard_shows_failures_with_tracebacks(r: redis.Redis, redis_server) 
 
     with pytest.raises(nbtasks.TaskError):
         nbtasks.pmap(flaky, range(20), name="flaky", progress=False)
-    row = Dashboard(Store.connect(redis_server.url)).rows["flaky"]
+    row = Dashboard(open_store(redis_server.url)).rows["flaky"]
     assert row.show_failures.description == "Failures (2)" and row.failures.value == ""
     row.show_failures.value = True
     assert row.failures.value.count("<details>") == 2 and "no entry for 11" in row.failures.value
@@ -175,7 +175,7 @@ def test_dashboard_refreshes_by_itself_while_jobs_run_then_stops(r: redis.Redis,
     from nbtasks.dashboard import Dashboard
 
     job = nbtasks.pmap(slow, range(300), name="live", background=True, concurrency=5, progress=False)
-    board = Dashboard(Store.connect(redis_server.url), interval=0.05)
+    board = Dashboard(open_store(redis_server.url), interval=0.05)
     row = board.rows["live"]
     assert row.bar.value < 300
     board.start()

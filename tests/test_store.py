@@ -7,7 +7,7 @@ import pickle
 import redis
 
 from nbtasks import codec
-from nbtasks.store import JobKeys, Outcome, Store, pending_indices
+from nbtasks.store import JobKeys, Outcome, Store, open_store, pending_indices
 
 
 def ok(index: int, value: object) -> Outcome:
@@ -28,7 +28,7 @@ def make_job(store: Store, job: str, n: int) -> str:
 
 
 def test_recording_twice_counts_once_and_keeps_the_first_result(r: redis.Redis, redis_server) -> None:
-    store = Store.connect(redis_server.url)
+    store = open_store(redis_server.url)
     token = make_job(store, "twice", 3)
     assert [i for i, _ in store.claim("twice", token, "w1", 3) or []] == [0, 1, 2]
     store.record("twice", "w1", [ok(0, "first"), failed(1, ValueError())])
@@ -46,7 +46,7 @@ def test_recording_twice_counts_once_and_keeps_the_first_result(r: redis.Redis, 
 
 
 def test_claim_refuses_a_stale_token_and_requeue_returns_unrecorded_claims(r: redis.Redis, redis_server) -> None:
-    store = Store.connect(redis_server.url)
+    store = open_store(redis_server.url)
     token = make_job(store, "claims", 10)
     assert store.claim("claims", "not-the-owner", "w", 5) is None
     taken = store.claim("claims", token, "w", 4) or []
@@ -60,7 +60,7 @@ def test_claim_refuses_a_stale_token_and_requeue_returns_unrecorded_claims(r: re
 
 
 def test_begin_run_queues_exactly_the_items_without_a_result(r: redis.Redis, redis_server) -> None:
-    store = Store.connect(redis_server.url)
+    store = open_store(redis_server.url)
     token = make_job(store, "partial", 20)
     store.claim("partial", token, "w", 20)
     store.record("partial", "w", [ok(i, i) for i in (0, 5, 19)])
@@ -86,7 +86,7 @@ def test_job_names_stay_inside_their_hash_tag() -> None:
 
 
 def test_running_counts_claims_until_recorded_or_requeued(r: redis.Redis, redis_server) -> None:
-    store = Store.connect(redis_server.url)
+    store = open_store(redis_server.url)
     token = make_job(store, "running", 10)
     store.claim("running", token, "w", 6)
     assert store.poll("running", token, 10, ttl=60).running == 6
@@ -97,7 +97,7 @@ def test_running_counts_claims_until_recorded_or_requeued(r: redis.Redis, redis_
 
 
 def test_a_retryable_failure_waits_in_redis_then_fails_when_retries_run_out(r: redis.Redis, redis_server) -> None:
-    store = Store.connect(redis_server.url)
+    store = open_store(redis_server.url)
     token = make_job(store, "retry", 3)
     store.claim("retry", token, "w", 1)
     store.record("retry", "w", [failed(0, OSError("flaky"), "r")], retries=1, delay=60)
@@ -113,7 +113,7 @@ def test_a_retryable_failure_waits_in_redis_then_fails_when_retries_run_out(r: r
 
 
 def test_rate_turns_are_spaced_by_the_server_clock(r: redis.Redis, redis_server) -> None:
-    store = Store.connect(redis_server.url)
+    store = open_store(redis_server.url)
     granted, wait = store.take_turns("rated", 100, per_second=10)
     assert granted == 1 and wait == 0  # a 50 ms window holds one turn at 10/s
     granted, wait = store.take_turns("rated", 100, per_second=10)
@@ -121,7 +121,7 @@ def test_rate_turns_are_spaced_by_the_server_clock(r: redis.Redis, redis_server)
 
 
 def test_a_dead_worker_blames_the_item_it_was_running(r: redis.Redis, redis_server) -> None:
-    store = Store.connect(redis_server.url)
+    store = open_store(redis_server.url)
     token = make_job(store, "poison", 4)
     died = codec.failure_record("WorkerDied", "died", "")
     for death in (1, 2):
@@ -136,7 +136,7 @@ def test_a_dead_worker_blames_the_item_it_was_running(r: redis.Redis, redis_serv
 
 
 def test_a_worker_that_dies_or_stops_holding_nothing_is_fine(r: redis.Redis, redis_server) -> None:
-    store = Store.connect(redis_server.url)
+    store = open_store(redis_server.url)
     token = make_job(store, "empty", 3)
     assert store.requeue("empty", "nobody") == 0
     assert store.bury("empty", "nobody", -1, 3, codec.failure_record("WorkerDied", "", ""), "WorkerDied") == 0

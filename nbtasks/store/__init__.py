@@ -1,0 +1,37 @@
+"""Everything nbtasks keeps in Redis, and the only package that imports redis-py.
+
+keys         the key schema: every key name, built in one place
+lua          the scripts that change several keys of a job atomically
+bits         done-bitmaps, packed index lists, batches of round trips
+connection   URLs, clients, the stores shared by every entry point
+base         what every operation shares; redis-py's errors become nbtasks errors
+jobs         operations on a job's definition: metadata, inputs, index, views
+runs         operations of a run: queue, claims, records, heartbeats, rate limit
+results      operations that read a job back: results, failures, output
+operations   the Store, all of them together
+"""
+
+from .base import StoreBase
+from .bits import BATCH, pending_indices
+from .connection import client_url, connect, forget, open_store, safe_url
+from .keys import FORMAT, PARTS, REGISTRY, JobKeys
+from .operations import Store
+from .records import Counts, Outcome
+
+__all__ = [
+    "BATCH",
+    "FORMAT",
+    "PARTS",
+    "REGISTRY",
+    "Counts",
+    "JobKeys",
+    "Outcome",
+    "Store",
+    "StoreBase",
+    "client_url",
+    "connect",
+    "forget",
+    "open_store",
+    "pending_indices",
+    "safe_url",
+]

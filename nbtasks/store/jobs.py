@@ -1,0 +1,209 @@
+"""Store operations on a job's definition: its metadata, its inputs and their index, the
+views of its lists, and the registry of jobs."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from array import array
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..errors import PayloadRejected
+from ..trust import FUNCTION, INDEX, INPUT, VIEW
+from .base import StoreBase
+from .bits import BATCH, batches, by_bucket, byte_batches, done_and_pending, pack, unpack
+from .keys import FORMAT, REGISTRY
+
+
+class JobOps(StoreBase):
+    def meta(self, job: str) -> dict[str, str]:
+        raw = self.client.hgetall(self.keys[job].meta)
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    def lookup(self, job: str, digests: list[bytes]) -> list[int | None]:
+        """The index of each input (by the digest of its value) the job holds, else None."""
+        if not digests:
+            return []
+        k = self.keys[job]
+        level, split, count = self.client.hmget(k.meta, "ix_level", "ix_split", "ix_count")
+        if not count:
+            return [None] * len(digests)  # a job with no inputs yet
+        # Each digest's bucket, as lua.ADD places it. Should a bucket split meanwhile, a
+        # digest is not found here and ADD finds it: never two indices for one input.
+        buckets = by_bucket(digests, int(level or 0), int(split or 0))
+        args: list[str | bytes | int] = [k.index]
+        for at, positions in buckets.items():
+            args += (at, len(positions), *(digests[i] for i in positions))
+        entries: list[bytes | None] = [None] * len(digests)
+        found = iter(self._read_buckets(keys=[k.meta], args=args))
+        for positions in buckets.values():
+            for i in positions:
+                entries[i] = next(found)
+        return [self._index_of(job, d, e) if e is not None else None for d, e in zip(digests, entries, strict=True)]
+
+    def add_inputs(self, job: str, digests: list[bytes], payload: Callable[[int], bytes]) -> list[int]:
+        """Store new inputs, given their digests and how to serialize the i-th (called as
+        they are stored, so that they are never all in memory); the index of each. One
+        that another caller stored meanwhile keeps the index it got there."""
+        if not digests:
+            return []
+        k, sign = self.keys[job], self.signer.sign
+        out: list[int] = []
+        for start, batch in byte_batches(len(digests), payload):
+            first = int(self.client.hincrby(k.meta, "size", len(batch))) - len(batch)
+            args: list[bytes | int] = []
+            for offset, data in enumerate(batch):
+                index, digest = first + offset, digests[start + offset]
+                args += (digest, index, self._index_entry(job, digest, index), sign(job, index, INPUT, data))
+            held = self._add(keys=[k.meta, k.inputs], args=[k.index, *args])
+            mine = digests[start : start + len(batch)]
+            out += [self._index_of(job, d, e) for d, e in zip(mine, held, strict=True)]
+        return out
+
+    def holds_inputs(self, job: str) -> bool:
+        """Whether the job's index holds any input yet."""
+        return bool(self.client.hexists(self.keys[job].meta, "ix_count"))
+
+    def _index_entry(self, job: str, digest: bytes, index: int) -> bytes:
+        """What the index holds for an input: its index, and with a secret a signature
+        that binds it to the input's digest (so that no one can point an input at
+        another's result)."""
+        if not self.signer.enabled:
+            return b"%d" % index
+        return b"%d:" % index + self.signer.sign(job, index, INDEX, digest)
+
+    def _index_of(self, job: str, digest: bytes, entry: bytes) -> int:
+        number, _, signed = entry.partition(b":")
+        index = int(number)
+        if (signed or self.signer.enabled) and self.signer.open(job, index, INDEX, signed) != digest:
+            raise PayloadRejected(job, index, "its index entry was made for another input")
+        return index
+
+    def index_inputs(self, job: str, entries: dict[bytes, int]) -> None:
+        """Note the digests of inputs stored by an earlier nbtasks (see job.upgrade)."""
+        k = self.keys[job]
+        args: list[bytes | int] = []
+        for digest, index in entries.items():
+            args += (digest, index, self._index_entry(job, digest, index), b"")
+        for start in range(0, len(args), 4 * BATCH):
+            self._add(keys=[k.meta, k.inputs], args=[k.index, *args[start : start + 4 * BATCH]])
+
+    def upgraded(self, job: str, size: int) -> None:
+        self.client.hset(self.keys[job].meta, mapping={"size": size, "format": FORMAT})
+
+    def view(self, job: str, list_digest: str) -> tuple[array[int], int, bool] | None:
+        """The indices of a list of inputs stored before, how many are distinct, and
+        whether each had a result when last looked."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hget(self.keys[job].views, list_digest)
+        pipe.sismember(self.keys[job].complete, list_digest)
+        blob, complete = pipe.execute()
+        if blob is None:
+            return None
+        packed = self.signer.open(job, -2, VIEW, blob)
+        start = len(list_digest)
+        if packed[:start] != list_digest.encode():
+            raise PayloadRejected(job, -2, "a list's view was stored under another list")
+        distinct = int.from_bytes(packed[start : start + 4], "little")
+        return unpack(packed[start + 4 :]), distinct, bool(complete)
+
+    def save_view(self, job: str, list_digest: str, indices: array[int], distinct: int) -> None:
+        # The list's digest inside the signed bytes too: no view can be moved to another list.
+        data = list_digest.encode() + distinct.to_bytes(4, "little") + pack(indices)
+        self.client.hset(self.keys[job].views, list_digest, self.signer.sign(job, -2, VIEW, data))
+
+    def mark_complete(self, job: str, list_digest: str, complete: bool = True) -> None:
+        """Note that every item of the list has a result, so that the same call again
+        reads them at once (or, with False, that the store lost some)."""
+        if complete:
+            self.client.sadd(self.keys[job].complete, list_digest)
+        else:
+            self.client.srem(self.keys[job].complete, list_digest)
+
+    def use_view(self, job: str, list_digest: str, distinct: int, finished: bool) -> None:
+        """Make the list the job's current one: what status, Job(name) and gathering show
+        (a finished one's counters say so at once: no run will set them)."""
+        k = self.keys[job]
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(k.meta, mapping={"list": list_digest, "total": distinct, "ready": "1"})
+        if finished:
+            pipe.hset(k.counts, mapping={"done": distinct, "failed": 0, "running": 0})
+        pipe.execute()
+
+    def done_among(self, job: str, indices: Sequence[int]) -> int:
+        """How many of `indices` have a recorded result."""
+        return done_and_pending(self.client.get(self.keys[job].done) or b"", indices)[0]
+
+    def _signed_inputs(self, job: str, start: int, payloads: list[bytes]) -> dict[int, bytes]:
+        sign = self.signer.sign
+        return {start + i: sign(job, start + i, INPUT, p) for i, p in enumerate(payloads)}
+
+    def reserve_inputs(self, job: str, count: int) -> int:
+        """Reserve `count` indices after those already appended; the first of them."""
+        return int(self.client.hincrby(self.keys[job].meta, "reserved", count)) - count
+
+    def append_inputs(self, job: str, start: int, payloads: list[bytes]) -> int:
+        """Store inputs at the indices reserved from `start`; the job's new total."""
+        k = self.keys[job]
+        pipe = self.client.pipeline(transaction=False)
+        for offset, chunk in batches(payloads, BATCH):
+            pipe.hset(k.inputs, mapping=self._signed_inputs(job, start + offset, chunk))
+            pipe.execute()
+        return int(self._grow(keys=[k.meta], args=[start + len(payloads)]))
+
+    def define(self, job: str, meta: dict[str, Any], func: bytes | None) -> None:
+        k = self.keys[job]
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(k.meta, mapping={"format": FORMAT, **meta})
+        pipe.hsetnx(k.meta, "created", time.time())
+        pipe.hsetnx(k.meta, "epoch", uuid.uuid4().hex)  # tells this job from one stored again
+        if func is not None:
+            pipe.set(k.func, self.signer.sign(job, -1, FUNCTION, func))
+        pipe.execute()
+        self.client.sadd(REGISTRY, job)  # another slot on a Cluster: not in the transaction
+
+    def note(self, job: str, **fields: str) -> None:
+        """Set fields of the job's meta (e.g. the caller's logging, for its workers)."""
+        self.client.hset(self.keys[job].meta, mapping=fields)
+
+    def done_count(self, job: str) -> int:
+        return int(self.client.bitcount(self.keys[job].done))
+
+    def held(self, job: str) -> tuple[int, int]:
+        """What deleting the job deletes: its inputs and its results, for every list."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hlen(self.keys[job].inputs)
+        pipe.bitcount(self.keys[job].done)
+        inputs, results = pipe.execute()
+        return int(inputs), int(results)
+
+    def function(self, job: str) -> bytes | None:
+        """The job's pickled function (PayloadRejected if its signature fails)."""
+        blob: bytes | None = self.client.get(self.keys[job].func)
+        return self.signer.open(job, -1, FUNCTION, blob) if blob is not None else None
+
+    def delete(self, job: str) -> None:
+        k = self.keys[job]
+        level, split = self.client.hmget(k.meta, "ix_level", "ix_split")
+        buckets = 2 ** int(level or 0) + int(split or 0)
+        self.client.delete(*k.all(self.client.smembers(k.workers), buckets))
+        self.client.srem(REGISTRY, job)
+
+    def snapshot(self, jobs: list[str]) -> list[tuple[dict[str, str], list[int], bool]]:
+        """Per job, in one round trip for all: its meta, its counters (done, failed,
+        running, retrying) and whether a caller runs it now."""
+        pipe = self.client.pipeline(transaction=False)
+        for job in jobs:
+            k = self.keys[job]
+            pipe.hgetall(k.meta)
+            pipe.hmget(k.counts, "done", "failed", "running")
+            pipe.exists(k.owner)
+            pipe.zcard(k.delayed)
+        replies = pipe.execute()
+        out = []
+        for i in range(0, len(replies), 4):
+            meta = {key.decode(): value.decode() for key, value in replies[i].items()}
+            counts = [int(c or 0) for c in replies[i + 1]] + [int(replies[i + 3])]
+            out.append((meta, counts, bool(replies[i + 2])))
+        return out

@@ -1,0 +1,221 @@
+"""Store operations of a run: taking a job over, the queue and claims, recording
+outcomes, heartbeats of workers on other machines, the shared rate limit."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from ..errors import PayloadRejected
+from ..trust import FAILURE, RESULT
+from .base import StoreBase
+from .bits import BATCH, chunks, done_and_pending
+from .keys import RUN_STATE
+from .records import Counts, Outcome
+
+RATE_WINDOW_MS = 50  # a rate limit grants the turns that fall within this much time
+
+
+class RunOps(StoreBase):
+    def begin_run(self, job: str, token: str, indices: Sequence[int], ttl: float, resume: bool = False) -> Counts:
+        """Take the job over and queue every item of `indices` (distinct) without a
+        result, failed ones included; the job's counters count those items.
+
+        Workers of an earlier run see the new owner token and stop claiming; anything
+        they still record is idempotent. With `resume` (the same run, after an outage or
+        a lapsed heartbeat) failures, retries and attempts are kept, and only the
+        claims are taken back: items without a result, a failure or a pending retry go
+        back to the queue.
+        """
+        k = self.keys[job]
+        self.client.set(k.owner, token, px=int(ttl * 1000))
+        pipe = self.client.pipeline(transaction=True)
+        pipe.get(k.done)
+        pipe.hkeys(k.failures)
+        pipe.zrange(k.delayed, 0, -1)
+        pipe.smembers(k.workers)
+        bitmap, failed, delayed, wids = pipe.execute()
+        total, bitmap = len(indices), bitmap or b""
+        waiting = {int(i) for i in [*failed, *delayed]} if resume else set()
+        known, without = done_and_pending(bitmap, indices)
+        pending = [i for i in without if i not in waiting]  # (the one list of them: a million ints, 36 MB)
+        claims = [k.claims(w.decode()) for w in wids]
+        if resume:
+            pipe.delete(k.queue, *claims)
+        else:
+            pipe.delete(k.workers, *(getattr(k, part) for part in RUN_STATE), *claims)
+            pipe.hset(k.meta, mapping={"started": time.time(), "done_at_start": known, "workers": 0})
+            pipe.hdel(k.meta, "ended")
+        pipe.hset(k.meta, "total", total)  # what the last item's record compares with
+        pipe.execute()
+        for chunk in chunks(pending, BATCH):
+            pipe.rpush(k.queue, *chunk)
+            pipe.execute()
+        # Bits set since the bitmap was read are items recorded meanwhile: counted too.
+        seen = int.from_bytes(bitmap, "big").bit_count()
+        done, failed_count = self._set_counts(keys=[k.counts, k.failures, k.done], args=[known, seen])
+        return Counts(total, int(done), int(failed_count))
+
+    def wait_finished(self, job: str, timeout: float) -> bool:
+        """Block up to `timeout` seconds for the job's last item to settle."""
+        return self.client.blpop([self.keys[job].finished], timeout=timeout) is not None
+
+    def settled(self, job: str, indices: Sequence[int]) -> int:
+        """Items of `indices` with a recorded result or final failure, from the bitmap itself."""
+        k = self.keys[job]
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(k.done)
+        pipe.hkeys(k.failures)
+        bitmap, failed = pipe.execute()
+        done, pending = done_and_pending(bitmap or b"", indices)
+        failed = {int(i) for i in failed}
+        return done + (sum(1 for i in pending if i in failed) if failed else 0)
+
+    def poll(self, job: str, token: str, total: int, ttl: float, workers: int = 0) -> Counts:
+        """Refresh the caller's heartbeat (and its count of live workers) and read the
+        counters, in one round trip."""
+        k = self.keys[job]
+        keys = [k.owner, k.counts, k.cancel, k.meta, k.delayed]
+        owner, done, failed, running, retrying, epoch = self._poll(keys=keys, args=[token, int(ttl * 1000), workers])
+        epoch = epoch.decode() if epoch is not None else None
+        return Counts(total, int(done), int(failed), int(running), owner.decode(), int(retrying), epoch)
+
+    def cancel(self, job: str, why: str = "cancel") -> bool:
+        """Ask whoever runs the job to stop ("reset": it is about to be deleted); False
+        if nobody runs it."""
+        k = self.keys[job]
+        if not self.client.exists(k.owner):
+            return False
+        self.client.set(k.cancel, why, ex=60)  # unclaimed, it lapses: a cancel is for the run under way
+        return True
+
+    def cancel_reason(self, job: str) -> str | None:
+        """Why the run under way was asked to stop (see `cancel`), if it was."""
+        reason = self.client.get(self.keys[job].cancel)
+        return reason.decode() if reason is not None else None
+
+    def end_run(self, job: str, token: str) -> None:
+        """Release the job (if still ours): its workers see the owner gone and exit."""
+        k = self.keys[job]
+        self._release(keys=[k.owner, k.cancel, k.meta], args=[token, time.time()])
+
+    def owner(self, job: str) -> str | None:
+        value = self.client.get(self.keys[job].owner)
+        return value.decode() if value is not None else None
+
+    def claim(self, job: str, token: str, wid: str, count: int) -> list[tuple[int, bytes | PayloadRejected]] | None:
+        """Take up to `count` items in one round trip; None once the caller let go. An
+        input whose signature fails comes as the PayloadRejected error, not as bytes."""
+        k = self.keys[job]
+        keys = [k.owner, k.queue, k.claims(wid), k.inputs, k.workers, k.counts, k.delayed]
+        reply = self._claim(keys=keys, args=[token, count, wid])
+        if reply is None:
+            return None
+        if not reply:
+            return []
+        indices, payloads = reply
+        return [(int(i), self._open_input(job, int(i), p)) for i, p in zip(indices, payloads, strict=True)]
+
+    def record(self, job: str, wid: str, outcomes: Iterable[Outcome], retries: int = 0, delay: float = 0.0) -> None:
+        """Record results and failures of one worker, atomically and idempotently; a
+        retryable failure with attempts left waits `delay` x 2^(attempt-1) s, jittered."""
+        k = self.keys[job]
+        args: list[Any] = [retries, delay * 1000]
+        sign = self.signer.sign
+        for o in outcomes:
+            payload = sign(job, o.index, RESULT if o.kind == "1" else FAILURE, o.payload)
+            args += (o.index, o.kind, payload, random.uniform(0.75, 1.25), o.line)
+        if len(args) > 2:
+            keys = [k.done, k.results, k.failures, k.counts, k.claims(wid), k.attempts, k.history, k.delayed]
+            self._record(keys=[*keys, k.meta, k.finished], args=args)
+
+    def requeue(self, job: str, wid: str) -> int:
+        """Give a stopped worker's unfinished items back to the queue; how many went back."""
+        k = self.keys[job]
+        return int(self._requeue(keys=[k.claims(wid), k.queue, k.done, k.counts]))
+
+    def unclaim(self, job: str, wid: str, indices: list[int]) -> int:
+        """Give back items a worker claimed and has not started; how many went back."""
+        k = self.keys[job]
+        return int(self._unclaim(keys=[k.claims(wid), k.queue, k.done, k.counts], args=indices))
+
+    def bury(self, job: str, wid: str, culprit: int, limit: int, payload: bytes, line: str) -> int:
+        """A worker died executing `culprit` (-1: none): requeue its unfinished items,
+        counting the death against the culprit, which fails after `limit` deaths.
+        Returns how many items the worker had claimed."""
+        k = self.keys[job]
+        keys = [k.claims(wid), k.queue, k.done, k.counts, k.deaths, k.failures, k.history, k.attempts]
+        signed = self.signer.sign(job, culprit, FAILURE, payload)
+        return int(self._bury(keys=keys, args=[culprit, limit, signed, line]))
+
+    def alive(self, job: str, wid: str, ttl: float) -> None:
+        """A worker on another machine lives; said again before `ttl` seconds pass."""
+        self.client.set(self.keys[job].alive(wid), 1, px=int(ttl * 1000))
+
+    def lost_workers(self, job: str, local: Callable[[str], bool]) -> list[str]:
+        """Workers of other machines whose heartbeat expired (a cut link, a dead host):
+        their unfinished items go back to the queue, and they leave the run."""
+        k = self.keys[job]
+        remote = [w.decode() for w in self.client.smembers(k.workers) if not local(w.decode())]
+        if not remote:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for wid in remote:
+            pipe.exists(k.alive(wid))
+        lost = [wid for wid, alive in zip(remote, pipe.execute(), strict=True) if not alive]
+        for wid in lost:
+            self.requeue(job, wid)
+            self.client.srem(k.workers, wid)
+        return lost
+
+    def refuse(self, job: str, who: str, message: str) -> None:
+        """Note why a worker (`who`: its host and Python) cannot run the job."""
+        self.client.hset(self.keys[job].refused, who, message)
+
+    def refusals(self, job: str) -> dict[str, str]:
+        return {k.decode(): v.decode() for k, v in self.client.hgetall(self.keys[job].refused).items()}
+
+    def runs(self) -> list[tuple[str, str, dict[str, str], int]]:
+        """Jobs a caller runs now: name, the run's token, meta, and items waiting
+        (queued or to be retried)."""
+        names = self.job_names()
+        pipe = self.client.pipeline(transaction=False)
+        for job in names:
+            k = self.keys[job]
+            pipe.get(k.owner)
+            pipe.hgetall(k.meta)
+            pipe.llen(k.queue)
+            pipe.zcard(k.delayed)
+        replies = pipe.execute()
+        out = []
+        for i, job in enumerate(names):
+            token, meta, queued, delayed = replies[4 * i : 4 * i + 4]
+            if token is not None and meta:
+                decoded = {key.decode(): value.decode() for key, value in meta.items()}
+                out.append((job, token.decode(), decoded, int(queued) + int(delayed)))
+        return out
+
+    def take_turns(self, job: str, want: int, per_second: float) -> tuple[int, float]:
+        """Turns granted under the job's shared rate limit, or seconds to wait for one."""
+        granted, wait_ms = self._take(keys=[self.keys[job].rate], args=[1000 / per_second, want, RATE_WINDOW_MS])
+        return int(granted), int(wait_ms) / 1000
+
+    def attempts(self, job: str, indices: list[int]) -> list[tuple[int, str]]:
+        """Failed attempts and their one-line history, per index."""
+        if not indices:
+            return []
+        k = self.keys[job]
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hmget(k.attempts, indices)
+        pipe.hmget(k.history, indices)
+        counts, lines = pipe.execute()
+        return [(int(c or 0), (h or b"").decode()) for c, h in zip(counts, lines, strict=True)]
+
+    def set_fatal(self, job: str, message: str) -> None:
+        self.client.set(self.keys[job].fatal, message, ex=3600)
+
+    def fatal(self, job: str) -> str | None:
+        value = self.client.get(self.keys[job].fatal)
+        return value.decode() if value is not None else None
