@@ -206,9 +206,9 @@ def test_a_redis_reachable_from_other_hosts_warns_without_a_secret(
         with pytest.warns(nbtasks.SecurityWarning, match="can be reached from other hosts and no secret is set"):
             nbtasks.pmap(square, range(5), redis=url, progress=False)
         monkeypatch.setenv("NBTASKS_SECRET", SECRET)
-        from nbtasks import store
+        from nbtasks.store import connection
 
-        store._warned.clear()
+        connection._warned.clear()
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             assert nbtasks.pmap(square, range(5), redis=url, name="quiet", progress=False) == [0, 1, 4, 9, 16]
