@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import redis
 
 from . import backends, codec, identity, interrupt, job, pool
-from .config import Policy, Settings, parse_rate, settings
+from .config import Settings, settings
 from .errors import (
     ConfigError,
     Failure,
@@ -24,6 +24,7 @@ from .errors import (
 )
 from .job import JobSpec
 from .output import Output
+from .policy import Policy, parse_rate
 from .progress import in_notebook
 from .run import Run
 from .snapshot import JobStatus, detail, snapshots, table
@@ -171,13 +172,13 @@ class Job:
     def _attach(self, store: Store, name: str, spec: JobSpec | None = None) -> None:
         """Attach to the job's current list, or to the call of `spec`."""
         self._store = store
-        meta = store.meta(name)
-        if not meta:
+        record = store.meta(name)
+        if record is None:
             raise UnknownJob(
                 f"No job named {name!r} at {safe_url(store.url)}; nbtasks.jobs() (or `nbtasks jobs`) lists them."
             )
         self.name = name
-        self._spec = spec if spec is not None else JobSpec.of(store, name, meta)
+        self._spec = spec if spec is not None else JobSpec.of(store, record)
         self.total = self._spec.total
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -256,7 +257,7 @@ class Job:
                 f"Job {self.name!r} stopped with {state.done} of {state.total} results; "
                 "job.retry_failed() or the same pmap call resumes it."
             )
-        return job.gather(self._store, self._spec, self._spec.policy.get("errors", "raise"))
+        return job.gather(self._store, self._spec, self._spec.policy.errors)
 
     def cancel(self) -> None:
         """Stop the run, wherever it runs; every recorded result is kept."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from array import array
 from collections.abc import Callable, Sequence
@@ -11,10 +10,10 @@ from functools import cached_property
 from typing import Any
 
 from . import codec, identity, trust
-from .config import Policy
 from .errors import ConfigError, Failure, JobMismatchError, NbtasksError, PayloadRejected, TaskError
 from .identity import Identity
-from .store import BATCH, Store
+from .policy import Policy, RunPolicy
+from .store import APPENDABLE, BATCH, DISTINCT, JobRecord, Store, definition
 from .store import FORMAT as STORE_FORMAT
 
 MAX_NAME = 200
@@ -29,7 +28,7 @@ class JobSpec:
     name: str
     positions: Sequence[int]
     finished: bool  # every input of the call has a recorded result
-    policy: dict[str, Any] = field(default_factory=dict)  # Policy.numbers(), as stored
+    policy: RunPolicy = field(default_factory=RunPolicy)  # as stored
     distinct: int | None = None  # how many distinct inputs, when known (saves counting)
     list_digest: str = ""  # the list's digest, for a pmap call
 
@@ -47,12 +46,10 @@ class JobSpec:
         return self.distinct if self.distinct is not None else len(self.indices)
 
     @classmethod
-    def of(cls, store: Store, name: str, meta: dict[str, str]) -> JobSpec:
+    def of(cls, store: Store, record: JobRecord) -> JobSpec:
         """The spec of a stored job's current list, from its metadata."""
-        positions = current_positions(store, name, meta)
-        policy = json.loads(meta.get("policy", "{}"))
-        spec = cls(name, positions, finished=False, policy=policy)
-        return replace(spec, finished=store.done_among(name, spec.indices) >= spec.total)
+        spec = cls(record.name, current_positions(store, record), finished=False, policy=record.policy)
+        return replace(spec, finished=store.done_among(record.name, spec.indices) >= spec.total)
 
 
 def distinct(positions: Sequence[int]) -> Sequence[int]:
@@ -72,23 +69,19 @@ def distinct(positions: Sequence[int]) -> Sequence[int]:
     return out
 
 
-def current_positions(store: Store, name: str, meta: dict[str, str]) -> Sequence[int]:
+def current_positions(store: Store, record: JobRecord) -> Sequence[int]:
     """The indices of the job's current list (the last call's); a script's job, or one
     stored by an earlier nbtasks, is the list of all its inputs."""
-    if "list" in meta:
-        found = store.view(name, meta["list"])
+    if record.list is not None:
+        found = store.view(record.name, record.list)
         if found is not None:
             return found[0]
-    return range(int(meta.get("total", 0)))
+    return range(record.total)
 
 
 def check_name(name: object) -> None:
     if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME:
         raise ConfigError(f"name= must be a non-empty string of at most {MAX_NAME} characters, not {name!r}.")
-
-
-DISTINCT = "distinct"  # the inputs kind of a pmap job: each distinct input stored once
-APPENDABLE = "appended"  # the inputs kind of a job that grows by appending (a script's)
 
 
 def define(
@@ -110,48 +103,48 @@ def define(
     it reads) finds its results again, whatever list they came in, and an edited one gets
     a new job. With a name, the job survives edits: finished results are kept.
     """
-    name, meta = (name, store.meta(name)) if name is not None else _unnamed(store, func, ident)
-    if meta and fresh:
+    name, record = (name, store.meta(name)) if name is not None else _unnamed(store, func, ident)
+    if record is not None and fresh:
         store.delete(name)
-        meta = {}
-    if meta.get("inputs") == APPENDABLE:
+        record = None
+    if record is not None and record.appendable:
         raise JobMismatchError(
             f"Job '{name}' is a script's job (its inputs were added with `add`), so pmap cannot use it; "
             "choose another name=."
         )
-    if meta and meta.get("format") != STORE_FORMAT:
-        _upgrade(store, name, int(meta.get("total", 0)))
+    if record is not None and record.format != STORE_FORMAT:
+        _upgrade(store, name, record.total)
     digest = identity.list_digest(items)
-    found = store.view(name, digest) if meta else None
+    found = store.view(name, digest) if record is not None else None
     head = _digests(items[:INDEX_BATCH]) if found is None else []  # checked before anything is stored
     # A list whose every result is stored runs nothing: no need to store the function
     # (a large captured array would be written again for nothing).
     payload = None if found is not None and found[2] else dump()
-    numbers = _store_function(store, name, func, payload, ident, meta, policy, {"inputs": DISTINCT})
+    stored = _store_function(store, name, func, payload, ident, policy, DISTINCT)
     if found is None:
-        spec = JobSpec(name, _index(store, name, items, head), False, numbers, list_digest=digest)
+        spec = JobSpec(name, _index(store, name, items, head), False, stored, list_digest=digest)
         store.save_view(name, digest, array("I", spec.positions), spec.total)
         complete = False
     else:
         positions, distinct, complete = found
-        spec = JobSpec(name, positions, False, numbers, distinct, digest)
+        spec = JobSpec(name, positions, False, stored, distinct, digest)
     done = spec.total if complete else store.done_among(name, spec.indices)
     store.use_view(name, digest, spec.total, done >= spec.total)
     if done >= spec.total and not complete:
         store.mark_complete(name, digest)
-    if meta and meta.get("code") != ident.digest:
-        _say_changed(name, codec.func_label(func), ident, meta, done, spec.total)
+    if record is not None and record.code != ident.digest:
+        _say_changed(record, codec.func_label(func), ident, done, spec.total)
     return replace(spec, finished=done >= spec.total)
 
 
-def _unnamed(store: Store, func: Callable[..., Any], ident: Identity) -> tuple[str, dict[str, str]]:
+def _unnamed(store: Store, func: Callable[..., Any], ident: Identity) -> tuple[str, JobRecord | None]:
     """The name and metadata of an unnamed job: the function's name and the start of its
     identity, longer in the unlikely case that another identity holds that name."""
     for length in (12, 24):
         name = f"{codec.func_label(func)}-{ident.digest[:length]}"
-        meta = store.meta(name)
-        if not meta or meta.get("code") == ident.digest:
-            return name, meta
+        record = store.meta(name)
+        if record is None or record.code == ident.digest:
+            return name, record
     name = f"{codec.func_label(func)}-{ident.digest}"
     return name, store.meta(name)
 
@@ -217,23 +210,23 @@ def append(
 ) -> JobSpec:
     """Find or create a job whose inputs grow by appending (a script's ``add``), store
     the function, and append `items` after the inputs it holds."""
-    meta = store.meta(name)
-    if meta and meta.get("inputs") != APPENDABLE:
+    record = store.meta(name)
+    if record is not None and not record.appendable:
         raise JobMismatchError(
             f"Job '{name}' was made by pmap, so nothing can be appended to it; "
             "name the script's job otherwise with set_func(func, name=...)."
         )
     ident = identity.identify(func)
-    total = int(meta.get("total", 0))
-    numbers = _store_function(store, name, func, func_payload, ident, meta, policy, {"inputs": APPENDABLE})
-    done = store.done_count(name) if meta else 0
-    if meta and meta.get("code") != ident.digest:
-        _say_changed(name, codec.func_label(func), ident, meta, done, total)
-    if items or not meta:
+    total = record.total if record is not None else 0
+    stored = _store_function(store, name, func, func_payload, ident, policy, APPENDABLE)
+    done = store.done_count(name) if record is not None else 0
+    if record is not None and record.code != ident.digest:
+        _say_changed(record, codec.func_label(func), ident, done, total)
+    if items or record is None:
         start = store.reserve_inputs(name, len(items))
         payloads = [codec.dump_input(item, start + offset) for offset, item in enumerate(items)]
         total = store.append_inputs(name, start, payloads)
-    return JobSpec(name, range(total), finished=done >= total, policy=numbers)
+    return JobSpec(name, range(total), finished=done >= total, policy=stored)
 
 
 def _store_function(
@@ -242,37 +235,36 @@ def _store_function(
     func: Callable[..., Any],
     func_payload: bytes | None,
     ident: Identity,
-    meta: dict[str, str],
     policy: Policy,
-    fields: dict[str, Any],
-) -> dict[str, Any]:
+    inputs: str,
+) -> RunPolicy:
     """Store the function (unless None: nothing will run), its identity, the policy and
-    `fields` in the job's metadata; return the policy as stored. Both are stored again at
-    every call that runs: a stored pickle is never trusted across Python versions or
-    edits, and each call sets its own policy."""
-    numbers = policy.numbers()
+    the kind of its inputs in the job's metadata; return the policy as stored. Both are
+    stored again at every call that runs: a stored pickle is never trusted across Python
+    versions or edits, and each call sets its own policy."""
+    stored = policy.stored()
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
-    about = {
-        "code": ident.digest,
-        "parts": json.dumps(ident.parts),
-        "function": codec.func_label(func),
-        "python": python,
-        "policy": json.dumps(numbers),
-    }
-    store.define(name, {**fields, **about}, func_payload)
-    return numbers
+    fields = definition(
+        code=ident.digest,
+        parts=ident.parts,
+        function=codec.func_label(func),
+        python=python,
+        policy=stored,
+        inputs=inputs,
+    )
+    store.define(name, fields, func_payload)
+    return stored
 
 
-def _say_changed(name: str, label: str, ident: Identity, meta: dict[str, str], done: int, total: int) -> None:
+def _say_changed(before: JobRecord, label: str, ident: Identity, done: int, total: int) -> None:
     """One line: what changed in a named job's function since its last call."""
-    before = json.loads(meta["parts"]) if "parts" in meta else None
-    if meta.get("function") not in (None, label):
-        changed = f"another function: {label} instead of {meta['function']}"
+    if before.function not in (None, label):
+        changed = f"another function: {label} instead of {before.function}"
     else:
-        changed = ", ".join(ident.changes(before)) if before is not None else "its function"
+        changed = ", ".join(ident.changes(before.parts)) if before.parts is not None else "its function"
     rest = f"; the new code runs the other {total - done}" if done < total else ""
     print(
-        f"nbtasks: job '{name}' changed since its last call ({changed}); "
+        f"nbtasks: job '{before.name}' changed since its last call ({changed}); "
         f"its {done} results for these inputs are kept{rest}.",
         file=sys.stderr,
     )
@@ -315,7 +307,8 @@ def load_failures(store: Store, job: str, positions: Sequence[int] | None = None
     """Every final failure of the job's last run, in the order of its list (the job's
     current one unless given); a failure's `index` is its input's position there."""
     if positions is None:
-        positions = current_positions(store, job, store.meta(job))
+        record = store.meta(job)
+        positions = current_positions(store, record) if record is not None else range(0)
     return sorted(_failures(store, job, positions).values(), key=lambda f: f.index)
 
 

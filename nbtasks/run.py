@@ -24,7 +24,7 @@ from .errors import ConnectionLost, JobCancelled, JobLost, PayloadRejected
 from .job import JobSpec
 from .pool import WorkerPool
 from .progress import Progress
-from .store import Counts, Outcome, Store, safe_url
+from .store import Counts, JobRecord, Outcome, Store, safe_url
 from .supervise import Supervisor
 
 INLINE_TTL = 24 * 3600.0  # an inline run has no workers waiting on its heartbeat
@@ -42,6 +42,10 @@ def _inline_loop() -> LoopThread:
         _loops.append(LoopThread())
         atexit.register(_loops[0].close)
     return _loops[0]
+
+
+def _epoch(record: JobRecord | None) -> str | None:
+    return record.epoch if record is not None else None
 
 
 class _Stop(Exception):
@@ -74,15 +78,16 @@ class Run:
         self.counts = store.begin_run(spec.name, self.token, spec.indices, self.ttl)
         self.bar = Progress(spec.name, self.counts, progress, shared=background)
         self.echo = output.Echo(store, spec.name, echo or self.bar.write, cursor)
-        self._epoch = store.meta(spec.name).get("epoch")
+        self._epoch = _epoch(store.meta(spec.name))
         self._outage_since: float | None = None
         self._polls = 0
         self._complete = False
         self._cancelled_for: str | None = None  # "reset": the job is being deleted
         self.pool = None
         if not self.inline:
-            backend = spec.policy.get("backend", "eventlet")
-            self.pool = WorkerPool(store.url, spec.name, self.token, cfg.processes, cfg.concurrency, cfg.warm, backend)
+            self.pool = WorkerPool(
+                store.url, spec.name, self.token, cfg.processes, cfg.concurrency, cfg.warm, spec.policy.backend
+            )
             self.pool.start()
 
     def follow(self, stop: threading.Event | None = None) -> Counts:
@@ -229,7 +234,7 @@ class Run:
     def _recover(self, supervisor: Supervisor) -> None:
         """Redis is back: check it still holds the job, queue again whatever it lost or
         whatever dead workers held, and bring the pool back to size."""
-        self._check_epoch(self.store.meta(self.spec.name).get("epoch"))
+        self._check_epoch(_epoch(self.store.meta(self.spec.name)))
         self.store.begin_run(self.spec.name, self.token, self.spec.indices, self.ttl, resume=True)
         supervisor.top_up()
         self._outage_since = None

@@ -29,9 +29,10 @@ from typing import Any, NoReturn
 import redis
 
 from . import backends, codec, job
-from .config import Policy, parse_rate, settings
+from .config import settings
 from .errors import ConfigError
 from .exits import EXIT_FAILED, EXIT_UNKNOWN_JOB, EXITS, confirm, reported
+from .policy import Policy, parse_rate
 from .run import Run
 from .snapshot import count, detail, snapshots
 from .store import Store, connect
@@ -104,7 +105,7 @@ def _verb(verb: str, args: argparse.Namespace, name: str, prog: str) -> int:
     store = connect(_redis if _redis is not None else settings().redis_url)
     if verb == "add":
         return _add(store, name, args.files)
-    if not store.meta(name):
+    if store.meta(name) is None:
         print(f"{prog}: job '{name}' has no inputs yet; add some first: {prog} add FILE", file=sys.stderr)
         return EXIT_UNKNOWN_JOB
     if verb == "run":
@@ -165,7 +166,8 @@ def _run(store: Store, name: str) -> int:
 
 
 def _results(store: Store, name: str) -> int:
-    total = int(store.meta(name)["total"])
+    record = store.meta(name)
+    total = record.total if record is not None else 0
     failures = {f.index: f for f in job.load_failures(store, name)}
     for index, payload in enumerate(store.results(name, range(total))):
         if index in failures:

@@ -10,7 +10,6 @@ for the next one.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -68,25 +67,24 @@ class Service:
         code, backend."""
         best: tuple[int, str, str, str, str] | None = None
         mine = {c.job for c in self.children}
-        for name, token, meta, waiting in self.store.runs():
-            if (self.job and name != self.job) or meta.get("ready") != "1" or waiting == 0:
+        for name, token, record, waiting in self.store.runs():
+            if (self.job and name != self.job) or not record.ready or waiting == 0:
                 continue
-            code = meta.get("code", "")
+            code = record.code
             if (name, code) in self.refused:
                 continue
-            if meta.get("python") not in (None, self.python):
+            if record.python not in (None, self.python):
                 self._refuse(
                     name,
                     code,
-                    f"it was stored by Python {meta['python']} and this worker runs Python "
-                    f"{self.python}; start `nbtasks worker` with Python {meta['python']}.",
+                    f"it was stored by Python {record.python} and this worker runs Python "
+                    f"{self.python}; start `nbtasks worker` with Python {record.python}.",
                 )
                 continue
             # Spread over runs: a job this machine already serves counts for less.
             score = waiting // (2 if name in mine else 1)
-            backend = json.loads(meta.get("policy", "{}")).get("backend", "eventlet")
             if best is None or score > best[0]:
-                best = (score, name, token, code, backend)
+                best = (score, name, token, code, record.policy.backend)
         return best[1:] if best else None
 
     def _refuse(self, job: str, code: str, why: str) -> None:

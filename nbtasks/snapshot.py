@@ -58,29 +58,29 @@ def snapshots(store: Store, names: Sequence[str] | None = None) -> list[JobStatu
     names = list(names) if names is not None else store.job_names()
     now = time.time()
     out = []
-    for name, (meta, (done, failed, running, retrying), owned) in zip(names, store.snapshot(names), strict=True):
-        if not meta:
+    for record, (done, failed, running, retrying), owned in store.snapshot(names):
+        if record is None:
             continue  # deleted meanwhile
-        total = int(meta.get("total", 0))
+        total = record.total
         if owned:
             state = "running"
         elif done >= total:
             state = "finished"
         else:
             state = "failed" if failed and done + failed >= total else "stopped"
-        started = float(meta.get("started", 0))
-        elapsed = float(meta.get("ended", now)) - started if started else 0.0
-        gained = done - int(meta.get("done_at_start", done))
+        started = record.started
+        elapsed = (record.ended or now) - started if started else 0.0
+        gained = done - (record.done_at_start if record.done_at_start is not None else done)
         rate = gained / elapsed if elapsed > 0 else 0.0
-        workers = int(meta.get("workers", 0)) if owned else 0
+        workers = record.workers if owned else 0
         if not owned:
             # No run under way (finished, stopped, its caller killed): nothing runs, at no
             # rate, whatever the counters of the last run were left saying.
             running, rate = 0, 0.0
-        created = float(meta.get("created", now))
-        function = meta.get("function", "?")
+        created = record.created if record.created is not None else now
+        function = record.function or "?"
         out.append(
-            JobStatus(name, function, total, done, failed, running, retrying, state, workers, rate, created, now)
+            JobStatus(record.name, function, total, done, failed, running, retrying, state, workers, rate, created, now)
         )
     return out
 

@@ -35,7 +35,7 @@ class Supervisor:
         """One round: replace stuck, frozen and dead workers."""
         if done > self._done:  # progress: earlier deaths were not a worker that cannot start
             self._done, self._idle_deaths = done, 0
-        if self.spec.policy.get("timeout"):
+        if self.spec.policy.timeout is not None:
             self._replace_stuck()
         self._replace_frozen()
         self._replace_dead(done)
@@ -58,12 +58,13 @@ class Supervisor:
         """A task past its timeout that never yields (CPU, C code) blocks its whole
         worker: record the attempt as timed out and replace the process."""
         policy = self.spec.policy
-        timeout = policy["timeout"]
+        timeout = policy.timeout
+        assert timeout is not None
         for wid, index in self.pool.blocked(timeout + STUCK_GRACE):
             exc = TimeoutError(f"timed out after {timeout} s (stuck in CPU or C code: its worker was replaced)")
-            kind = "r" if policy.get("retry_timeouts") else "0"
+            kind = "r" if policy.retry_timeouts else "0"
             outcome = Outcome(index, kind, codec.failure_payload(exc), codec.failure_line(exc))
-            self.store.record(self.spec.name, wid, [outcome], policy.get("retries", 0), policy.get("retry_delay", 0))
+            self.store.record(self.spec.name, wid, [outcome], policy.retries, policy.retry_delay)
             self.pool.kill(wid)
             self._killed.add(wid)
 

@@ -32,7 +32,6 @@ if __name__ == "__main__" and _backend_named_in_argv() == "eventlet":
 
 import argparse  # noqa: E402
 import functools  # noqa: E402
-import json  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
@@ -49,6 +48,7 @@ from .backends import Backend, Task  # noqa: E402
 from .beacon import Beacon  # noqa: E402
 from .errors import ConnectionLost, PayloadRejected  # noqa: E402
 from .exits import EXIT_REFUSED  # noqa: E402
+from .policy import RunPolicy  # noqa: E402
 from .standby import Assignment, Control, Modules  # noqa: E402
 from .store import Outcome, Store, open_store  # noqa: E402
 from .trust import Signer  # noqa: E402
@@ -158,7 +158,7 @@ class Worker:
         self.item_time = float("inf")  # moving average of items' durations (unknown yet)
         self.outcomes = self.backend.queue()  # Outcome, or None: the run is over
         self.recording = False
-        self.policy: dict[str, Any] = {}
+        self.policy = RunPolicy()
         self.retry_on: tuple[type[BaseException], ...] = (Exception,)
         self.collector = output.Collector()  # (main sets the one that stdout and logging feed)
         self.sending = threading.Lock()  # output goes out in the order it was written
@@ -176,7 +176,7 @@ class Worker:
 
     def _work(self, helpers: list[threading.Thread]) -> None:
         func = self._load_function()
-        self.backend.start(func, self.policy.get("timeout"), self._begin, self._end)
+        self.backend.start(func, self.policy.timeout, self._begin, self._end)
         helpers += [self._helper(self._record_loop), self._helper(self._watch_owner), self._helper(self._output_loop)]
         if self.heartbeat is not None:
             # On another machine the caller cannot see this process: say it lives, in
@@ -216,18 +216,20 @@ class Worker:
         return True
 
     def _load_function(self) -> Callable[[Any], Any]:
-        meta = self.store.meta(self.job)
+        record = self.store.meta(self.job)
+        if record is None:
+            self._fatal("the job is not in the store any more (was it reset?).")
         here = f"{sys.version_info.major}.{sys.version_info.minor}"
-        if meta.get("python") not in (None, here):
-            self._fatal(f"the job was stored by Python {meta['python']} and this worker runs Python {here}.")
+        if record.python not in (None, here):
+            self._fatal(f"the job was stored by Python {record.python} and this worker runs Python {here}.")
         try:
             payload = self.store.function(self.job)
         except PayloadRejected as exc:
             self._fatal(str(exc))
         if payload is None:
             self._fatal("the job has no stored function (was it reset?).")
-        self.policy = json.loads(meta.get("policy", "{}"))
-        output.apply_logging(json.loads(meta.get("logging", "{}")))
+        self.policy = record.policy
+        output.apply_logging(record.logging)
         try:
             func, self.retry_on = codec.load_function(payload)
         except Exception as exc:
@@ -259,7 +261,7 @@ class Worker:
 
     def _claim_loop(self) -> None:
         idle = 0.01
-        rate = self.policy.get("rate")
+        rate = self.policy.rate
         waiting: deque[Task] = deque()  # claimed, not started (see _wanted)
         while not self.over.is_set() and not self.stopping:
             self.slots.acquire()
@@ -375,7 +377,7 @@ class Worker:
                 batch.append(self.outcomes.get_nowait())
             stop = None in batch  # the run is over (see run)
             batch = [outcome for outcome in batch if outcome is not None]
-            retries, delay = self.policy.get("retries", 0), self.policy.get("retry_delay", 0.0)
+            retries, delay = self.policy.retries, self.policy.retry_delay
             self._send_output()  # an item's lines are stored before its result
             if batch:
                 self._retrying(self.store.record, self.job, self.wid, batch, retries, delay)

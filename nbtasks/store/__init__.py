@@ -16,9 +16,13 @@ from .bits import BATCH, pending_indices
 from .connection import client_url, connect, forget, open_store, safe_url
 from .keys import FORMAT, PARTS, REGISTRY, JobKeys
 from .operations import Store
-from .records import Counts, Outcome
+from .records import APPENDABLE, DISTINCT, Counts, JobRecord, Outcome, definition
 
 __all__ = [
+    "APPENDABLE",
+    "DISTINCT",
+    "JobRecord",
+    "definition",
     "BATCH",
     "FORMAT",
     "PARTS",

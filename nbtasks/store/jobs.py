@@ -14,12 +14,13 @@ from ..trust import FUNCTION, INDEX, INPUT, VIEW
 from .base import StoreBase
 from .bits import BATCH, batches, by_bucket, byte_batches, done_and_pending, pack, unpack
 from .keys import FORMAT, REGISTRY
+from .records import JobRecord, decoded
 
 
 class JobOps(StoreBase):
-    def meta(self, job: str) -> dict[str, str]:
-        raw = self.client.hgetall(self.keys[job].meta)
-        return {k.decode(): v.decode() for k, v in raw.items()}
+    def meta(self, job: str) -> JobRecord | None:
+        """The job's metadata, typed; None when the store holds no such job."""
+        return JobRecord.parse(job, decoded(self.client.hgetall(self.keys[job].meta)))
 
     def lookup(self, job: str, digests: list[bytes]) -> list[int | None]:
         """The index of each input (by the digest of its value) the job holds, else None."""
@@ -190,7 +191,7 @@ class JobOps(StoreBase):
         self.client.delete(*k.all(self.client.smembers(k.workers), buckets))
         self.client.srem(REGISTRY, job)
 
-    def snapshot(self, jobs: list[str]) -> list[tuple[dict[str, str], list[int], bool]]:
+    def snapshot(self, jobs: list[str]) -> list[tuple[JobRecord | None, list[int], bool]]:
         """Per job, in one round trip for all: its meta, its counters (done, failed,
         running, retrying) and whether a caller runs it now."""
         pipe = self.client.pipeline(transaction=False)
@@ -202,8 +203,7 @@ class JobOps(StoreBase):
             pipe.zcard(k.delayed)
         replies = pipe.execute()
         out = []
-        for i in range(0, len(replies), 4):
-            meta = {key.decode(): value.decode() for key, value in replies[i].items()}
+        for job, i in zip(jobs, range(0, len(replies), 4), strict=True):
             counts = [int(c or 0) for c in replies[i + 1]] + [int(replies[i + 3])]
-            out.append((meta, counts, bool(replies[i + 2])))
+            out.append((JobRecord.parse(job, decoded(replies[i])), counts, bool(replies[i + 2])))
         return out

@@ -1,9 +1,35 @@
-"""What store operations hand over: a snapshot of a job's counters, and one attempt's
-outcome on its way to being recorded."""
+"""What store operations hand over: a stored job's metadata, typed (`JobRecord`); a
+snapshot of a job's counters; one attempt's outcome on its way to being recorded.
+
+The metadata hash (``nbtasks:{job}:meta``) holds strings; this module is where they
+become numbers, flags and the policy. Its field names:
+
+    format        the store format the job was written in (see keys.FORMAT)
+    inputs        "distinct" (a pmap job) or "appended" (a script's job)
+    total         distinct inputs of the current list (what progress counts)
+    list          digest of the current list (its view holds the indices)
+    ready         "1" once the job's inputs are stored: workers may claim
+    code, parts   the function's identity digest, and the digests of its parts (JSON)
+    function      the function's label (its name)
+    python        the Python version that stored the function ("3.11")
+    policy        the RunPolicy (JSON)
+    logging       the caller's logging configuration (JSON), applied in workers
+    epoch         tells this incarnation of the job from one stored again
+    created, started, ended      times (seconds since the epoch)
+    done_at_start                results recorded when the current run began
+    workers                      live workers of the current run, as its caller counts them
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..policy import RunPolicy
+
+DISTINCT = "distinct"  # the inputs kind of a pmap job: each distinct input stored once
+APPENDABLE = "appended"  # the inputs kind of a job that grows by appending (a script's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,3 +58,82 @@ class Counts:
     @property
     def settled(self) -> int:
         return self.done + self.failed
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A stored job's metadata, typed. `parse` is the one place its strings are read."""
+
+    name: str
+    format: str = ""
+    inputs: str = DISTINCT
+    total: int = 0
+    list: str | None = None
+    ready: bool = False
+    code: str = ""
+    parts: dict[str, str] | None = None
+    function: str | None = None  # the function's label
+    python: str | None = None
+    policy: RunPolicy = field(default_factory=RunPolicy)
+    logging: dict[str, Any] = field(default_factory=dict)
+    epoch: str | None = None
+    created: float | None = None
+    started: float | None = None
+    ended: float | None = None
+    done_at_start: int | None = None
+    workers: int = 0
+
+    @property
+    def appendable(self) -> bool:
+        """A script's job, whose inputs grow by appending."""
+        return self.inputs == APPENDABLE
+
+    @classmethod
+    def parse(cls, name: str, meta: dict[str, str]) -> JobRecord | None:
+        """The record of a job's metadata hash (decoded); None when there is no job."""
+        if not meta:
+            return None
+
+        def number(key: str) -> float | None:
+            return float(meta[key]) if meta.get(key) else None
+
+        done_at_start = meta.get("done_at_start")
+        return cls(
+            name=name,
+            format=meta.get("format", ""),
+            inputs=meta.get("inputs", DISTINCT),
+            total=int(meta.get("total") or 0),
+            list=meta.get("list"),
+            ready=meta.get("ready") == "1",
+            code=meta.get("code", ""),
+            parts=json.loads(meta["parts"]) if meta.get("parts") else None,
+            function=meta.get("function"),
+            python=meta.get("python"),
+            policy=RunPolicy.from_json(meta.get("policy")),
+            logging=json.loads(meta["logging"]) if meta.get("logging") else {},
+            epoch=meta.get("epoch"),
+            created=number("created"),
+            started=number("started"),
+            ended=number("ended"),
+            done_at_start=int(done_at_start) if done_at_start else None,
+            workers=int(meta.get("workers") or 0),
+        )
+
+
+def definition(
+    *, code: str, parts: dict[str, str], function: str, python: str, policy: RunPolicy, inputs: str
+) -> dict[str, str]:
+    """The metadata fields a call stores about its job's function (see `JobRecord`)."""
+    return {
+        "code": code,
+        "parts": json.dumps(parts),
+        "function": function,
+        "python": python,
+        "policy": policy.to_json(),
+        "inputs": inputs,
+    }
+
+
+def decoded(raw: dict[bytes, bytes]) -> dict[str, str]:
+    """A hash as redis-py returns it (bytes), as text."""
+    return {k.decode(): v.decode() for k, v in raw.items()}

@@ -13,7 +13,7 @@ from ..trust import FAILURE, RESULT
 from .base import StoreBase
 from .bits import BATCH, chunks, done_and_pending
 from .keys import RUN_STATE
-from .records import Counts, Outcome
+from .records import Counts, JobRecord, Outcome, decoded
 
 RATE_WINDOW_MS = 50  # a rate limit grants the turns that fall within this much time
 
@@ -175,9 +175,9 @@ class RunOps(StoreBase):
         self.client.hset(self.keys[job].refused, who, message)
 
     def refusals(self, job: str) -> dict[str, str]:
-        return {k.decode(): v.decode() for k, v in self.client.hgetall(self.keys[job].refused).items()}
+        return decoded(self.client.hgetall(self.keys[job].refused))
 
-    def runs(self) -> list[tuple[str, str, dict[str, str], int]]:
+    def runs(self) -> list[tuple[str, str, JobRecord, int]]:
         """Jobs a caller runs now: name, the run's token, meta, and items waiting
         (queued or to be retried)."""
         names = self.job_names()
@@ -192,9 +192,9 @@ class RunOps(StoreBase):
         out = []
         for i, job in enumerate(names):
             token, meta, queued, delayed = replies[4 * i : 4 * i + 4]
-            if token is not None and meta:
-                decoded = {key.decode(): value.decode() for key, value in meta.items()}
-                out.append((job, token.decode(), decoded, int(queued) + int(delayed)))
+            record = JobRecord.parse(job, decoded(meta))
+            if token is not None and record is not None:
+                out.append((job, token.decode(), record, int(queued) + int(delayed)))
         return out
 
     def take_turns(self, job: str, want: int, per_second: float) -> tuple[int, float]:
