@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import nbtasks
-from nbtasks import standby
+from nbtasks.pool import warm
 from nbtasks.server import TemporaryServer
 
 HERE = Path(__file__).parent
@@ -171,7 +171,7 @@ def best(fn: Callable[[], object], repeat: int, setup: Callable[[], object] | No
 
 
 def cold_and_warm(call: Callable[[], object], repeat: int) -> tuple[float, float]:
-    cold = best(call, repeat, setup=standby.close_all)
+    cold = best(call, repeat, setup=warm.close_all)
     call()  # leaves warm workers
     return cold, best(call, repeat)
 
@@ -199,7 +199,7 @@ def measure(args: argparse.Namespace) -> list[Row]:
 
             cold, warm = cold_and_warm(call, args.repeat)
             rows.append((client, f"pmap, backend={backend!r}", cold, warm))
-        standby.close_all()
+        warm.close_all()
     return rows
 
 
@@ -220,8 +220,8 @@ def main() -> None:
         "x base: to the first row\n"
     )
     print(f"{'client':18} {'runs on':42} {'cold s':>8} {'x base':>7} {'warm s':>8} {'x base':>7}")
-    for client, where, seconds, warm in rows:
-        then = "" if warm is None else f"{warm:8.3f} {warm / reference:7.2f}"
+    for client, where, seconds, warm_s in rows:
+        then = "" if warm_s is None else f"{warm_s:8.3f} {warm_s / reference:7.2f}"
         print(f"{client:18} {where:42} {seconds:8.3f} {seconds / reference:7.2f} {then}")
 
 

@@ -34,7 +34,8 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 import nbtasks
-from nbtasks import blas, standby
+from nbtasks import blas
+from nbtasks.pool import warm
 from nbtasks.server import TemporaryServer
 
 _seeds = itertools.count()
@@ -118,7 +119,7 @@ def measure(
     limited = f"limited to {share} thread{'s' * (share > 1)} each"
     for setting, what in ((None, limited), (blas.cores(), "limit off (caller sets it)")):
         with caller_sets(setting):
-            standby.close_all()  # no worker of the other setting: they start with this one
+            warm.close_all()  # no worker of the other setting: they start with this one
             nbtasks.pmap(func, fresh(2 * processes), processes=processes, concurrency=1, redis=url, progress=False)
             seconds = best(
                 lambda: nbtasks.pmap(func, fresh(n), processes=processes, concurrency=1, redis=url, progress=False),
@@ -156,7 +157,7 @@ def main() -> None:
                     continue
                 ratios = f"{seconds / (loop / used):14.2f}x  {seconds / (single / used):23.2f}x"
                 print(f"{what:26} {how:66} {seconds:8.2f}  {ratios}")
-    standby.close_all()
+    warm.close_all()
     print(f"\nload average (1 min) at the end: {os.getloadavg()[0]:.2f} (other processes share the cores)")
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import redis
 
 import nbtasks
-from nbtasks import standby
+from nbtasks.pool import warm
 from nbtasks.server import TemporaryServer
 from nbtasks.store import JobKeys
 
@@ -80,7 +80,7 @@ def best(fn: Callable[[], object], repeat: int, setup: Callable[[], object] | No
 def cold_and_warm(fn: Callable[[], object], repeat: int) -> list[tuple[str, float]]:
     """nbtasks timed twice: with no warm worker (every process started in the timing),
     and with the workers of the previous call waiting."""
-    cold = best(fn, repeat, setup=standby.close_all)
+    cold = best(fn, repeat, setup=warm.close_all)
     fn()  # leaves warm workers
     return [("nbtasks.pmap, cold: workers started", cold), ("nbtasks.pmap, warm workers", best(fn, repeat))]
 

@@ -2,8 +2,9 @@
 
     results = nbtasks.pmap(fetch, urls)   # ordered results, live progress bar
 
-Names are imported on first use, so that ``python -m nbtasks.worker`` can let eventlet
-patch the standard library before redis-py is imported.
+Names are imported on first use, so that ``import nbtasks`` stays cheap and a worker
+process (``python -m nbtasks.worker``) can let eventlet patch the standard library
+before redis-py is imported. `_EXPORTS` is the one list of the public names.
 """
 
 from __future__ import annotations
@@ -13,29 +14,16 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+# Public name -> the module that holds it (`server` is the module itself).
 _EXPORTS = {
     "pmap": "api",
-    "Job": "api",
     "jobs": "api",
     "status": "api",
-    "reset": "api",
-    "JobStatus": "snapshot",
-    "JobCancelled": "errors",
-    "JobLost": "errors",
-    "UnknownJob": "errors",
+    "Job": "job",
+    "reset": "job",
+    "JobStatus": "job_status",
     "configure": "config",
     "Settings": "config",
-    "Failure": "errors",
-    "NbtasksError": "errors",
-    "ConfigError": "errors",
-    "RedisUnavailable": "errors",
-    "NotPicklableError": "errors",
-    "ResultNotPicklable": "errors",
-    "JobMismatchError": "errors",
-    "WorkerError": "errors",
-    "TaskError": "errors",
-    "PayloadRejected": "errors",
-    "SecurityWarning": "errors",
     "ship": "codec",
     "logger": "output",
     "Output": "output",
@@ -43,73 +31,57 @@ _EXPORTS = {
     "set_func": "script",
     "set_redis": "script",
     "main": "script",
+    "server": "server",
+    "Failure": "errors",
+    "NbtasksError": "errors",
+    "ConfigError": "errors",
+    "RedisUnavailable": "errors",
+    "NotPicklableError": "errors",
+    "ResultNotPicklable": "errors",
+    "JobMismatchError": "errors",
+    "JobCancelled": "errors",
+    "JobLost": "errors",
+    "UnknownJob": "errors",
+    "WorkerError": "errors",
+    "TaskError": "errors",
+    "PayloadRejected": "errors",
+    "SecurityWarning": "errors",
 }
 
-__all__ = [
-    "pmap",
-    "Job",
-    "jobs",
-    "status",
-    "reset",
-    "JobStatus",
-    "JobCancelled",
-    "JobLost",
-    "UnknownJob",
-    "configure",
-    "Settings",
-    "Failure",
-    "NbtasksError",
-    "ConfigError",
-    "RedisUnavailable",
-    "NotPicklableError",
-    "ResultNotPicklable",
-    "JobMismatchError",
-    "WorkerError",
-    "TaskError",
-    "PayloadRejected",
-    "SecurityWarning",
-    "ship",
-    "logger",
-    "Output",
-    "OutputLine",
-    "set_func",
-    "set_redis",
-    "main",
-    "server",
-    "__version__",
-]
+__all__ = [*_EXPORTS, "__version__"]
 
-if TYPE_CHECKING:
-    from . import server
-    from .api import Job, jobs, pmap, reset, status
-    from .codec import ship
-    from .config import Settings, configure
+if TYPE_CHECKING:  # the same names, for type checkers and editors (they do not run __getattr__)
+    from . import server as server
+    from .api import jobs as jobs, pmap as pmap, status as status
+    from .codec import ship as ship
+    from .config import Settings as Settings, configure as configure
     from .errors import (
-        ConfigError,
-        Failure,
-        JobCancelled,
-        JobMismatchError,
-        NbtasksError,
-        NotPicklableError,
-        PayloadRejected,
-        RedisUnavailable,
-        ResultNotPicklable,
-        SecurityWarning,
-        TaskError,
-        UnknownJob,
-        WorkerError,
+        ConfigError as ConfigError,
+        Failure as Failure,
+        JobCancelled as JobCancelled,
+        JobLost as JobLost,
+        JobMismatchError as JobMismatchError,
+        NbtasksError as NbtasksError,
+        NotPicklableError as NotPicklableError,
+        PayloadRejected as PayloadRejected,
+        RedisUnavailable as RedisUnavailable,
+        ResultNotPicklable as ResultNotPicklable,
+        SecurityWarning as SecurityWarning,
+        TaskError as TaskError,
+        UnknownJob as UnknownJob,
+        WorkerError as WorkerError,
     )
-    from .output import Output, OutputLine, logger
-    from .script import main, set_func, set_redis
-    from .snapshot import JobStatus
+    from .job import Job as Job, reset as reset
+    from .job_status import JobStatus as JobStatus
+    from .output import Output as Output, OutputLine as OutputLine, logger as logger
+    from .script import main as main, set_func as set_func, set_redis as set_redis
 
 
 def __getattr__(name: str) -> Any:
-    if name == "server":  # the embedded server's controls: nbtasks.server.status() ...
-        return importlib.import_module(".server", __name__)
     if name not in _EXPORTS:
         raise AttributeError(f"module 'nbtasks' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    module = importlib.import_module(f".{_EXPORTS[name]}", __name__)
+    value = module if name == _EXPORTS[name] else getattr(module, name)
     globals()[name] = value
     return value
 

@@ -1,37 +1,80 @@
-"""`pmap` and `Job`: validate the call, then define the job, run it and gather it.
-No Redis calls of their own: they wire the steps of `job`, `run` and `status`."""
+"""`pmap`, `jobs` and `status`: validate the call, then define the job, run it and
+gather it. No Redis calls of their own: they wire the steps of `define`, `run`,
+`gather` and `job`."""
 
 from __future__ import annotations
 
-import atexit
 import functools
-import threading
-import time
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypedDict, TypeVar, Unpack, overload
 
 import redis
 
-from . import backends, codec, identity, interrupt, job, pool
+from . import backends, codec, define, identity, interrupt
 from .config import Settings, settings
-from .errors import (
-    ConfigError,
-    Failure,
-    JobCancelled,
-    NbtasksError,
-    NotPicklableError,
-    UnknownJob,
-)
-from .job import JobSpec
-from .output import Output
+from .define import JobSpec
+from .errors import ConfigError, Failure, NotPicklableError
+from .gather import MissingResults, gather, load_failures
+from .job import Job, dashboard
+from .job_status import JobStatus, detail, snapshots, table
 from .policy import Policy, parse_rate
+from .pool.processes import remove_leftovers
 from .progress import in_notebook
 from .run import Run
-from .snapshot import JobStatus, detail, snapshots, table
-from .store import Store, connect, safe_url
+from .store import Store, connect
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+class Options(TypedDict, total=False):
+    """pmap's keyword options but `background` and `errors` (which decide what it returns)."""
+
+    name: str | None
+    processes: int | None
+    concurrency: int | None
+    fresh: bool
+    progress: bool
+    retries: int
+    retry_delay: float
+    retry_on: type[BaseException] | tuple[type[BaseException], ...]
+    timeout: float | None
+    rate: str | float | None
+    backend: str | None
+    redis: str | redis.Redis | None
+
+
+@overload
+def pmap(
+    func: Callable[[T], R],
+    iterable: Iterable[T],
+    *,
+    background: Literal[False] = ...,
+    errors: Literal["raise"] = ...,
+    **options: Unpack[Options],
+) -> list[R]: ...
+@overload
+def pmap(
+    func: Callable[[T], R],
+    iterable: Iterable[T],
+    *,
+    background: Literal[False] = ...,
+    errors: Literal["return"],
+    **options: Unpack[Options],
+) -> list[R | Failure]: ...
+@overload
+def pmap(
+    func: Callable[[T], R],
+    iterable: Iterable[T],
+    *,
+    background: Literal[True],
+    errors: str = ...,
+    **options: Unpack[Options],
+) -> Job: ...
+@overload
+def pmap(
+    func: Callable[[T], R], iterable: Iterable[T], *, background: bool, errors: str = ..., **options: Unpack[Options]
+) -> list[Any] | Job: ...
 
 
 @interrupt.shortened
@@ -115,7 +158,7 @@ def pmap(
             f"pmap() needs an iterable of inputs (a list, a range, a generator...), not {type(iterable).__name__}."
         ) from None
     if name is not None:
-        job.check_name(name)
+        define.check_name(name)
     cfg = settings().replace(processes=processes, concurrency=concurrency)
     if background and cfg.processes == 0:
         raise ConfigError("background=True needs worker processes: pass processes=1 or more.")
@@ -126,10 +169,10 @@ def pmap(
         return []  # nothing to run: no server, no workers
     ident = identity.identify(func)
     store = connect(redis if redis is not None else cfg.redis_url)
-    pool.remove_leftovers()  # of callers killed earlier, whether or not this call runs anything
+    remove_leftovers()  # of callers killed earlier, whether or not this call runs anything
     to_bytes = functools.partial(codec.dump_function, func, policy.retry_on)  # only when something may run
     dump = functools.partial(_if_it_can_travel, to_bytes) if cfg.processes == 0 else to_bytes
-    spec = job.define(store, func, dump, ident, inputs, name=name, fresh=fresh, policy=policy)
+    spec = define.define(store, func, dump, ident, inputs, name=name, fresh=fresh, policy=policy)
     del inputs  # the store has them; don't hold them through the run
     if background:
         return Job._start(store, spec, cfg, progress)
@@ -151,213 +194,17 @@ def _run_and_gather(
     if not spec.finished:
         Run(store, spec, cfg, func, progress).follow()
     try:
-        return job.gather(store, spec, errors)
-    except job.MissingResults:
+        return gather(store, spec, errors)
+    except MissingResults:
         # The store lost results it had (a server back without its last writes): run
         # what is missing, once.
         Run(store, spec, cfg, func, progress).follow()
-        return job.gather(store, spec, errors)
-
-
-class Job:
-    """A job in the store: follow it, wait for it, cancel it, from any process.
-
-    ``pmap(..., background=True)`` returns one; ``nbtasks.Job("crawl")`` attaches to an
-    existing job by name (after a kernel restart, from another notebook).
-    """
-
-    def __init__(self, name: str, *, redis: str | redis.Redis | None = None) -> None:
-        self._attach(connect(redis if redis is not None else settings().redis_url), name)
-
-    def _attach(self, store: Store, name: str, spec: JobSpec | None = None) -> None:
-        """Attach to the job's current list, or to the call of `spec`."""
-        self._store = store
-        record = store.meta(name)
-        if record is None:
-            raise UnknownJob(
-                f"No job named {name!r} at {safe_url(store.url)}; nbtasks.jobs() (or `nbtasks jobs`) lists them."
-            )
-        self.name = name
-        self._spec = spec if spec is not None else JobSpec.of(store, record)
-        self.total = self._spec.total
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._error: BaseException | None = None
-        self._shown_in: int | None = None  # the cell that showed the job's row
-
-    @classmethod
-    def _start(cls, store: Store, spec: JobSpec, cfg: Settings, progress: bool) -> Job:
-        """The job of `spec`, run in the background by this process unless finished."""
-        current = _background.get((store.url, spec.name, spec.list_digest))
-        if current is not None and current._running_here():
-            return current  # the same cell again while it runs: one run is enough
-        handle = cls.__new__(cls)
-        handle._attach(store, spec.name, spec)  # this call's list, whatever list comes next
-        if not spec.finished:
-            handle._run(cfg, progress)
-        return handle
-
-    def _run(self, cfg: Settings, progress: bool) -> None:
-        spec = self._spec
-        # In Jupyter the job's live dashboard row is its progress widget (with its
-        # buttons); elsewhere a text bar. Begun here, in the caller's thread, so either
-        # shows in the calling cell.
-        widget = progress and in_notebook()
-        lines = _OutputWidget() if widget else None
-        run = Run(
-            self._store, spec, cfg, None, progress and not widget, echo=lines.add if lines else None, background=True
-        )
-        if lines is not None:
-            self._shown_in = None
-            self._ipython_display_()
-            lines.show()  # the tasks' output, under the job's row
-        self._stop, self._error = threading.Event(), None
-        self._thread = threading.Thread(target=self._follow, args=(run,), name=f"nbtasks {self.name}", daemon=True)
-        self._thread.start()
-        _background[(self._store.url, self.name, spec.list_digest)] = self
-
-    def _follow(self, run: Run) -> None:
-        try:
-            run.follow(self._stop)
-        except BaseException as exc:  # kept for result(); a thread has nobody to raise to
-            self._error = exc
-
-    def _running_here(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def counts(self) -> JobStatus:
-        """A frozen snapshot: total, done, failed, pending, running, rate, state..."""
-        found = snapshots(self._store, [self.name])
-        if not found:
-            raise UnknownJob(f"Job {self.name!r} was deleted.")
-        return found[0]
-
-    def done(self) -> bool:
-        """True once no run of the job is under way (finished, failed or stopped)."""
-        return not self._running_here() and self.counts().state != "running"
-
-    @interrupt.shortened
-    def result(self, timeout: float | None = None) -> list[Any]:
-        """The results in input order, once the run is over; TaskError as pmap raises it.
-
-        Raises TimeoutError if the run is still going after `timeout` seconds.
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        if self._thread is not None:
-            self._thread.join(timeout)
-        while not self.done():
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"Job {self.name!r} is still running after {timeout} s.")
-            time.sleep(0.1)
-        if self._error is not None:
-            raise self._error
-        state = self.counts()
-        if state.state == "stopped":
-            raise JobCancelled(
-                f"Job {self.name!r} stopped with {state.done} of {state.total} results; "
-                "job.retry_failed() or the same pmap call resumes it."
-            )
-        return job.gather(self._store, self._spec, self._spec.policy.errors)
-
-    def cancel(self) -> None:
-        """Stop the run, wherever it runs; every recorded result is kept."""
-        self._stop.set()
-        self._store.cancel(self.name)
-        if self._thread is not None:
-            self._thread.join()
-
-    def failures(self) -> list[Failure]:
-        """Every failure of the last run: index, input, type, message, remote traceback."""
-        return job.load_failures(self._store, self.name)
-
-    def logs(self, last: int | None = None) -> Output:
-        """What the job's tasks printed, warned and logged, oldest first: each line with
-        its item, stream ("out", "err", "log"), worker and time. The store keeps the last
-        10,000 lines of a job; `last` returns only the newest so many."""
-        return self._store.output(self.name, last)
-
-    def retry_failed(
-        self, *, processes: int | None = None, concurrency: int | None = None, progress: bool = True
-    ) -> Job:
-        """Run again, in the background here, every item without a result: the failed
-        ones and any that never ran. Returns the job."""
-        if self._running_here() or self.counts().state == "running":
-            return self
-        self._run(settings().replace(processes=processes, concurrency=concurrency), progress)
-        return self
-
-    def __repr__(self) -> str:
-        s = self.counts()
-        return f"<nbtasks.Job {self.name!r} {s.state}: {s.done}/{s.total} done, {s.failed} failed>"
-
-    def _ipython_display_(self) -> None:
-        """In Jupyter: the job's live dashboard row (bar, counts, cancel, retry, failures)."""
-        cell = _cell()
-        if cell is not None and cell == self._shown_in:
-            return  # pmap(..., background=True) showed it already, in this same cell
-        from .dashboard import Dashboard
-
-        self._shown_in = cell
-        Dashboard(self._store, [self.name]).show()
-
-
-def _cell() -> int | None:
-    """The number of the Jupyter cell running now (None outside IPython)."""
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return None
-    shell = get_ipython()
-    return None if shell is None else int(shell.execution_count)
-
-
-class _OutputWidget:
-    """Where a background run's task output goes in Jupyter: an Output widget, which a
-    thread may add to after the cell has ended (a print would land in whatever cell runs)."""
-
-    def __init__(self) -> None:
-        import ipywidgets
-
-        self.widget = ipywidgets.Output()
-
-    def show(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)  # type: ignore[no-untyped-call]
-
-    def add(self, text: str, to_stderr: bool) -> None:
-        (self.widget.append_stderr if to_stderr else self.widget.append_stdout)(text + "\n")
-
-
-_background: dict[tuple[str, str, str], Job] = {}  # runs this process drives, by (url, job, list)
-
-
-@atexit.register
-def _stop_background_runs() -> None:
-    # Stop our workers now rather than when they notice the heartbeat is gone.
-    for handle in list(_background.values()):
-        if handle._running_here():
-            handle._stop.set()
-            assert handle._thread is not None
-            handle._thread.join(5)
+        return gather(store, spec, errors)
 
 
 def jobs(*, redis: str | redis.Redis | None = None) -> list[JobStatus]:
     """A frozen snapshot of every job in the store."""
     return snapshots(connect(redis if redis is not None else settings().redis_url))
-
-
-def reset(name: str, *, redis: str | redis.Redis | None = None) -> None:
-    """Delete a job and everything stored for it, stopping it first if it runs."""
-    handle = Job(name, redis=redis)
-    if not handle.done():
-        handle._store.cancel(name, why="reset")  # its run says the job goes, not how to resume it
-        deadline = time.monotonic() + 30
-        while not handle.done():
-            if time.monotonic() > deadline:
-                raise NbtasksError(f"Job {name!r} did not stop within 30 s; try again.")
-            time.sleep(0.05)
-    handle._store.delete(name)
 
 
 def status(name: str | None = None, *, redis: str | redis.Redis | None = None) -> Any:
@@ -368,13 +215,11 @@ def status(name: str | None = None, *, redis: str | redis.Redis | None = None) -
     """
     store = connect(redis if redis is not None else settings().redis_url)
     if in_notebook():
-        from .dashboard import Dashboard
-
-        board = Dashboard(store, [name] if name is not None else None)
+        board = dashboard(store, [name] if name is not None else None)
         board.show()
         return board
     if name is None:
         print(table(snapshots(store)))
     else:
-        print(detail(Job(name, redis=store.client).counts(), job.load_failures(store, name)))
+        print(detail(Job(name, redis=store).counts(), load_failures(store, name)))
     return None

@@ -80,10 +80,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _jobs_command(args: Any) -> int:
-    from . import job
-    from .api import Job, reset
     from .config import settings
-    from .snapshot import snapshots
+    from .gather import load_failures
+    from .job import Job, reset
+    from .job_status import snapshots
     from .store import connect
 
     cfg = settings()
@@ -96,8 +96,8 @@ def _jobs_command(args: Any) -> int:
             print(f"{s.name}\t{s.state}\t{s.done}/{s.total}\t{s.failed}")
         return 0
     if args.command == "failures":
-        Job(args.name, redis=store.client)  # UnknownJob unless it exists
-        found = job.load_failures(store, args.name)
+        Job(args.name, redis=store)  # UnknownJob unless it exists
+        found = load_failures(store, args.name)
         shown = found if args.limit <= 0 else found[: args.limit]
         for f in shown:
             print(f"{f}\n{f.traceback.rstrip()}\n")
@@ -105,18 +105,18 @@ def _jobs_command(args: Any) -> int:
         print(f"{len(found)} failed{more}.")
         return EXIT_FAILED if found else 0
     if args.command == "logs":
-        Job(args.name, redis=store.client)  # UnknownJob unless it exists
+        Job(args.name, redis=store)  # UnknownJob unless it exists
         return _logs(store, args.name, args.last, args.follow)
     if args.command == "reset":
-        Job(args.name, redis=store.client)  # UnknownJob if there is none
+        Job(args.name, redis=store)  # UnknownJob if there is none
         inputs, results = store.held(args.name)
         if not args.yes and not confirm(f"Delete job '{args.name}': {inputs} inputs, {results} results?"):
             print("Nothing deleted.", file=sys.stderr)
             return EXIT_FAILED
-        reset(args.name, redis=store.client)
+        reset(args.name, redis=store)
         print(f"{args.name}: deleted.")
         return 0
-    from .service import Service
+    from .worker.command import Service
 
     processes = args.processes if args.processes is not None else cfg.processes
     concurrency = args.concurrency if args.concurrency is not None else cfg.concurrency
@@ -126,18 +126,18 @@ def _jobs_command(args: Any) -> int:
 def _status(store: Any, name: str | None, watch: bool, width: int) -> int:
     """Every job as a table, or one in detail; with `watch`, again every second until
     none runs (in a terminal, redrawn in place)."""
-    from . import job
-    from .api import Job
-    from .snapshot import detail, snapshots, table
+    from .gather import load_failures
+    from .job import Job
+    from .job_status import detail, snapshots, table
 
     if name is not None:
-        Job(name, redis=store.client)  # UnknownJob unless it exists
+        Job(name, redis=store)  # UnknownJob unless it exists
     while True:
         states = snapshots(store, None if name is None else [name])
         if name is None:
             text = table(states, width)
         else:
-            text = detail(states[0], job.load_failures(store, name), width=width, refusals=store.refusals(name))
+            text = detail(states[0], load_failures(store, name), width=width, refusals=store.refusals(name))
         if watch and sys.stdout.isatty():
             text = "\x1b[H\x1b[2J" + text  # the terminal's screen, redrawn
         print(text, flush=True)

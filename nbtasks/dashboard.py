@@ -9,14 +9,24 @@ from __future__ import annotations
 import html
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import ipywidgets as w
 from IPython.display import display
 
-from .errors import RedisUnavailable
-from .snapshot import JobStatus, duration, snapshots, table
+from .errors import Failure, RedisUnavailable
+from .job_status import JobStatus, duration, snapshots, table
 from .store import Store
+
+
+class Actions(Protocol):
+    """What the buttons of a job's row do (`job.dashboard` gives the real ones)."""
+
+    def cancel(self, name: str) -> None: ...
+    def retry(self, name: str) -> None: ...
+    def delete(self, name: str) -> None: ...
+    def failures(self, name: str) -> list[Failure]: ...
+
 
 STYLE = {"running": "info", "finished": "success", "failed": "danger", "stopped": "warning"}
 
@@ -38,11 +48,12 @@ class JobRow:
         self.confirm = w.HBox([w.Label(f"Delete {name} and all its results?"), self.sure, self.not_sure])
         self.confirm.layout.display = "none"
         self.failures = w.HTML()
-        self.cancel.on_click(lambda _: self._act(dashboard.store.cancel, name))
-        self.retry.on_click(lambda _: self._act(_retry, dashboard.store, name))
+        actions = dashboard.actions
+        self.cancel.on_click(lambda _: self._act(actions.cancel, name))
+        self.retry.on_click(lambda _: self._act(actions.retry, name))
         self.delete.on_click(lambda _: self._ask(True))
         self.not_sure.on_click(lambda _: self._ask(False))
-        self.sure.on_click(lambda _: self._act(_delete, dashboard.store, name))
+        self.sure.on_click(lambda _: self._act(actions.delete, name))
         self.show_failures.observe(lambda _: self._render_failures(), "value")
         buttons = w.HBox([self.cancel, self.retry, self.delete, self.show_failures])
         self.widget = w.VBox([w.HBox([self.title, self.bar, self.numbers]), buttons, self.confirm, self.failures])
@@ -75,32 +86,20 @@ class JobRow:
         if not self.show_failures.value:
             self.failures.value = ""
             return
-        from .job import load_failures
-
-        items = load_failures(self.dashboard.store, self.name)[:20]
+        items = self.dashboard.actions.failures(self.name)[:20]
         self.failures.value = "".join(
             f"<details><summary>{html.escape(str(f))}</summary><pre>{html.escape(f.traceback)}</pre></details>"
             for f in items
         )
 
 
-def _retry(store: Store, name: str) -> None:
-    from .api import Job
-
-    Job(name, redis=store.client).retry_failed(progress=False)
-
-
-def _delete(store: Store, name: str) -> None:
-    from .api import reset
-
-    reset(name, redis=store.client)
-
-
 class Dashboard:
     """Every job (or the named ones) as live widgets. `rows` maps job name -> JobRow."""
 
-    def __init__(self, store: Store, names: Sequence[str] | None = None, interval: float = 1.0) -> None:
-        self.store, self.names, self.interval = store, names, interval
+    def __init__(
+        self, store: Store, actions: Actions, names: Sequence[str] | None = None, interval: float = 1.0
+    ) -> None:
+        self.store, self.actions, self.names, self.interval = store, actions, names, interval
         self.rows: dict[str, JobRow] = {}
         self.snapshots: list[JobStatus] = []
         self.empty = w.HTML("No jobs yet: <code>nbtasks.pmap(func, items)</code> creates one.")

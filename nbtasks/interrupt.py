@@ -11,6 +11,7 @@ import contextlib
 import functools
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from types import FrameType, TracebackType
@@ -43,7 +44,25 @@ def short() -> KeyboardInterrupt:
     # IPython renders an exception through this hook when it has one (an instance
     # attribute keeps the type a true KeyboardInterrupt: ename, except clauses, exit codes).
     stop._render_traceback_ = functools.partial(_render, stop)  # type: ignore[attr-defined]
+    _trim_uncaught()
     return stop
+
+
+def _trim_uncaught() -> None:
+    """Outside IPython an uncaught exception is printed by sys.excepthook: have it print
+    our KeyboardInterrupts with the caller's frames only (other exceptions as before)."""
+    previous = sys.excepthook
+    if getattr(previous, "nbtasks", False):
+        return
+
+    def hook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+        if isinstance(value, KeyboardInterrupt) and hasattr(value, "_render_traceback_"):
+            tb = callers_part(tb)
+            value.__traceback__ = tb  # (the default hook prints the exception's own traceback)
+        previous(kind, value, tb)
+
+    hook.nbtasks = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
 
 
 def _render(stop: KeyboardInterrupt) -> list[str]:

@@ -1,336 +1,262 @@
-"""A job's identity, its definition in the store, and the gathering of its results."""
+"""`Job`: a handle on a job in the store, from any process: follow it, wait for it,
+cancel it, retry it, delete it (`reset`); and what its dashboard row's buttons do."""
 
 from __future__ import annotations
 
-import sys
-from array import array
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
-from functools import cached_property
-from typing import Any
+import atexit
+import threading
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-from . import codec, identity, trust
-from .errors import ConfigError, Failure, JobMismatchError, NbtasksError, PayloadRejected, TaskError
-from .identity import Identity
-from .policy import Policy, RunPolicy
-from .store import APPENDABLE, BATCH, DISTINCT, JobRecord, Store, definition
-from .store import FORMAT as STORE_FORMAT
+import redis
 
-MAX_NAME = 200
-INDEX_BATCH = 25_000  # inputs digested, looked up and stored at a time (about 20 MB of bookkeeping)
+from . import interrupt
+from .config import Settings, settings
+from .define import JobSpec
+from .errors import Failure, JobCancelled, NbtasksError, UnknownJob
+from .gather import gather, load_failures
+from .job_status import JobStatus, snapshots
+from .output import Output
+from .progress import in_notebook
+from .run import Run
+from .store import Store, connect, safe_url
+
+if TYPE_CHECKING:
+    from .dashboard import Dashboard
 
 
-@dataclass(frozen=True)
-class JobSpec:
-    """What the store holds for one call of a job, as the caller knows it: the index
-    of each of the call's inputs in the job (equal inputs share one), in list order."""
+class Job:
+    """A job in the store: follow it, wait for it, cancel it, from any process.
 
-    name: str
-    positions: Sequence[int]
-    finished: bool  # every input of the call has a recorded result
-    policy: RunPolicy = field(default_factory=RunPolicy)  # as stored
-    distinct: int | None = None  # how many distinct inputs, when known (saves counting)
-    list_digest: str = ""  # the list's digest, for a pmap call
+    ``pmap(..., background=True)`` returns one; ``nbtasks.Job("crawl")`` attaches to an
+    existing job by name (after a kernel restart, from another notebook).
+    """
 
-    @cached_property
-    def indices(self) -> Sequence[int]:
-        """The call's distinct inputs, in order of first appearance: what a run runs (a
-        range when they are consecutive, as a new job's are: the store counts those fast)."""
-        if isinstance(self.positions, range):
-            return self.positions
-        return distinct(self.positions)
+    def __init__(self, name: str, *, redis: str | redis.Redis | Store | None = None) -> None:
+        self._store = connect(redis if redis is not None else settings().redis_url)
+        if self._store.meta(name) is None:
+            raise UnknownJob(
+                f"No job named {name!r} at {safe_url(self._store.url)}; nbtasks.jobs() (or `nbtasks jobs`) lists them."
+            )
+        self.name = name
+        self._list: JobSpec | None = None  # the list this handle follows (see _spec)
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._shown_in: int | None = None  # the cell that showed the job's row
+
+    @property
+    def _spec(self) -> JobSpec:
+        """The list this handle follows: the job's current one when first asked, or the
+        list of the call that made the handle."""
+        if self._list is None:
+            record = self._store.meta(self.name)
+            if record is None:
+                raise UnknownJob(f"Job {self.name!r} was deleted.")
+            self._list = JobSpec.of(self._store, record)
+        return self._list
 
     @property
     def total(self) -> int:
-        """How many distinct inputs the call has: what its progress counts."""
-        return self.distinct if self.distinct is not None else len(self.indices)
+        """How many distinct inputs the handle's list has."""
+        return self._spec.total
 
     @classmethod
-    def of(cls, store: Store, record: JobRecord) -> JobSpec:
-        """The spec of a stored job's current list, from its metadata."""
-        spec = cls(record.name, current_positions(store, record), finished=False, policy=record.policy)
-        return replace(spec, finished=store.done_among(record.name, spec.indices) >= spec.total)
+    def _start(cls, store: Store, spec: JobSpec, cfg: Settings, progress: bool) -> Job:
+        """The job of `spec`, run in the background by this process unless finished."""
+        current = _background.get((store.url, spec.name, spec.list_digest))
+        if current is not None and current._running_here():
+            return current  # the same cell again while it runs: one run is enough
+        handle = cls(spec.name, redis=store)
+        handle._list = spec  # this call's list, whatever list comes next
+        if not spec.finished:
+            handle._run(cfg, progress)
+        return handle
 
-
-def distinct(positions: Sequence[int]) -> Sequence[int]:
-    """The distinct indices of `positions` in order of first appearance, found with a
-    bitmap (a set of a million ints would take 30 MB); a range when they are consecutive."""
-    if not positions:
-        return range(0)
-    seen = bytearray((max(positions) >> 3) + 1)
-    out = array("I")
-    for i in positions:
-        byte, bit = i >> 3, 1 << (i & 7)
-        if not seen[byte] & bit:
-            seen[byte] |= bit
-            out.append(i)
-    if out[-1] - out[0] == len(out) - 1 and all(b > a for a, b in zip(out, out[1:], strict=False)):
-        return range(out[0], out[-1] + 1)
-    return out
-
-
-def current_positions(store: Store, record: JobRecord) -> Sequence[int]:
-    """The indices of the job's current list (the last call's); a script's job, or one
-    stored by an earlier nbtasks, is the list of all its inputs."""
-    if record.list is not None:
-        found = store.view(record.name, record.list)
-        if found is not None:
-            return found[0]
-    return range(record.total)
-
-
-def check_name(name: object) -> None:
-    if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME:
-        raise ConfigError(f"name= must be a non-empty string of at most {MAX_NAME} characters, not {name!r}.")
-
-
-def define(
-    store: Store,
-    func: Callable[..., Any],
-    dump: Callable[[], bytes | None],
-    ident: Identity,
-    items: list[Any],
-    *,
-    name: str | None,
-    fresh: bool,
-    policy: Policy,
-) -> JobSpec:
-    """Find or create the job of the function, store what it lacks, and make `items`
-    its current list. `dump` serializes the function (NotPicklableError), only when
-    something may run.
-
-    Without a name, the job is the function's identity: the same function (code, what
-    it reads) finds its results again, whatever list they came in, and an edited one gets
-    a new job. With a name, the job survives edits: finished results are kept.
-    """
-    name, record = (name, store.meta(name)) if name is not None else _unnamed(store, func, ident)
-    if record is not None and fresh:
-        store.delete(name)
-        record = None
-    if record is not None and record.appendable:
-        raise JobMismatchError(
-            f"Job '{name}' is a script's job (its inputs were added with `add`), so pmap cannot use it; "
-            "choose another name=."
+    def _run(self, cfg: Settings, progress: bool) -> None:
+        spec = self._spec
+        # In Jupyter the job's live dashboard row is its progress widget (with its
+        # buttons); elsewhere a text bar. Begun here, in the caller's thread, so either
+        # shows in the calling cell.
+        widget = progress and in_notebook()
+        lines = _OutputWidget() if widget else None
+        run = Run(
+            self._store, spec, cfg, None, progress and not widget, echo=lines.add if lines else None, background=True
         )
-    if record is not None and record.format != STORE_FORMAT:
-        _upgrade(store, name, record.total)
-    digest = identity.list_digest(items)
-    found = store.view(name, digest) if record is not None else None
-    head = _digests(items[:INDEX_BATCH]) if found is None else []  # checked before anything is stored
-    # A list whose every result is stored runs nothing: no need to store the function
-    # (a large captured array would be written again for nothing).
-    payload = None if found is not None and found[2] else dump()
-    stored = _store_function(store, name, func, payload, ident, policy, DISTINCT)
-    if found is None:
-        spec = JobSpec(name, _index(store, name, items, head), False, stored, list_digest=digest)
-        store.save_view(name, digest, array("I", spec.positions), spec.total)
-        complete = False
-    else:
-        positions, distinct, complete = found
-        spec = JobSpec(name, positions, False, stored, distinct, digest)
-    done = spec.total if complete else store.done_among(name, spec.indices)
-    store.use_view(name, digest, spec.total, done >= spec.total)
-    if done >= spec.total and not complete:
-        store.mark_complete(name, digest)
-    if record is not None and record.code != ident.digest:
-        _say_changed(record, codec.func_label(func), ident, done, spec.total)
-    return replace(spec, finished=done >= spec.total)
+        if lines is not None:
+            self._shown_in = None
+            self._ipython_display_()
+            lines.show()  # the tasks' output, under the job's row
+        self._stop, self._error = threading.Event(), None
+        self._thread = threading.Thread(target=self._follow, args=(run,), name=f"nbtasks {self.name}", daemon=True)
+        self._thread.start()
+        _background[(self._store.url, self.name, spec.list_digest)] = self
 
-
-def _unnamed(store: Store, func: Callable[..., Any], ident: Identity) -> tuple[str, JobRecord | None]:
-    """The name and metadata of an unnamed job: the function's name and the start of its
-    identity, longer in the unlikely case that another identity holds that name."""
-    for length in (12, 24):
-        name = f"{codec.func_label(func)}-{ident.digest[:length]}"
-        record = store.meta(name)
-        if record is None or record.code == ident.digest:
-            return name, record
-    name = f"{codec.func_label(func)}-{ident.digest}"
-    return name, store.meta(name)
-
-
-def _index(store: Store, name: str, items: list[Any], head: list[bytes]) -> array[int]:
-    """The index in the job of each item, storing those the job does not hold yet, each
-    distinct one once; a batch at a time, so that no per-item structure but the result
-    is held for the whole list. `head`: the digests of the first batch.
-
-    lua.ADD finds the inputs held already, atomically, so two callers storing the same
-    inputs at once share them. Look-ups first only spare sending those inputs again: a
-    job that held nothing when the call began is not looked up."""
-    looked_up = store.holds_inputs(name)
-    positions = array("I")
-    for start in range(0, len(items), INDEX_BATCH):
-        digests = head if start == 0 else _digests(items[start : start + INDEX_BATCH], start)
-        found = store.lookup(name, digests) if looked_up else [None] * len(digests)
-        new: dict[bytes, int] = {}  # digest -> where it first stands in the batch
-        for offset, (digest, index) in enumerate(zip(digests, found, strict=True)):
-            if index is None:
-                new.setdefault(digest, offset)
-        firsts = [start + offset for offset in new.values()]
-
-        def payload(j: int, firsts: list[int] = firsts) -> bytes:
-            return codec.dump_input(items[firsts[j]], firsts[j])
-
-        added = dict(zip(new, store.add_inputs(name, list(new), payload), strict=True))
-        positions.extend(index if index is not None else added[d] for d, index in zip(digests, found, strict=True))
-    return positions
-
-
-def _digests(items: list[Any], start: int = 0) -> list[bytes]:
-    """The digest of each input; NotPicklableError for one nothing can pickle."""
-    out = []
-    walker = identity.Walker()
-    for position, item in enumerate(items, start):
+    def _follow(self, run: Run) -> None:
         try:
-            out.append(identity.input_digest(item, walker))
-        except identity.Unpicklable:
-            codec.dump_input(item, position)  # raises NotPicklableError, naming the item
-            raise
-    return out
+            run.follow(self._stop)
+        except BaseException as exc:  # kept for result(); a thread has nobody to raise to
+            self._error = exc
 
+    def _running_here(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
-def _upgrade(store: Store, name: str, total: int) -> None:
-    """Index the inputs of a job stored by an earlier nbtasks (one job per list), so that
-    a named call can reuse its results."""
-    walker = identity.Walker()
-    for start in range(0, total, BATCH):
-        indices = range(start, min(start + BATCH, total))
-        payloads = store.inputs(name, list(indices))
-        entries = {
-            identity.input_digest(codec.load(p), walker): i
-            for i, p in zip(indices, payloads, strict=True)
-            if isinstance(p, bytes)
-        }
-        store.index_inputs(name, entries)
-    store.upgraded(name, total)
+    def counts(self) -> JobStatus:
+        """A frozen snapshot: total, done, failed, pending, running, rate, state..."""
+        found = snapshots(self._store, [self.name])
+        if not found:
+            raise UnknownJob(f"Job {self.name!r} was deleted.")
+        return found[0]
 
+    def done(self) -> bool:
+        """True once no run of the job is under way (finished, failed or stopped)."""
+        return not self._running_here() and self.counts().state != "running"
 
-def append(
-    store: Store, name: str, func: Callable[..., Any], func_payload: bytes, items: list[Any], policy: Policy
-) -> JobSpec:
-    """Find or create a job whose inputs grow by appending (a script's ``add``), store
-    the function, and append `items` after the inputs it holds."""
-    record = store.meta(name)
-    if record is not None and not record.appendable:
-        raise JobMismatchError(
-            f"Job '{name}' was made by pmap, so nothing can be appended to it; "
-            "name the script's job otherwise with set_func(func, name=...)."
-        )
-    ident = identity.identify(func)
-    total = record.total if record is not None else 0
-    stored = _store_function(store, name, func, func_payload, ident, policy, APPENDABLE)
-    done = store.done_count(name) if record is not None else 0
-    if record is not None and record.code != ident.digest:
-        _say_changed(record, codec.func_label(func), ident, done, total)
-    if items or record is None:
-        start = store.reserve_inputs(name, len(items))
-        payloads = [codec.dump_input(item, start + offset) for offset, item in enumerate(items)]
-        total = store.append_inputs(name, start, payloads)
-    return JobSpec(name, range(total), finished=done >= total, policy=stored)
+    @interrupt.shortened
+    def result(self, timeout: float | None = None) -> list[Any]:
+        """The results in input order, once the run is over; TaskError as pmap raises it.
 
-
-def _store_function(
-    store: Store,
-    name: str,
-    func: Callable[..., Any],
-    func_payload: bytes | None,
-    ident: Identity,
-    policy: Policy,
-    inputs: str,
-) -> RunPolicy:
-    """Store the function (unless None: nothing will run), its identity, the policy and
-    the kind of its inputs in the job's metadata; return the policy as stored. Both are
-    stored again at every call that runs: a stored pickle is never trusted across Python
-    versions or edits, and each call sets its own policy."""
-    stored = policy.stored()
-    python = f"{sys.version_info.major}.{sys.version_info.minor}"
-    fields = definition(
-        code=ident.digest,
-        parts=ident.parts,
-        function=codec.func_label(func),
-        python=python,
-        policy=stored,
-        inputs=inputs,
-    )
-    store.define(name, fields, func_payload)
-    return stored
-
-
-def _say_changed(before: JobRecord, label: str, ident: Identity, done: int, total: int) -> None:
-    """One line: what changed in a named job's function since its last call."""
-    if before.function not in (None, label):
-        changed = f"another function: {label} instead of {before.function}"
-    else:
-        changed = ", ".join(ident.changes(before.parts)) if before.parts is not None else "its function"
-    rest = f"; the new code runs the other {total - done}" if done < total else ""
-    print(
-        f"nbtasks: job '{before.name}' changed since its last call ({changed}); "
-        f"its {done} results for these inputs are kept{rest}.",
-        file=sys.stderr,
-    )
-
-
-def gather(store: Store, spec: JobSpec, errors: str = "raise") -> list[Any]:
-    """The results in input order. Failures raise one TaskError naming them all, or
-    with ``errors="return"`` stand in the list as `Failure` objects."""
-    failures = _failures(store, spec.name, spec.positions)
-    if failures and errors == "raise":
-        raise TaskError(spec.name, len(spec.positions), sorted(failures.values(), key=lambda f: f.index))
-    results = []
-    payloads = store.results(spec.name, spec.positions)
-    for position, (index, payload) in enumerate(zip(spec.positions, payloads, strict=True)):
-        if index in failures:
-            results.append(failures[index])
-            continue
-        if payload is None:
-            if spec.list_digest:
-                store.mark_complete(spec.name, spec.list_digest, False)  # the store lost some
-            missing = spec.total - store.done_among(spec.name, spec.indices)
-            raise MissingResults(
-                f"Job '{spec.name}' has no result for item {position} ({missing} missing in all); "
-                "run the same call again to compute what is missing."
+        Raises TimeoutError if the run is still going after `timeout` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self._thread is not None:
+            self._thread.join(timeout)
+        while not self.done():
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"Job {self.name!r} is still running after {timeout} s.")
+            time.sleep(0.1)
+        if self._error is not None:
+            raise self._error
+        state = self.counts()
+        if state.state == "stopped":
+            raise JobCancelled(
+                f"Job {self.name!r} stopped with {state.done} of {state.total} results; "
+                "job.retry_failed() or the same pmap call resumes it."
             )
-        try:
-            results.append(codec.load(payload))
-        except Exception:
-            if payload.startswith(trust.MAGIC):  # signed, and this process has no secret
-                raise PayloadRejected(spec.name, index, "it is signed and no secret is set here") from None
-            raise
-    return results
+        return gather(self._store, self._spec, self._spec.policy.errors)
+
+    def cancel(self) -> None:
+        """Stop the run, wherever it runs; every recorded result is kept."""
+        self._stop.set()
+        self._store.cancel(self.name)
+        if self._thread is not None:
+            self._thread.join()
+
+    def failures(self) -> list[Failure]:
+        """Every failure of the last run: index, input, type, message, remote traceback."""
+        return load_failures(self._store, self.name)
+
+    def refusals(self) -> dict[str, str]:
+        """Workers of `nbtasks worker` that cannot run the job (another Python, a module
+        missing there): "host (Python x.y)" -> why."""
+        return self._store.refusals(self.name)
+
+    def logs(self, last: int | None = None) -> Output:
+        """What the job's tasks printed, warned and logged, oldest first: each line with
+        its item, stream ("out", "err", "log"), worker and time. The store keeps the last
+        10,000 lines of a job; `last` returns only the newest so many."""
+        return self._store.output(self.name, last)
+
+    def retry_failed(
+        self, *, processes: int | None = None, concurrency: int | None = None, progress: bool = True
+    ) -> Job:
+        """Run again, in the background here, every item without a result: the failed
+        ones and any that never ran. Returns the job."""
+        if self._running_here() or self.counts().state == "running":
+            return self
+        self._run(settings().replace(processes=processes, concurrency=concurrency), progress)
+        return self
+
+    def __repr__(self) -> str:
+        s = self.counts()
+        return f"<nbtasks.Job {self.name!r} {s.state}: {s.done}/{s.total} done, {s.failed} failed>"
+
+    def _ipython_display_(self) -> None:
+        """In Jupyter: the job's live dashboard row (bar, counts, cancel, retry, failures)."""
+        cell = _cell()
+        if cell is not None and cell == self._shown_in:
+            return  # pmap(..., background=True) showed it already, in this same cell
+        self._shown_in = cell
+        dashboard(self._store, [self.name]).show()
 
 
-class MissingResults(NbtasksError):
-    """The store lost results it had (a server back without its last writes)."""
+def _cell() -> int | None:
+    """The number of the Jupyter cell running now (None outside IPython)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    shell = get_ipython()
+    return None if shell is None else int(shell.execution_count)
 
 
-def load_failures(store: Store, job: str, positions: Sequence[int] | None = None) -> list[Failure]:
-    """Every final failure of the job's last run, in the order of its list (the job's
-    current one unless given); a failure's `index` is its input's position there."""
-    if positions is None:
-        record = store.meta(job)
-        positions = current_positions(store, record) if record is not None else range(0)
-    return sorted(_failures(store, job, positions).values(), key=lambda f: f.index)
+class _OutputWidget:
+    """Where a background run's task output goes in Jupyter: an Output widget, which a
+    thread may add to after the cell has ended (a print would land in whatever cell runs)."""
+
+    def __init__(self) -> None:
+        import ipywidgets
+
+        self.widget = ipywidgets.Output()
+
+    def show(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)  # type: ignore[no-untyped-call]
+
+    def add(self, text: str, to_stderr: bool) -> None:
+        (self.widget.append_stderr if to_stderr else self.widget.append_stdout)(text + "\n")
 
 
-def _failures(store: Store, job: str, positions: Sequence[int]) -> dict[int, Failure]:
-    """The failures of the inputs at `positions`, by their index in the job."""
-    raw = store.failures(job)
-    if not raw:
-        return {}
-    where: dict[int, int] = {}  # index in the job -> first position in the list
-    for position, index in enumerate(positions):
-        if index in raw and index not in where:
-            where[index] = position
-    indices = list(where)
-    inputs = store.inputs(job, indices)
-    out = {}
-    for index, input_payload, (attempts, history) in zip(indices, inputs, store.attempts(job, indices), strict=True):
-        info = codec.load(raw[index])
-        if isinstance(input_payload, PayloadRejected):
-            value: Any = "(not shown: it failed its signature check)"
-        else:
-            value = codec.load(input_payload) if input_payload is not None else None
-        lines = tuple(history.splitlines())
-        attempts = max(1, attempts, len(lines))
-        out[index] = Failure(index=where[index], input=value, attempts=attempts, history=lines, **info)
-    return out
+_background: dict[tuple[str, str, str], Job] = {}  # runs this process drives, by (url, job, list)
+
+
+@atexit.register
+def _stop_background_runs() -> None:
+    # Stop our workers now rather than when they notice the heartbeat is gone.
+    for handle in list(_background.values()):
+        if handle._running_here():
+            handle._stop.set()
+            assert handle._thread is not None
+            handle._thread.join(5)
+
+
+def reset(name: str, *, redis: str | redis.Redis | Store | None = None) -> None:
+    """Delete a job and everything stored for it, stopping it first if it runs."""
+    handle = Job(name, redis=redis)
+    if not handle.done():
+        handle._store.cancel(name, why="reset")  # its run says the job goes, not how to resume it
+        deadline = time.monotonic() + 30
+        while not handle.done():
+            if time.monotonic() > deadline:
+                raise NbtasksError(f"Job {name!r} did not stop within 30 s; try again.")
+            time.sleep(0.05)
+    handle._store.delete(name)
+
+
+def dashboard(store: Store, names: Sequence[str] | None = None, interval: float = 1.0) -> Dashboard:
+    """The live dashboard of the named jobs (default: every job), its buttons acting on
+    them through `Job` and `reset`. Jupyter only (it imports ipywidgets)."""
+    from .dashboard import Dashboard
+
+    return Dashboard(store, _Actions(store), names, interval)
+
+
+class _Actions:
+    """What a dashboard row's buttons do (see `dashboard.Actions`)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def cancel(self, name: str) -> None:
+        self.store.cancel(name)
+
+    def retry(self, name: str) -> None:
+        Job(name, redis=self.store).retry_failed(progress=False)
+
+    def delete(self, name: str) -> None:
+        reset(name, redis=self.store)
+
+    def failures(self, name: str) -> list[Failure]:
+        return load_failures(self.store, name)

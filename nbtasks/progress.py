@@ -94,12 +94,17 @@ class Progress:
         self.note("stopped")
 
     _closing = False
+    _closed = False
 
     def close(self) -> None:
+        """Draw the last state and let go of the bar (again: nothing more)."""
         with screen.lock:
+            if self._closed:
+                return
             if self._shared and screen.held:
                 self._closing = True  # its last state is drawn below the program's line, once it ends
                 return
+            self._closed = True
             self.bar.close()
         if self._shared:
             screen.remove(self)

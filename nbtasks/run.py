@@ -20,12 +20,12 @@ from typing import Any
 from . import codec, interrupt, output
 from .backends.aio import LoopThread
 from .config import Settings
+from .define import JobSpec
 from .errors import ConnectionLost, JobCancelled, JobLost, PayloadRejected
-from .job import JobSpec
-from .pool import WorkerPool
+from .pool.processes import WorkerPool
+from .pool.supervisor import Supervisor
 from .progress import Progress
 from .store import Counts, JobRecord, Outcome, Store, safe_url
-from .supervise import Supervisor
 
 INLINE_TTL = 24 * 3600.0  # an inline run has no workers waiting on its heartbeat
 INLINE_BATCH = 100
@@ -134,6 +134,7 @@ class Run:
             message = f"nbtasks: cancelled; job '{self.spec.name}' is being deleted (nbtasks.reset)."
         with contextlib.suppress(ConnectionLost):
             self.echo.pump()  # the tasks' last lines come before the one line
+        self.bar.close()  # so that a terminal's bar line ends before the one line
         print(message, file=sys.stderr)
         return message
 
@@ -197,6 +198,10 @@ class Run:
         if counts.settled < total and self._polls % 20:
             return False
         if self.store.settled(name, self.spec.indices) >= total:
+            if counts.settled < total:
+                # Settled between the poll and this look: the bar ends on the final counts.
+                self.counts = self.store.poll(name, self.token, total, self.ttl, len(pool.procs))
+                self.bar.update(self.counts)
             return True
         if counts.settled < total or counts.owner != "us":
             return False  # (another caller's counters count its own list, not ours)

@@ -28,13 +28,14 @@ from typing import Any, NoReturn
 
 import redis
 
-from . import backends, codec, job
+from . import backends, codec, define
 from .config import settings
 from .errors import ConfigError
 from .exits import EXIT_FAILED, EXIT_UNKNOWN_JOB, EXITS, confirm, reported
+from .gather import load_failures
+from .job_status import count, detail, snapshots
 from .policy import Policy, parse_rate
 from .run import Run
-from .snapshot import count, detail, snapshots
 from .store import Store, connect
 
 _func: Callable[[Any], Any] | None = None
@@ -61,7 +62,7 @@ def set_func(func: Callable[[str], Any], *, name: str | None = None, **options: 
             f"set_func() does not take {', '.join(sorted(unknown))}; it takes {', '.join(sorted(allowed))}."
         )
     if name is not None:
-        job.check_name(name)
+        define.check_name(name)
     _func, _name, _options = func, name, options
 
 
@@ -111,9 +112,7 @@ def _verb(verb: str, args: argparse.Namespace, name: str, prog: str) -> int:
     if verb == "run":
         return _run(store, name)
     if verb == "status":
-        print(
-            detail(snapshots(store, [name])[0], job.load_failures(store, name), limit=5, refusals=store.refusals(name))
-        )
+        print(detail(snapshots(store, [name])[0], load_failures(store, name), limit=5, refusals=store.refusals(name)))
         return 0
     if verb == "results":
         return _results(store, name)
@@ -133,11 +132,11 @@ def _policy() -> Policy:
     )
 
 
-def _store_job(store: Store, name: str, lines: list[str]) -> job.JobSpec:
+def _store_job(store: Store, name: str, lines: list[str]) -> define.JobSpec:
     """Store the function as it is now (and `lines` after the inputs held)."""
     assert _func is not None
     policy = _policy()
-    return job.append(store, name, _func, codec.dump_function(_func, policy.retry_on), lines, policy)
+    return define.append(store, name, _func, codec.dump_function(_func, policy.retry_on), lines, policy)
 
 
 def _add(store: Store, name: str, files: list[str]) -> int:
@@ -168,7 +167,7 @@ def _run(store: Store, name: str) -> int:
 def _results(store: Store, name: str) -> int:
     record = store.meta(name)
     total = record.total if record is not None else 0
-    failures = {f.index: f for f in job.load_failures(store, name)}
+    failures = {f.index: f for f in load_failures(store, name)}
     for index, payload in enumerate(store.results(name, range(total))):
         if index in failures:
             line: dict[str, Any] = {"index": index, "error": f"{failures[index].exc_type}: {failures[index].message}"}
@@ -186,8 +185,8 @@ def _reset(store: Store, name: str, yes: bool) -> int:
     if not yes and not confirm(question):
         print("Nothing deleted.", file=sys.stderr)
         return EXIT_FAILED
-    from .api import reset
+    from .job import reset
 
-    reset(name, redis=store.client)
+    reset(name, redis=store)
     print(f"{name}: deleted.")
     return 0

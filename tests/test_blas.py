@@ -15,7 +15,8 @@ import pytest
 import redis
 
 import nbtasks
-from nbtasks import blas, service
+from nbtasks import blas
+from nbtasks.worker import command
 
 from .conftest import worker_children
 
@@ -94,10 +95,10 @@ def test_nbtasks_worker_limits_its_processes(monkeypatch: pytest.MonkeyPatch) ->
         started.append(env)
         return SimpleNamespace()
 
-    monkeypatch.setattr(service.subprocess, "Popen", popen)
+    monkeypatch.setattr(command.subprocess, "Popen", popen)
     monkeypatch.setattr(blas, "cores", lambda: 8)
     monkeypatch.setenv("NUMEXPR_NUM_THREADS", "5")
-    lender = service.Service(SimpleNamespace(url="redis://nowhere"), processes=4, concurrency=1)  # type: ignore[arg-type]
+    lender = command.Service(SimpleNamespace(url="redis://nowhere"), processes=4, concurrency=1)  # type: ignore[arg-type]
     monkeypatch.setattr(lender, "_say", lambda message: None)
     lender._start("job", "token", "code", "eventlet")
     assert {name: started[0][name] for name in blas.VARIABLES} == {
@@ -147,9 +148,9 @@ def test_limit_loaded_changes_the_libraries_loaded_before() -> None:
 def warm(r: redis.Redis) -> Iterator[None]:
     nbtasks.configure(warm=30.0)
     yield
-    from nbtasks import standby
+    from nbtasks.pool import warm
 
-    standby.close_all()
+    warm.close_all()
 
 
 @pytest.mark.skipif(CORES < 2, reason="one core: every share is one thread")

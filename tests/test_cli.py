@@ -10,7 +10,7 @@ import pytest
 import redis
 
 import nbtasks
-from nbtasks.snapshot import count
+from nbtasks.job_status import count
 
 ONE_SERVER = True  # (see conftest): the command line, not the server, is under test
 

@@ -514,7 +514,7 @@ def test_the_index_grows_in_small_buckets_and_finds_every_input(r: redis.Redis, 
 def test_equal_inputs_far_apart_in_a_long_new_list_run_once(r: redis.Redis, tmp_path: Path) -> None:
     # A new job's list is stored in batches; an input equal to one of an earlier batch
     # must find it (the second half repeats the first, a batch and more later).
-    from nbtasks.job import INDEX_BATCH
+    from nbtasks.define import INDEX_BATCH
 
     log = tmp_path / "log"
 

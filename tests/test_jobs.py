@@ -130,10 +130,10 @@ def test_status_table_detail_jobs_and_reset(r: redis.Redis, capsys: pytest.Captu
 
 
 def test_dashboard_rows_and_actions(r: redis.Redis, redis_server) -> None:
-    from nbtasks.dashboard import Dashboard
+    from nbtasks.job import dashboard
 
     job = nbtasks.pmap(slow, range(400), name="watched", background=True, concurrency=5, progress=False)
-    board = Dashboard(open_store(redis_server.url))
+    board = dashboard(open_store(redis_server.url))
     row = board.rows["watched"]
     assert row.cancel.disabled is False and row.delete.disabled is True and row.bar.max == 400
 
@@ -161,21 +161,21 @@ def test_dashboard_rows_and_actions(r: redis.Redis, redis_server) -> None:
 
 
 def test_dashboard_shows_failures_with_tracebacks(r: redis.Redis, redis_server) -> None:
-    from nbtasks.dashboard import Dashboard
+    from nbtasks.job import dashboard
 
     with pytest.raises(nbtasks.TaskError):
         nbtasks.pmap(flaky, range(20), name="flaky", progress=False)
-    row = Dashboard(open_store(redis_server.url)).rows["flaky"]
+    row = dashboard(open_store(redis_server.url)).rows["flaky"]
     assert row.show_failures.description == "Failures (2)" and row.failures.value == ""
     row.show_failures.value = True
     assert row.failures.value.count("<details>") == 2 and "no entry for 11" in row.failures.value
 
 
 def test_dashboard_refreshes_by_itself_while_jobs_run_then_stops(r: redis.Redis, redis_server) -> None:
-    from nbtasks.dashboard import Dashboard
+    from nbtasks.job import dashboard
 
     job = nbtasks.pmap(slow, range(300), name="live", background=True, concurrency=5, progress=False)
-    board = Dashboard(open_store(redis_server.url), interval=0.05)
+    board = dashboard(open_store(redis_server.url), interval=0.05)
     row = board.rows["live"]
     assert row.bar.value < 300
     board.start()

@@ -10,7 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from nbtasks import pool, server
+from nbtasks import server
+from nbtasks.pool import processes
 
 from .conftest import wait_until
 
@@ -38,13 +39,13 @@ def test_no_module_reads_proc_and_only_the_server_imports_fcntl() -> None:
 def test_a_stopped_process_is_seen_as_stopped() -> None:
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        assert not pool._stopped(proc.pid)
+        assert not processes._stopped(proc.pid)
         os.kill(proc.pid, signal.SIGSTOP)
-        wait_until(lambda: pool._stopped(proc.pid), 10, "the process to stop")
+        wait_until(lambda: processes._stopped(proc.pid), 10, "the process to stop")
     finally:
         proc.kill()
         proc.wait()
-    assert not pool._stopped(proc.pid)  # gone: not stopped
+    assert not processes._stopped(proc.pid)  # gone: not stopped
 
 
 def test_a_pidfile_whose_pid_is_now_another_program_is_not_taken_for_the_server(tmp_path: Path) -> None:

@@ -137,7 +137,7 @@ def test_a_worker_refuses_a_function_it_cannot_load_and_ship_sends_it(
         )
         assert job.result(timeout=60) == list(range(1, 201)), "the refusal left the items to the caller's worker"
         assert places(log)["remote"] == 0
-        refusals = nbtasks.Job("unloadable")._store.refusals("unloadable")
+        refusals = nbtasks.Job("unloadable").refusals()
         assert len(refusals) == 1
         why = next(iter(refusals.values()))
         assert "No module named 'remote_only'" in why and "nbtasks.ship(module)" in why
@@ -197,7 +197,7 @@ def test_a_worker_on_another_python_refuses_the_job(
     job = nbtasks.pmap(where, range(200), name="versions", background=True, processes=1, concurrency=5, progress=False)
     with service(redis_server.url, "--job", "versions", python=str(other_python)) as proc:
         assert len(job.result(timeout=60)) == 200
-        wait_until(lambda: nbtasks.Job("versions")._store.refusals("versions"), 30, "the refusal")
+        wait_until(lambda: nbtasks.Job("versions").refusals(), 30, "the refusal")
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
     here = f"{sys.version_info.major}.{sys.version_info.minor}"

@@ -25,9 +25,9 @@ ONE_SERVER = True  # (see conftest): reusing worker processes, not the server, i
 def warm(r: redis.Redis) -> Iterator[None]:
     nbtasks.configure(warm=30.0, processes=2)
     yield
-    from nbtasks import standby
+    from nbtasks.pool import warm
 
-    standby.close_all()  # no warm worker carries over to the next test
+    warm.close_all()  # no warm worker carries over to the next test
 
 
 def whoami(x: int) -> tuple[int, str | None, str]:

@@ -10,7 +10,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from ..beacon import Beacon
+from ..pool.beacon import Beacon
 
 
 @dataclass(slots=True)

@@ -25,7 +25,7 @@ import eventlet.semaphore
 import greenlet
 from greenlet import GreenletExit
 
-from ..beacon import IDLE, Beacon
+from ..pool.beacon import IDLE, Beacon
 from .base import Backend, Begin, End, Task
 
 SYNC_STREAK = 200  # items in a row that never yielded before batches run in one green thread

@@ -1,124 +1,31 @@
-"""The worker process: load the function, claim, run, record.
-
-Started as a fresh interpreter (``python -m nbtasks.worker``) by the caller, never forked
-from it, and never imported by the caller. The loop here uses only `threading`, `queue`
-and `time`; a backend (`nbtasks.backends`) runs the items. With the eventlet backend the
-standard library is patched first, so this same loop runs on green threads.
-"""
+"""One run of a job in a worker process: items claimed from the job's queue, run by a
+backend (`nbtasks.backends`), their outcomes recorded in batches. The loop uses only
+`threading`, `queue` and `time`; with the eventlet backend the standard library was
+patched first (see `__main__`), so this same loop runs on green threads."""
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
 import sys
-import warnings
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
 
-
-def _backend_named_in_argv() -> str:
-    argv = sys.argv
-    return argv[argv.index("--backend") + 1] if "--backend" in argv[:-1] else "eventlet"
-
-
-if __name__ == "__main__" and _backend_named_in_argv() == "eventlet":
-    # eventlet must patch the standard library before redis-py (or anything that opens
-    # sockets) is imported; its deprecation notice is for library authors, not users.
-    warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
-    import os
-
-    # eventlet's own resolver imports dnspython, a third of a worker's start-up; the
-    # system resolver in eventlet's thread pool (see _green_resolver) is as concurrent.
-    os.environ.setdefault("EVENTLET_NO_GREENDNS", "yes")
-    import eventlet
-
-    eventlet.monkey_patch()
-
-import argparse  # noqa: E402
-import functools  # noqa: E402
-import os  # noqa: E402
-import signal  # noqa: E402
-import socket  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-import traceback  # noqa: E402
-from collections import deque  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any, NoReturn, TypeVar  # noqa: E402
-
-from . import backends, blas, codec, output  # noqa: E402
-from .backends import Backend, Task  # noqa: E402
-from .beacon import Beacon  # noqa: E402
-from .errors import ConnectionLost, PayloadRejected  # noqa: E402
-from .exits import EXIT_REFUSED  # noqa: E402
-from .policy import RunPolicy  # noqa: E402
-from .standby import Assignment, Control, Modules  # noqa: E402
-from .store import Outcome, Store, open_store  # noqa: E402
-from .trust import Signer  # noqa: E402
+from .. import backends, codec, output
+from ..backends import Backend, Task
+from ..errors import ConnectionLost, PayloadRejected
+from ..exits import EXIT_REFUSED
+from ..policy import RunPolicy
+from ..pool.beacon import Beacon
+from ..pool.warm import Control
+from ..store import Outcome, Store
 
 T = TypeVar("T")
-
-
-def _green_resolver() -> None:
-    """Name lookups in eventlet's thread pool: the system resolver (with /etc/hosts and
-    nsswitch) waits in a real thread while the other green threads go on."""
-    if _backend_named_in_argv() != "eventlet" or os.environ.get("EVENTLET_NO_GREENDNS") != "yes":
-        return  # no eventlet here, or its own green resolver is in place
-    import eventlet.green.socket
-    from eventlet import tpool
-
-    for name in ("getaddrinfo", "gethostbyname", "gethostbyname_ex", "getnameinfo"):
-        lookup = functools.partial(tpool.execute, getattr(socket, name))
-        setattr(socket, name, lookup)
-        setattr(eventlet.green.socket, name, lookup)  # its create_connection looks here
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m nbtasks.worker")
-    parser.add_argument("--job", required=True)
-    parser.add_argument("--token", required=True, help="the caller's run token")
-    parser.add_argument("--wid", required=True, help="this worker's id")
-    parser.add_argument("--concurrency", type=int, required=True)
-    parser.add_argument("--beacon", type=Path, help="shared memory the caller reads to spot stuck tasks")
-    parser.add_argument("--control", type=int, help="file descriptor of the caller's socket (warm workers)")
-    parser.add_argument("--warm", type=float, default=0.0, help="seconds to wait for another run")
-    parser.add_argument(
-        "--heartbeat", type=float, help="a worker of `nbtasks worker`: say it lives in Redis every so many seconds"
-    )
-    parser.add_argument("--backend", choices=backends.NAMES, default="eventlet", help="what runs the items")
-    args = parser.parse_args(argv)
-    # The first run comes with the command line; later ones (warm) over the control socket.
-    assignment: Assignment | None = Assignment(
-        args.job,
-        args.token,
-        args.wid,
-        args.concurrency,
-        str(args.beacon or ""),
-        os.environ["NBTASKS_REDIS_URL"],
-        os.environ.get("NBTASKS_SYS_PATH", "").split(os.pathsep),  # functions from the caller's modules
-    )
-    control = Control(args.control) if args.control is not None else None
-    modules = Modules()
-    collector = output.capture()  # what tasks print and log goes to their job's output
-    stores: dict[str, Store] = {}
-    while assignment is not None:
-        assignment.apply()
-        blas.limit_loaded()  # a warm worker's loaded BLAS takes this run's thread limit
-        store = stores.get(assignment.url) or stores.setdefault(assignment.url, open_store(assignment.url))
-        store.signer = Signer.from_environment()  # the caller's secret, as the assignment set it
-        try:
-            beacon = Beacon(Path(assignment.beacon)) if assignment.beacon else None
-        except FileNotFoundError:
-            beacon = None  # started so late that its run is already complete
-        a, began = assignment, time.time()
-        backend = backends.load(args.backend)
-        worker = Worker(store, a.job, a.token, a.wid, a.concurrency, beacon, control, args.heartbeat, backend)
-        worker.collector = collector
-        reusable = worker.run()
-        if beacon is not None:
-            beacon.close()
-        if not reusable or control is None:
-            break
-        modules.note(began)
-        assignment = control.next_assignment(args.warm, stale=modules.changed)
-    os._exit(0)
 
 
 class Worker:
@@ -448,8 +355,3 @@ class Worker:
         if requeue:
             self.store.requeue(self.job, self.wid)
         os._exit(0)
-
-
-if __name__ == "__main__":
-    _green_resolver()
-    main()

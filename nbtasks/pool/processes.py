@@ -16,9 +16,10 @@ from pathlib import Path
 
 import psutil
 
-from . import blas, standby
+from .. import blas
+from . import warm
 from .beacon import IDLE, Beacon
-from .standby import Assignment
+from .warm import Assignment
 
 
 @dataclass
@@ -33,7 +34,7 @@ class _Proc:
 
 class WorkerPool:
     """`processes` worker processes running ``python -m nbtasks.worker``, taken warm
-    from an earlier run when one waits (see `standby`), else started fresh.
+    from an earlier run when one waits (see `warm`), else started fresh.
 
     Fresh interpreters, not forks of the caller: a forked Jupyter kernel would carry its
     threads and sockets, and eventlet must patch the standard library before anything
@@ -80,7 +81,7 @@ class WorkerPool:
         if self.warm > 0:
             a = Assignment(self.job, self.token, wid, self.concurrency, str(beacon_path), self.url, sys_path)
             a.env, a.cwd = env, os.getcwd()
-            if taken := standby.take(a, self.backend):
+            if taken := warm.take(a, self.backend):
                 popen, control, log = taken
                 self.procs.append(_Proc(wid, popen, log, beacon, beacon_path, control))
                 return
@@ -165,10 +166,10 @@ class WorkerPool:
         self.procs = []
 
     def keep_warm(self) -> None:
-        """The run is complete: hand live workers to the next run (see `standby`)."""
+        """The run is complete: hand live workers to the next run (see `warm`)."""
         for p in self.procs:
             if p.control is not None and p.popen.poll() is None:
-                standby.release(p.popen, p.control, p.log, self.warm, self.backend)
+                warm.release(p.popen, p.control, p.log, self.warm, self.backend)
                 self._forget(p, warm=True)
         self.procs = [p for p in self.procs if p.control is None or p.popen.returncode is not None]
 
@@ -227,7 +228,7 @@ def _alive(pid: int) -> bool:
 
 
 def _remove_logs() -> None:
-    standby.close_all()  # first, so that warm workers' logs are closed
+    warm.close_all()  # first, so that warm workers' logs are closed
     if not _kept:
         shutil.rmtree(_logs[0], ignore_errors=True)
 

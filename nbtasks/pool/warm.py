@@ -238,7 +238,7 @@ class Modules:
     def __init__(self) -> None:
         self._seen: dict[str, int] = {}
         self._stale = False
-        here = Path(__file__).resolve().parent
+        here = Path(__file__).resolve().parent.parent  # nbtasks itself
         self._system = tuple({sys.prefix, sys.base_prefix, sys.exec_prefix, str(here)})
 
     def note(self, since: float) -> None:

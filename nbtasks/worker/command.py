@@ -19,9 +19,9 @@ import threading
 import uuid
 from dataclasses import dataclass
 
-from . import blas
-from .exits import EXIT_REFUSED
-from .store import Store, safe_url
+from .. import blas
+from ..exits import EXIT_REFUSED
+from ..store import Store, safe_url
 
 LOOK_EVERY = 0.5  # seconds between looks for runs that need workers
 STOP_GRACE = 30.0  # seconds worker processes get to put their items back on SIGTERM

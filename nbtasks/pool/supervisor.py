@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import signal
 
-from . import codec
-from .config import Settings
-from .errors import WorkerError
-from .job import JobSpec
-from .pool import WorkerPool
-from .store import Outcome, Store
+from .. import codec
+from ..config import Settings
+from ..define import JobSpec
+from ..errors import WorkerError
+from ..store import Outcome, Store
+from .processes import WorkerPool
 
 DEATHS_LIMIT = 3  # times a worker may die running an item before it is recorded as failed
 STUCK_GRACE = 2.0  # seconds past its timeout before a task that never yields is stopped

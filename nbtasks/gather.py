@@ -1,0 +1,78 @@
+"""The results of a call, gathered back in input order, and the failures of a job's
+last run (each with its input, attempts and remote traceback)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from . import codec, trust
+from .define import JobSpec, current_positions
+from .errors import Failure, NbtasksError, PayloadRejected, TaskError
+from .store import Store
+
+
+def gather(store: Store, spec: JobSpec, errors: str = "raise") -> list[Any]:
+    """The results in input order. Failures raise one TaskError naming them all, or
+    with ``errors="return"`` stand in the list as `Failure` objects."""
+    failures = _failures(store, spec.name, spec.positions)
+    if failures and errors == "raise":
+        raise TaskError(spec.name, len(spec.positions), sorted(failures.values(), key=lambda f: f.index))
+    results = []
+    payloads = store.results(spec.name, spec.positions)
+    for position, (index, payload) in enumerate(zip(spec.positions, payloads, strict=True)):
+        if index in failures:
+            results.append(failures[index])
+            continue
+        if payload is None:
+            if spec.list_digest:
+                store.mark_complete(spec.name, spec.list_digest, False)  # the store lost some
+            missing = spec.total - store.done_among(spec.name, spec.indices)
+            raise MissingResults(
+                f"Job '{spec.name}' has no result for item {position} ({missing} missing in all); "
+                "run the same call again to compute what is missing."
+            )
+        try:
+            results.append(codec.load(payload))
+        except Exception:
+            if payload.startswith(trust.MAGIC):  # signed, and this process has no secret
+                raise PayloadRejected(spec.name, index, "it is signed and no secret is set here") from None
+            raise
+    return results
+
+
+class MissingResults(NbtasksError):
+    """The store lost results it had (a server back without its last writes)."""
+
+
+def load_failures(store: Store, job: str, positions: Sequence[int] | None = None) -> list[Failure]:
+    """Every final failure of the job's last run, in the order of its list (the job's
+    current one unless given); a failure's `index` is its input's position there."""
+    if positions is None:
+        record = store.meta(job)
+        positions = current_positions(store, record) if record is not None else range(0)
+    return sorted(_failures(store, job, positions).values(), key=lambda f: f.index)
+
+
+def _failures(store: Store, job: str, positions: Sequence[int]) -> dict[int, Failure]:
+    """The failures of the inputs at `positions`, by their index in the job."""
+    raw = store.failures(job)
+    if not raw:
+        return {}
+    where: dict[int, int] = {}  # index in the job -> first position in the list
+    for position, index in enumerate(positions):
+        if index in raw and index not in where:
+            where[index] = position
+    indices = list(where)
+    inputs = store.inputs(job, indices)
+    out = {}
+    for index, input_payload, (attempts, history) in zip(indices, inputs, store.attempts(job, indices), strict=True):
+        info = codec.load(raw[index])
+        if isinstance(input_payload, PayloadRejected):
+            value: Any = "(not shown: it failed its signature check)"
+        else:
+            value = codec.load(input_payload) if input_payload is not None else None
+        lines = tuple(history.splitlines())
+        attempts = max(1, attempts, len(lines))
+        out[index] = Failure(index=where[index], input=value, attempts=attempts, history=lines, **info)
+    return out
