@@ -1,5 +1,6 @@
 """Exit codes of the ``nbtasks`` command and of tasks.py-style scripts, the same for
-both so that shell scripts can rely on them, and the yes/no question before deleting."""
+both so that shell scripts can rely on them; those of a worker process, which its
+caller and ``nbtasks worker`` read; and the yes/no question before deleting."""
 
 from __future__ import annotations
 
@@ -13,8 +14,14 @@ EXIT_USAGE = 2  # a wrong command line (argparse's own code)
 EXIT_NOT_RUNNING = 3  # `server status`: the embedded server is not running
 EXIT_UNKNOWN_JOB = 4  # no job of that name
 EXIT_UNREACHABLE = 5  # Redis cannot be reached
-EXIT_REFUSED = 6  # a worker process of `nbtasks worker` cannot run the job it was given
 EXIT_INTERRUPTED = 130  # Ctrl-C; what was recorded is kept
+
+# A worker process (``python -m nbtasks.worker``) ends with one of these, and only these:
+# any other code, or a signal, means it died (see pool.supervisor).
+WORKER_DONE = 0  # the run is over (complete, stopped, or someone else's now)
+WORKER_BROKEN = 1  # one of its helper threads failed (its traceback is in the log)
+WORKER_REFUSED = 6  # a worker of `nbtasks worker` cannot run the job here; it said why in Redis
+WORKER_CANNOT_RUN = 7  # the job cannot run (its function does not load); it said why in Redis
 
 EXITS = """exit codes:
   0    done

@@ -47,4 +47,11 @@ if __name__ == "__main__":
         _patch()
     from .process import main
 
-    main()
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # At once: tasks may still run in threads of their own, which a normal exit would
+    # wait for (what they would finish goes back to the queue; what finished is recorded).
+    import os
+
+    os._exit(code)

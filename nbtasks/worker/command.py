@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass
 
 from .. import blas
-from ..exits import EXIT_REFUSED
+from ..exits import WORKER_REFUSED
 from ..store import Store, safe_url
 
 LOOK_EVERY = 0.5  # seconds between looks for runs that need workers
@@ -108,7 +108,7 @@ class Service:
         for child in [c for c in self.children if c.popen.poll() is not None]:
             self.children.remove(child)
             code = child.popen.returncode
-            if code == EXIT_REFUSED:
+            if code == WORKER_REFUSED:
                 self.refused.add((child.job, child.code))  # it said why
             elif code != 0:
                 # It died (a crash, the OOM killer): its items go back at once rather

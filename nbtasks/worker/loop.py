@@ -5,7 +5,6 @@ patched first (see `__main__`), so this same loop runs on green threads."""
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import sys
@@ -14,23 +13,28 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 from .. import backends, codec, output
 from ..backends import Backend, Task
 from ..errors import ConnectionLost, PayloadRejected
-from ..exits import EXIT_REFUSED
+from ..exits import WORKER_BROKEN, WORKER_CANNOT_RUN, WORKER_DONE, WORKER_REFUSED
 from ..policy import RunPolicy
 from ..pool.beacon import Beacon
 from ..pool.warm import Control
 from ..store import Outcome, Store
+from .load import CannotRun, load
 
 T = TypeVar("T")
 
 
 class Worker:
     """One process's share of a run: items claimed from the job's queue, run by a
-    backend, their outcomes recorded in batches."""
+    backend, their outcomes recorded in batches.
+
+    Helper threads (the recorder, the watchers) never end the process: they ask to
+    `leave`, and the loop winds down (records what finished) and returns, with the exit
+    code in `exit_code`; the process has one way out (see `__main__`)."""
 
     CLAIM_MAX = 1000  # items per claim; also bounds a Lua call's argument count
     AHEAD = 8  # items claimed beyond the free slots when items are short (see _claim_loop)
@@ -40,6 +44,7 @@ class Worker:
     OUTAGE_LIMIT = 300.0  # seconds a worker waits for Redis to come back
     START_WAIT = 60.0  # seconds a late warm-capable worker waits for the caller's word
     WORD_WAIT = 10.0  # seconds a warm-capable worker waits for the caller's word on how a run ended
+    NOTICE = 0.1  # seconds at most before the loop notices it was asked to leave
 
     def __init__(
         self,
@@ -58,6 +63,9 @@ class Worker:
         self.backend = backend or backends.load("eventlet")
         self.stopping = False  # SIGTERM: claim no more
         self.over = threading.Event()  # the caller said the run is complete
+        self.leaving = threading.Event()  # asked to leave (see leave)
+        self.exit_code: int | None = None  # set by the first `leave`
+        self._requeue = False
         self.in_flight = 0  # items handed to the backend and not ended
         self.counting = self.backend.lock()  # backends end items from their own threads
         self.slots = self.backend.semaphore(concurrency)
@@ -72,17 +80,31 @@ class Worker:
 
     def run(self) -> bool:
         """Work until the run is over; whether this process may take another run (the
-        caller said the run is complete and nothing is left running here)."""
+        caller said the run is complete and nothing is left running here). False when it
+        must leave: `exit_code` says how."""
         helpers = [self._helper(self._watch_control)] if self.control is not None else []
         if self._await_run():
             self._work(helpers)
+        if self.leaving.is_set():
+            return False  # (helpers are not joined: one may wait on the caller's socket)
         for helper in helpers:
             helper.join()
         self.backend.stop()
         return not self.in_flight and self.outcomes.empty()
 
+    def leave(self, code: int = WORKER_DONE, requeue: bool = False) -> None:
+        """Ask the loop to stop claiming, record what has finished and return; with
+        `requeue`, unfinished claims go back now (else at the next run). From any thread;
+        the first call sets the exit code."""
+        if self.exit_code is None:
+            self.exit_code, self._requeue = code, requeue
+        self._requeue = self._requeue or requeue
+        self.leaving.set()
+
     def _work(self, helpers: list[threading.Thread]) -> None:
         func = self._load_function()
+        if func is None:
+            return  # it cannot run here, and said why (see _fatal)
         self.backend.start(func, self.policy.timeout, self._begin, self._end)
         helpers += [self._helper(self._record_loop), self._helper(self._watch_owner), self._helper(self._output_loop)]
         if self.heartbeat is not None:
@@ -94,16 +116,29 @@ class Worker:
         if self.beacon is not None:
             self.backend.watch(self.beacon)
             helpers.append(self._helper(self._tick))
-        self._claim_loop()
+        try:
+            self._claim_loop()
+        except ConnectionLost:
+            if not self.leaving.is_set():
+                raise  # Redis stayed away past OUTAGE_LIMIT
         if self.control is not None:
             # The caller always says how the run ended: "end" (complete, sent before the
             # owner key goes), "stop", or end of file; the watcher acts on it.
-            self.over.wait(self.WORD_WAIT)
+            self._pause(self.WORD_WAIT)
         if not self.over.is_set():
-            self._exit()
+            self.leave()
+        if self.leaving.is_set():
+            self._wind_down()
+            return
         # Helpers are stopped by their own checks, never killed: a green thread killed
         # inside a Redis call would leave half a reply on the shared connection.
         self.outcomes.put(None)
+
+    def _pause(self, seconds: float) -> None:
+        """Wait up to `seconds` for the run to end or for a request to leave."""
+        deadline = time.monotonic() + seconds
+        while not self.over.is_set() and not self.leaving.is_set() and time.monotonic() < deadline:
+            self.leaving.wait(min(self.NOTICE, max(0.0, deadline - time.monotonic())))
 
     def _helper(self, loop: Callable[[], None]) -> threading.Thread:
         thread = threading.Thread(target=self._guard, args=(loop,), daemon=True)
@@ -117,44 +152,35 @@ class Worker:
         deadline = time.monotonic() + self.START_WAIT
         while self._retrying(self.store.owner, self.job) != self.token:
             if self.control is None or time.monotonic() > deadline:
-                os._exit(0)  # the run is over, or someone else's now
+                self.leave()  # the run is over, or someone else's now
+                return False
             if self.over.wait(0.01):
                 return False
         return True
 
-    def _load_function(self) -> Callable[[Any], Any]:
-        record = self.store.meta(self.job)
-        if record is None:
-            self._fatal("the job is not in the store any more (was it reset?).")
-        here = f"{sys.version_info.major}.{sys.version_info.minor}"
-        if record.python not in (None, here):
-            self._fatal(f"the job was stored by Python {record.python} and this worker runs Python {here}.")
+    def _load_function(self) -> Callable[[Any], Any] | None:
+        """The job's function, with its policy and logging taken on; None when it cannot
+        run here (said in Redis: see `_fatal`)."""
         try:
-            payload = self.store.function(self.job)
-        except PayloadRejected as exc:
+            loaded = load(self.store, self.job)
+        except CannotRun as exc:
             self._fatal(str(exc))
-        if payload is None:
-            self._fatal("the job has no stored function (was it reset?).")
-        self.policy = record.policy
-        output.apply_logging(record.logging)
-        try:
-            func, self.retry_on = codec.load_function(payload)
-        except Exception as exc:
-            self._fatal(
-                f"the function could not be loaded here: {type(exc).__name__}: {exc}. Install what it needs "
-                "where the workers run, or send your own module by value with nbtasks.ship(module)."
-            )
-        return func
+            return None
+        self.policy, self.retry_on = loaded.policy, loaded.retry_on
+        output.apply_logging(loaded.logging)
+        return loaded.func
 
-    def _fatal(self, message: str) -> NoReturn:
+    def _fatal(self, message: str) -> None:
+        """Say in Redis why the job cannot run here, and leave."""
         if self.heartbeat is not None:
             # A worker on another machine refuses the job and leaves its items to others.
             who = f"{socket.gethostname()} (Python {sys.version_info.major}.{sys.version_info.minor})"
             self.store.refuse(self.job, who, message)
             print(f"nbtasks worker: refused job '{self.job}': {message} Its items are left to other workers.")
-            sys.exit(EXIT_REFUSED)
-        self.store.set_fatal(self.job, f"A worker of job '{self.job}' stopped: {message}")
-        sys.exit(3)
+            self.leave(WORKER_REFUSED)
+        else:
+            self.store.set_fatal(self.job, f"A worker of job '{self.job}' stopped: {message}")
+            self.leave(WORKER_CANNOT_RUN)
 
     def _say_alive(self) -> None:
         assert self.heartbeat is not None
@@ -164,21 +190,18 @@ class Worker:
     def _terminate(self) -> None:
         """SIGTERM: claim no more, record what finished, put the rest back, leave."""
         self.stopping = True
-        self._exit(requeue=True)
+        self.leave(requeue=True)
 
     def _claim_loop(self) -> None:
         idle = 0.01
         rate = self.policy.rate
         waiting: deque[Task] = deque()  # claimed, not started (see _wanted)
-        while not self.over.is_set() and not self.stopping:
-            self.slots.acquire()
-            free = 1
-            while free < self.CLAIM_MAX and self.slots.acquire(blocking=False):
-                free += 1
-            if rate:
+        while not self.over.is_set() and not self.stopping and not self.leaving.is_set():
+            free = self._take_slots()
+            if free and rate:
                 free = self._turns(free, rate)
-                if not free:
-                    continue
+            if not free:
+                continue  # (every slot busy: look again whether to leave)
             if waiting and self.item_time > self.SHORT:
                 # Items turned long: those claimed ahead go back, for idle workers to take.
                 self._retrying(self.store.unclaim, self.job, self.wid, [t.index for t in waiting])
@@ -199,6 +222,15 @@ class Worker:
                 idle = min(idle * 2, 0.2)
                 continue
             idle = 0.01
+
+    def _take_slots(self) -> int:
+        """The free slots, taken: at least one (waiting up to NOTICE for it), or 0."""
+        if not self.slots.acquire(timeout=self.NOTICE):
+            return 0
+        free = 1
+        while free < self.CLAIM_MAX and self.slots.acquire(blocking=False):
+            free += 1
+        return free
 
     def _wanted(self, free: int, waiting: int, rate: bool) -> int:
         """How many items to claim now. Short items (at low concurrency above all) would
@@ -239,7 +271,7 @@ class Worker:
         for _ in range(want - granted):
             self.slots.release()
         if not granted:
-            time.sleep(wait)
+            self.leaving.wait(wait)
         return granted
 
     def _begin(self, task: Task) -> Any:
@@ -303,10 +335,10 @@ class Worker:
 
     def _watch_owner(self) -> None:
         while self._retrying(self.store.owner, self.job) == self.token:
-            if self.over.wait(self.WATCH_INTERVAL):
+            if self.over.wait(self.WATCH_INTERVAL) or self.leaving.is_set():
                 return
         if not self.over.is_set():
-            self._exit()
+            self.leave()
 
     def _watch_control(self) -> None:
         """The caller's word: "end" (the run is complete), "stop" (interrupted, cancelled,
@@ -316,7 +348,7 @@ class Worker:
         if line == b"end" and not self.in_flight and not self.recording and self.outcomes.empty():
             self.over.set()
             return
-        self._exit()  # the caller is gone, or tasks still run: record what finished, then leave
+        self.leave()  # the caller is gone, or tasks still run: record what finished, then leave
 
     def _retrying(self, call: Callable[..., T], *args: Any) -> T:
         """`call(*args)`, waiting out a Redis outage (a restart, a failover): results
@@ -326,32 +358,30 @@ class Worker:
             try:
                 return call(*args)
             except ConnectionLost:
-                if waited > self.OUTAGE_LIMIT:
+                if waited > self.OUTAGE_LIMIT or self.leaving.is_set():
                     raise
                 time.sleep(pause)
                 waited += pause
                 pause = min(pause * 2, 1.0)
 
     def _guard(self, loop: Callable[[], None]) -> None:
-        # A helper green thread that dies would leave the process looking alive while
-        # it records nothing: die loudly instead, so the caller requeues and replaces us.
+        # A helper thread that failed would leave the process looking alive while it
+        # records nothing: leave loudly instead, so the caller requeues and replaces us.
         try:
             loop()
         except Exception:
             traceback.print_exc()
-            os._exit(1)
+            self.leave(WORKER_BROKEN)
 
-    def _exit(self, requeue: bool = False) -> None:
-        """Record what has finished, then leave; unfinished claims go back now with
-        `requeue`, else at the next run."""
-        for _ in range(100):
-            if self.outcomes.empty() and not self.recording:
-                break
+    def _wind_down(self) -> None:
+        """Before leaving: record what has finished (the recorder gets a second), send
+        what tasks wrote last, and with a requeue put unfinished claims back now."""
+        deadline = time.monotonic() + 1.0
+        while (not self.outcomes.empty() or self.recording) and time.monotonic() < deadline:
             time.sleep(0.01)
         try:
             self.store.append_output(self.job, self.wid, self.collector.take(output.PENDING_MAX))
-        except Exception:  # noqa: BLE001 (leaving anyway: what tasks wrote last is lost, not their results)
-            pass
-        if requeue:
-            self.store.requeue(self.job, self.wid)
-        os._exit(0)
+            if self._requeue:
+                self.store.requeue(self.job, self.wid)
+        except ConnectionLost:
+            pass  # Redis is away: the claims go back at the next run, or when the heartbeat lapses

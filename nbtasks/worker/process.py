@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from .. import backends, blas, output
+from ..exits import WORKER_DONE
 from ..pool.beacon import Beacon
 from ..pool.warm import Assignment, Control, Modules
 from ..store import Store, open_store
@@ -16,7 +17,9 @@ from ..trust import Signer
 from .loop import Worker
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Run what the command line (and then the caller, while warm) assigns; the exit
+    code (see exits: WORKER_*)."""
     parser = argparse.ArgumentParser(prog="python -m nbtasks.worker")
     parser.add_argument("--job", required=True)
     parser.add_argument("--token", required=True, help="the caller's run token")
@@ -60,8 +63,10 @@ def main(argv: list[str] | None = None) -> None:
         reusable = worker.run()
         if beacon is not None:
             beacon.close()
+        if worker.exit_code is not None:
+            return worker.exit_code
         if not reusable or control is None:
             break
         modules.note(began)
         assignment = control.next_assignment(args.warm, stale=modules.changed)
-    os._exit(0)
+    return WORKER_DONE
