@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable
-from typing import Any, Literal, TypedDict, TypeVar, Unpack, overload
-
-import redis
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, Unpack, overload
 
 from . import backends, codec, define, identity, interrupt
 from .config import Settings, settings
@@ -21,7 +19,10 @@ from .policy import Policy, parse_rate
 from .pool.processes import remove_leftovers
 from .progress import in_notebook
 from .run import Run
-from .store import Store, connect
+from .store import Store, connect, ride_out
+
+if TYPE_CHECKING:
+    import redis
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -172,8 +173,10 @@ def pmap(
     remove_leftovers()  # of callers killed earlier, whether or not this call runs anything
     to_bytes = functools.partial(codec.dump_function, func, policy.retry_on)  # only when something may run
     dump = functools.partial(_if_it_can_travel, to_bytes) if cfg.processes == 0 else to_bytes
-    spec = define.define(store, func, dump, ident, inputs, name=name, fresh=fresh, policy=policy)
-    del inputs  # the store has them; don't hold them through the run
+    # (Safe to repeat: it is what the same call again would do. So is reading results.)
+    step = functools.partial(define.define, store, func, dump, ident, inputs, name=name, fresh=fresh, policy=policy)
+    spec = ride_out(store, step, cfg.outage_limit)
+    del step, inputs  # the store has them; don't hold them through the run
     if background:
         return Job._start(store, spec, cfg, progress)
     return _run_and_gather(store, spec, cfg, func, progress, errors)
@@ -191,15 +194,16 @@ def _if_it_can_travel(dump: Callable[[], bytes]) -> bytes | None:
 def _run_and_gather(
     store: Store, spec: JobSpec, cfg: Settings, func: Callable[[Any], Any], progress: bool, errors: str
 ) -> list[Any]:
+    limit = cfg.outage_limit  # Redis restarting meanwhile: each step waits for it, as a run does
     if not spec.finished:
-        Run(store, spec, cfg, func, progress).follow()
+        ride_out(store, lambda: Run(store, spec, cfg, func, progress), limit).follow()
     try:
-        return gather(store, spec, errors)
+        return ride_out(store, lambda: gather(store, spec, errors), limit)
     except MissingResults:
         # The store lost results it had (a server back without its last writes): run
         # what is missing, once.
-        Run(store, spec, cfg, func, progress).follow()
-        return gather(store, spec, errors)
+        ride_out(store, lambda: Run(store, spec, cfg, func, progress), limit).follow()
+        return ride_out(store, lambda: gather(store, spec, errors), limit)
 
 
 def jobs(*, redis: str | redis.Redis | None = None) -> list[JobStatus]:

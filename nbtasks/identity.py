@@ -14,13 +14,9 @@ import builtins
 import dis
 import functools
 import hashlib
-import importlib.metadata
 import io
-import os
 import pickle
-import site
 import sys
-import sysconfig
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,7 +25,7 @@ from typing import Any
 
 import cloudpickle
 
-from . import codec
+from . import codebase, codec
 
 FORMAT = b"nbtasks identity 2\n"
 INPUT_DIGEST = 16  # bytes of an input's digest: collisions are out of reach at any job size
@@ -43,7 +39,6 @@ _GENERATED = frozenset(
     {"__dict__", "__weakref__", "__module__", "__doc__", "__qualname__", "__dataclass_fields__",
      "__dataclass_params__", "__match_args__", "__slotnames__", "__abstractmethods__", "_abc_impl"}
 )  # fmt: skip
-_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 class Unpicklable(Exception):
@@ -104,94 +99,6 @@ def list_digest(items: list[Any]) -> str:
     return Walker().value(items, sort_sets=False).hex()
 
 
-def is_user_module(name: str) -> bool:
-    """Whether module `name` is the user's own code: ``__main__``, or a file outside the
-    standard library and site-packages (nbtasks itself excepted)."""
-    return _user_module(name, getattr(sys.modules.get(name), "__file__", None))
-
-
-@functools.lru_cache(maxsize=4096)
-def _user_module(name: str, file: str | None) -> bool:
-    top = name.partition(".")[0]
-    if name == "__main__" or name.startswith("__mp_main__"):
-        return True
-    if top in sys.stdlib_module_names or top in sys.builtin_module_names or not file:
-        return False
-    path = os.path.realpath(file)
-    if path.startswith(_PACKAGE):
-        return False
-    parts = path.split(os.sep)
-    return "site-packages" not in parts and "dist-packages" not in parts and not path.startswith(_library_dirs())
-
-
-@functools.cache
-def _library_dirs() -> tuple[str, ...]:
-    paths = sysconfig.get_paths()
-    dirs = {paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib") if key in paths}
-    dirs |= set(site.getsitepackages()) | {site.getusersitepackages()}
-    return tuple(os.path.realpath(d) + os.sep for d in dirs)
-
-
-@functools.lru_cache(maxsize=1024)
-def version(module: str) -> str:
-    """The installed version a library module comes from: its distribution's name and
-    version, or the Python version for the standard library."""
-    top = module.partition(".")[0]
-    if top in sys.stdlib_module_names or top in sys.builtin_module_names:
-        return f"python {sys.version_info.major}.{sys.version_info.minor}"
-    found = getattr(sys.modules.get(top), "__version__", None)
-    if isinstance(found, str):
-        return f"{top} {found}"
-    for dist in [top, *_distributions().get(top, [])]:
-        try:
-            return f"{dist} {importlib.metadata.version(dist)}"
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return f"{top} (no version)"
-
-
-@functools.cache
-def _distributions() -> dict[str, list[str]]:
-    return dict(importlib.metadata.packages_distributions())  # a scan of every installed package: once
-
-
-@functools.lru_cache(maxsize=256)
-def _file_digest(path: str, *stat: int) -> str:  # (cached while the file's stat is the same)
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def _file_form(module: ModuleType) -> str:
-    """The digest of a module's file, as a fresh worker would import it."""
-    file = getattr(module, "__file__", None)
-    if not file:
-        return "(no file)"
-    try:
-        stat = os.stat(file)
-        return _file_digest(file, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
-    except OSError:
-        return "(unreadable)"
-
-
-def _modules_reached(module: ModuleType) -> list[str]:
-    """The other modules of the user's own a module refers to: those it imported, and
-    those of the functions and classes it imported from them."""
-    found = set()
-    for value in list(vars(module).values()):
-        if isinstance(value, ModuleType):
-            found.add(value.__name__)
-        elif isinstance(value, FunctionType | type):
-            found.add(getattr(value, "__module__", None) or "")
-    found.discard(module.__name__)
-    return sorted(name for name in found if name in sys.modules and _by_reference(name))
-
-
-def _by_reference(module: str) -> bool:
-    """Whether code of `module` is the user's own and travels to workers by name (so
-    that workers run its file, whatever this process holds in memory)."""
-    return module != "__main__" and is_user_module(module) and not codec.shipped(module)
-
-
 def _ref(kind: str, *form: Any) -> None:
     """Stands, in a canonical pickle, for code (a digest) or a module (name, version)."""
 
@@ -230,12 +137,12 @@ class Walker:
         workers import it: the bytes of its file and, all the way down, those of the
         files of your modules it refers to."""
         name = module.__name__
-        if not is_user_module(name):
-            return name, version(name)
+        if not codebase.is_user_module(name):
+            return name, codebase.version(name)
         if name not in self.module_memo:
             self.module_memo[name] = f"(recursive) {name}"  # import cycles end the same way every time
-            h = hashlib.sha256(_file_form(module).encode())
-            for other in _modules_reached(module):
+            h = hashlib.sha256(codebase.file_form(module).encode())
+            for other in codebase.modules_reached(module):
                 h.update(f"{other}={self.module(sys.modules[other])[1]}\n".encode())
             if codec.shipped(name):  # sent by value: what it holds in memory travels
                 for attr, value in sorted(vars(module).items()):
@@ -246,7 +153,7 @@ class Walker:
 
     def _module_part(self, module: str) -> Iterator[tuple[str, bytes]]:
         """For code of a module of yours that workers import by name: that module's file."""
-        if _by_reference(module) and module in sys.modules:
+        if codebase.by_reference(module) and module in sys.modules:
             yield f"module '{module}'", self.module(sys.modules[module])[1].encode()
 
     def _function_parts(self, f: FunctionType) -> Iterator[tuple[str, bytes]]:
@@ -367,7 +274,7 @@ class _Overrides:
             return _ref, ("module", *self.walker.module(obj))
         if isinstance(obj, BuiltinFunctionType):
             module = getattr(obj, "__module__", None) or type(getattr(obj, "__self__", None)).__module__
-            return _ref, ("builtin", module, obj.__qualname__, version(module))
+            return _ref, ("builtin", module, obj.__qualname__, codebase.version(module))
         if isinstance(obj, CodeType):
             return _ref, ("code", self.walker.code(obj))
         if isinstance(obj, MappingProxyType):
@@ -383,9 +290,9 @@ class _Overrides:
             # name alone: its code counts.
             return _ref, ("wrapper", type(obj).__qualname__, self.walker.function(wrapped))
         module = getattr(obj, "__module__", None)
-        if isinstance(module, str) and not is_user_module(module) and _importable(obj):
+        if isinstance(module, str) and not codebase.is_user_module(module) and _importable(obj):
             # A library's callable that pickles by name (a numpy ufunc): its version counts.
-            return _ref, ("library callable", module, obj.__qualname__, version(module))
+            return _ref, ("library callable", module, obj.__qualname__, codebase.version(module))
         return NotImplemented
 
     def _code(self, obj: FunctionType | type) -> tuple[Callable[..., None], tuple[Any, ...]]:
@@ -393,10 +300,10 @@ class _Overrides:
         if isinstance(obj, FunctionType):
             if _is_user_code(obj) or not _importable(obj):
                 return _ref, ("function", self.walker.function(obj))
-        elif is_user_module(obj.__module__) or not _importable(obj):
+        elif codebase.is_user_module(obj.__module__) or not _importable(obj):
             return _ref, ("class", self.walker.cls(obj))
         kind = "library function" if isinstance(obj, FunctionType) else "library class"
-        return _ref, (kind, obj.__module__, obj.__qualname__, version(obj.__module__))
+        return _ref, (kind, obj.__module__, obj.__qualname__, codebase.version(obj.__module__))
 
 
 class _Canonical(_Overrides, pickle.Pickler):
@@ -426,7 +333,7 @@ class _SortedCanonical(_Overrides, pickle._Pickler):
 
 
 def _is_user_code(f: FunctionType) -> bool:
-    return is_user_module(f.__module__ or "") or f.__module__ not in sys.modules
+    return codebase.is_user_module(f.__module__ or "") or f.__module__ not in sys.modules
 
 
 def _importable(obj: Any) -> bool:

@@ -9,8 +9,6 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import redis
-
 from . import interrupt
 from .config import Settings, settings
 from .define import JobSpec
@@ -23,6 +21,8 @@ from .run import Run
 from .store import Store, connect, safe_url
 
 if TYPE_CHECKING:
+    import redis
+
     from .dashboard import Dashboard
 
 

@@ -24,9 +24,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
-
-import redis
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import backends, codec, define
 from .config import settings
@@ -37,6 +35,9 @@ from .job_status import count, detail, snapshots
 from .policy import Policy, parse_rate
 from .run import Run
 from .store import Store, connect
+
+if TYPE_CHECKING:
+    import redis
 
 _func: Callable[[Any], Any] | None = None
 _name: str | None = None

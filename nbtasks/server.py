@@ -36,7 +36,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .errors import ConfigError
-from .store.keys import REGISTRY
+from .keys import REGISTRY
 
 MIN_VERSION = (6, 2)  # LPOP with a count
 START_TIMEOUT = 60.0  # seconds; loading a large append-only file takes a while

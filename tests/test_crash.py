@@ -118,6 +118,29 @@ def test_redis_restarted_mid_job_the_run_rides_it_out(tmp_path: Path, capsys: py
         own.stop()
 
 
+def test_redis_restarted_while_the_call_stores_its_inputs_the_call_rides_it_out(tmp_path: Path) -> None:
+    own = RedisServer(tmp_path / "srv", None, "--appendonly", "yes", "--appendfsync", "always")
+    client = redis.Redis.from_url(own.url)
+    n = 100_000
+
+    def restart_while_inputs_are_stored() -> None:
+        wait_until(lambda: client.hlen(JobKeys("storing").inputs) > 0, 60, "inputs being stored")
+        own.stop()
+        time.sleep(0.5)  # the outage itself: a restart that takes half a second
+        own.restart()
+
+    chaos = threading.Thread(target=restart_while_inputs_are_stored)
+    chaos.start()
+    try:
+        out = nbtasks.pmap(abs, range(-n, 0), name="storing", redis=own.url, progress=False)
+        assert out == list(range(n, 0, -1))
+        exact(client, "storing", n)
+    finally:
+        chaos.join()
+        client.close()
+        own.stop()
+
+
 def test_redis_restarted_empty_is_detected_not_reported_complete(tmp_path: Path) -> None:
     own = RedisServer(tmp_path / "srv")  # no persistence: a restart loses everything
     client = redis.Redis.from_url(own.url)

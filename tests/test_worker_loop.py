@@ -20,7 +20,7 @@ from nbtasks.policy import Policy
 from nbtasks.store import JobKeys, open_store
 from nbtasks.worker.loop import Worker
 
-from .conftest import wait_until
+from .conftest import RedisServer, wait_until
 
 ONE_SERVER = True  # (see conftest): the loop, not the server, is under test
 
@@ -68,12 +68,12 @@ def held(x: int) -> int:
 
 
 def test_leaving_with_a_requeue_puts_the_claims_of_running_items_back(r: redis.Redis, redis_server) -> None:
+    GATE.clear()
     store, _, token = _job(redis_server.url, "requeued", 50, held)
     worker = Worker(store, "requeued", token, "requeued-0", 4, None, backend=backends.load("threads"))
     thread, returned = _start(worker)
     claims = JobKeys("requeued").claims("requeued-0")
     wait_until(lambda: r.hlen(claims) == 4, 30, "four items running")
-    GATE.clear()
     worker.leave(requeue=True)  # as SIGTERM does, from another thread
     thread.join(30)
     GATE.set()  # (the four tasks end; their worker has left)
@@ -99,3 +99,22 @@ def test_a_worker_process_exits_with_that_code_not_the_commands_server_code(r: r
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == WORKER_CANNOT_RUN, done.stderr
     assert "stored by Python 2.7" in (store.fatal("elsewhere") or "")
+
+
+def test_a_worker_whose_caller_and_redis_are_both_gone_leaves_at_once(tmp_path, server_bin: str) -> None:
+    GATE.clear()
+    own = RedisServer(tmp_path / "redis", server_bin)
+    try:
+        store, _, token = _job(own.url, "orphan", 50, held)
+        gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+        worker = Worker(store, "orphan", token, "orphan-0", 4, None, backend=backends.load("threads"))
+        worker.caller = int(gone.stdout)  # a caller that has ended: this process's parent is not it
+        thread, returned = _start(worker)
+        claims = JobKeys("orphan").claims("orphan-0")
+        wait_until(lambda: store.client.hlen(claims) == 4, 30, "four items running")
+        own.stop()
+        thread.join(30)  # (it would wait Worker.OUTAGE_LIMIT, 300 s, for a Redis with a caller)
+        assert not thread.is_alive() and returned == [False] and worker.exit_code == WORKER_DONE
+    finally:
+        GATE.set()
+        own.stop()

@@ -1,6 +1,8 @@
 """Everything nbtasks keeps in Redis, and the only package that imports redis-py.
 
-keys         the key schema: every key name, built in one place
+(the key schema, every key name built in one place, is nbtasks.keys: names, no Redis)
+
+urls         Redis URLs: for workers, for messages, off this host or not
 lua          the scripts that change several keys of a job atomically
 bits         done-bitmaps, packed index lists, batches of round trips
 connection   URLs, clients, the stores shared by every entry point
@@ -11,12 +13,13 @@ results      operations that read a job back: results, failures, output
 operations   the Store, all of them together
 """
 
+from ..keys import FORMAT, PARTS, REGISTRY, JobKeys
 from .base import StoreBase
 from .bits import BATCH, pending_indices
-from .connection import client_url, connect, forget, open_store, safe_url
-from .keys import FORMAT, PARTS, REGISTRY, JobKeys
+from .connection import connect, forget, open_store, ride_out
 from .operations import Store
 from .records import APPENDABLE, DISTINCT, Counts, JobRecord, Outcome, definition
+from .urls import client_url, safe_url
 
 __all__ = [
     "APPENDABLE",
@@ -37,5 +40,6 @@ __all__ = [
     "forget",
     "open_store",
     "pending_indices",
+    "ride_out",
     "safe_url",
 ]

@@ -15,10 +15,10 @@ import redis
 from redis.cluster import RedisCluster
 
 from ..errors import ConnectionLost, PayloadRejected, RedisUnavailable, WritesRefused
+from ..keys import REGISTRY, KeyCache
 from ..trust import INPUT, Signer
 from . import lua
-from .connection import safe_url
-from .keys import REGISTRY, KeyCache
+from .urls import safe_url
 
 # Errors that pass when the server is back (a restart, a failover), and refusals to write.
 TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)

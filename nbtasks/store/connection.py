@@ -3,20 +3,19 @@ and the stores every entry point shares, one per URL; with no URL, nbtasks' own 
 
 from __future__ import annotations
 
-import ipaddress
-import re
+import contextlib
+import time
 import warnings
-from typing import TYPE_CHECKING
-from urllib.parse import quote, urlsplit, urlunsplit
+from collections.abc import Callable
+from typing import TypeVar
 
 import redis
 from redis.cluster import RedisCluster
 
-from ..errors import ConfigError, RedisUnavailable, SecurityWarning
+from ..errors import ConfigError, ConnectionLost, RedisUnavailable, SecurityWarning
 from ..trust import Signer
-
-if TYPE_CHECKING:
-    from .operations import Store
+from .operations import Store
+from .urls import client_url, cluster_url, reachable_from_other_hosts, safe_url
 
 Target = str | redis.Redis | RedisCluster
 
@@ -28,8 +27,6 @@ def connect(target: Target | Store | None) -> Store:
     """A store for a URL or client (reused across calls for the same URL); with
     neither, the embedded server, started if it is not running. The secret is read
     again at every call, so that setting NBTASKS_SECRET in a notebook takes effect."""
-    from .operations import Store
-
     if isinstance(target, Store):
         store = target
     elif target is None:
@@ -43,6 +40,27 @@ def connect(target: Target | Store | None) -> Store:
         store.check()
     store.signer = Signer.from_environment()
     return store
+
+
+T = TypeVar("T")
+
+
+def ride_out(store: Store, call: Callable[[], T], limit: float) -> T:
+    """`call()`, made again while Redis does not answer (a restart, a failover), for up to
+    `limit` seconds; our own server is restarted if it died. For steps that are safe to
+    repeat: storing a job's definition (what the same call again would do), reading."""
+    started, pause = time.monotonic(), 0.05
+    while True:
+        try:
+            return call()
+        except ConnectionLost:
+            if time.monotonic() - started > limit:
+                raise
+        if store.revive is not None:
+            with contextlib.suppress(Exception):  # not started yet: the next round tries again
+                store.revive()
+        time.sleep(pause)
+        pause = min(pause * 2, 1.0)
 
 
 def forget() -> None:
@@ -71,13 +89,11 @@ def _embedded() -> Store:
 
 def open_store(target: Target) -> Store:
     """Connect to a URL or adopt a redis-py client, and check that it answers."""
-    from .operations import Store
-
     client: redis.Redis | RedisCluster
     if isinstance(target, redis.Redis):
         client, url = target, client_url(target)
     elif isinstance(target, RedisCluster):
-        client, url = target, _cluster_url(target)
+        client, url = target, cluster_url(target)
     elif isinstance(target, str):
         client, url = _client_for(target), target
     else:
@@ -86,7 +102,7 @@ def open_store(target: Target) -> Store:
         )
     store = Store(client, url)
     store.check()
-    if not store.signer.enabled and _reachable_from_other_hosts(url) and url not in _warned:
+    if not store.signer.enabled and reachable_from_other_hosts(url) and url not in _warned:
         _warned.add(url)
         warnings.warn(
             f"nbtasks: Redis at {safe_url(url)} can be reached from other hosts and no secret is set: anyone "
@@ -96,19 +112,6 @@ def open_store(target: Target) -> Store:
             stacklevel=4,
         )
     return store
-
-
-def _reachable_from_other_hosts(url: str) -> bool:
-    """Whether `url` names a server over TCP on an address other than this host's loopback."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-        return False
-    if parts.hostname == "localhost":
-        return False
-    try:
-        return not ipaddress.ip_address(parts.hostname).is_loopback
-    except ValueError:
-        return True  # a host name: another machine, as far as we know
 
 
 def _client_for(url: str) -> redis.Redis | RedisCluster:
@@ -127,36 +130,3 @@ def _client_for(url: str) -> redis.Redis | RedisCluster:
         return client
     client.close()
     return RedisCluster.from_url(url, socket_connect_timeout=5)
-
-
-def _cluster_url(client: RedisCluster) -> str:
-    node = client.get_default_node()  # type: ignore[no-untyped-call]
-    kw = client.nodes_manager.connection_kwargs
-    auth = ""
-    if kw.get("password"):
-        auth = f"{quote(kw.get('username') or '', safe='')}:{quote(kw['password'], safe='')}@"
-    scheme = "rediss" if kw.get("ssl") else "redis"
-    return f"{scheme}://{auth}{node.host}:{node.port}"
-
-
-def client_url(client: redis.Redis) -> str:
-    """A URL from which a worker process can reach the same server as `client`."""
-    kw = client.connection_pool.connection_kwargs
-    db = kw.get("db", 0)
-    auth = ""
-    if kw.get("password"):
-        user = quote(kw.get("username") or "", safe="")
-        auth = f"{user}:{quote(kw['password'], safe='')}@"
-    if kw.get("path"):
-        return f"unix://{auth}{kw['path']}?db={db}"
-    scheme = "rediss" if client.connection_pool.connection_class.__name__ == "SSLConnection" else "redis"
-    return f"{scheme}://{auth}{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{db}"
-
-
-def safe_url(url: str) -> str:
-    """`url` with any password masked, for messages."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = re.sub(r":[^@]*@", ":***@", parts.netloc, count=1)
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url

@@ -10,10 +10,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..errors import PayloadRejected
+from ..keys import FORMAT, REGISTRY
 from ..trust import FUNCTION, INDEX, INPUT, VIEW
 from .base import StoreBase
 from .bits import BATCH, batches, by_bucket, byte_batches, done_and_pending, pack, unpack
-from .keys import FORMAT, REGISTRY
 from .records import JobRecord, decoded
 
 

@@ -9,10 +9,10 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ..errors import PayloadRejected
+from ..keys import RUN_STATE
 from ..trust import FAILURE, RESULT
 from .base import StoreBase
 from .bits import BATCH, chunks, done_and_pending
-from .keys import RUN_STATE
 from .records import Counts, JobRecord, Outcome, decoded
 
 RATE_WINDOW_MS = 50  # a rate limit grants the turns that fall within this much time

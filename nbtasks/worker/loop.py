@@ -5,6 +5,7 @@ patched first (see `__main__`), so this same loop runs on green threads."""
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import sys
@@ -57,9 +58,11 @@ class Worker:
         control: Control | None = None,
         heartbeat: float | None = None,
         backend: Backend | None = None,
+        caller: int | None = None,
     ) -> None:
         self.store, self.job, self.token, self.wid = store, job, token, wid
         self.beacon, self.control, self.heartbeat = beacon, control, heartbeat
+        self.caller = caller  # the pid of the process that started this one, if it looks after it
         self.backend = backend or backends.load("eventlet")
         self.stopping = False  # SIGTERM: claim no more
         self.over = threading.Event()  # the caller said the run is complete
@@ -358,6 +361,8 @@ class Worker:
             try:
                 return call(*args)
             except ConnectionLost:
+                if self.caller is not None and os.getppid() != self.caller:
+                    self.leave()  # Redis is away and so is the caller: nobody would take our results
                 if waited > self.OUTAGE_LIMIT or self.leaving.is_set():
                     raise
                 time.sleep(pause)
@@ -369,6 +374,10 @@ class Worker:
         # records nothing: leave loudly instead, so the caller requeues and replaces us.
         try:
             loop()
+        except ConnectionLost:
+            if not self.leaving.is_set():  # (else: it was leaving anyway, Redis or not)
+                traceback.print_exc()
+                self.leave(WORKER_BROKEN)
         except Exception:
             traceback.print_exc()
             self.leave(WORKER_BROKEN)

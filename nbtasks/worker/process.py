@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
             beacon = None  # started so late that its run is already complete
         a, began = assignment, time.time()
         backend = backends.load(args.backend)
-        worker = Worker(store, a.job, a.token, a.wid, a.concurrency, beacon, control, args.heartbeat, backend)
+        caller = os.getppid() if args.heartbeat is None else None  # (`nbtasks worker` watches its own)
+        worker = Worker(store, a.job, a.token, a.wid, a.concurrency, beacon, control, args.heartbeat, backend, caller)
         worker.collector = collector
         reusable = worker.run()
         if beacon is not None:
