@@ -7,12 +7,16 @@ failures stops short of 100 % and tqdm draws it red.
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
+from tqdm.std import tqdm as std_tqdm
 
 from . import screen
 from .store import Counts
+
+if TYPE_CHECKING:
+    from tqdm.notebook import tqdm_notebook
 
 
 def in_notebook() -> bool:
@@ -36,13 +40,16 @@ class Progress:
         options: dict[str, Any] = dict(
             total=start.total, initial=start.done, desc=job, unit="task", disable=not enabled, dynamic_ncols=True
         )
+        self.bar: std_tqdm[Any]
+        self._widget: tqdm_notebook[Any] | None = None  # the bar, when it is a widget
         if enabled and in_notebook():
             from IPython.display import display
+            from tqdm.notebook import tqdm_notebook
 
             # Shown through a display handle, so that close() can replace the plain-text
             # copy that notebook viewers fall back to (frozen at "0%" otherwise).
-            self.bar = tqdm(**options, display=False)
-            self._handle = display(self.bar.container, display_id=True)  # type: ignore[no-untyped-call]
+            self.bar = self._widget = tqdm_notebook(**options, display=False)
+            self._handle = display(self._widget.container, display_id=True)  # type: ignore[no-untyped-call]
         else:
             self._shared = shared and enabled
             self.bar = tqdm(**options, file=screen.real(sys.stderr))
@@ -108,9 +115,10 @@ class Progress:
             self.bar.close()
         if self._shared:
             screen.remove(self)
-        if self._stopped and self._handle is not None:
-            self.bar.disp(bar_style="warning", check_delay=False)  # tqdm paints a short bar red
-        if self._handle is not None:
-            bundle = self.bar.container._repr_mimebundle_()
-            bundle["text/plain"] = repr(self.bar.container)
-            self._handle.update(bundle, raw=True)
+        if self._widget is None:
+            return
+        if self._stopped:
+            self._widget.disp(bar_style="warning", check_delay=False)  # tqdm paints a short bar red
+        bundle = self._widget.container._repr_mimebundle_()
+        bundle["text/plain"] = repr(self._widget.container)
+        self._handle.update(bundle, raw=True)

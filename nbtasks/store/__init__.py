@@ -3,6 +3,7 @@
 (the key schema, every key name built in one place, is nbtasks.keys: names, no Redis)
 
 urls         Redis URLs: for workers, for messages, off this host or not
+client       the commands the store sends, with their replies typed
 lua          the scripts that change several keys of a job atomically
 bits         done-bitmaps, packed index lists, batches of round trips
 connection   URLs, clients, the stores shared by every entry point

@@ -18,6 +18,7 @@ from ..errors import ConnectionLost, PayloadRejected, RedisUnavailable, WritesRe
 from ..keys import REGISTRY, KeyCache
 from ..trust import INPUT, Signer
 from . import lua
+from .client import as_client
 from .urls import safe_url
 
 # Errors that pass when the server is back (a restart, a failover), and refusals to write.
@@ -29,23 +30,22 @@ class StoreBase:
     """A connection to the Redis that holds the jobs."""
 
     def __init__(self, client: redis.Redis | RedisCluster, url: str) -> None:
-        # Typed loosely: redis-py's annotations cannot know decode_responses=False.
-        self.client: Any = client
+        self.client = as_client(client)  # (typed replies: see client)
         self.url = url
         self.revive: Callable[[], object] | None = None  # restarts the server, if it is ours
         self.signer = Signer.from_environment()
-        self._claim = client.register_script(lua.CLAIM)
-        self._record = client.register_script(lua.RECORD)
-        self._poll = client.register_script(lua.POLL)
-        self._requeue = client.register_script(lua.REQUEUE)
-        self._unclaim = client.register_script(lua.UNCLAIM)
-        self._bury = client.register_script(lua.BURY)
-        self._take = client.register_script(lua.TAKE)
-        self._release = client.register_script(lua.RELEASE)
-        self._grow = client.register_script(lua.GROW)
-        self._add = client.register_script(lua.ADD)
-        self._read_buckets = client.register_script(lua.READ_BUCKETS)
-        self._set_counts = client.register_script(lua.SET_COUNTS)
+        self._claim = self.client.register_script(lua.CLAIM)
+        self._record = self.client.register_script(lua.RECORD)
+        self._poll = self.client.register_script(lua.POLL)
+        self._requeue = self.client.register_script(lua.REQUEUE)
+        self._unclaim = self.client.register_script(lua.UNCLAIM)
+        self._bury = self.client.register_script(lua.BURY)
+        self._take = self.client.register_script(lua.TAKE)
+        self._release = self.client.register_script(lua.RELEASE)
+        self._grow = self.client.register_script(lua.GROW)
+        self._add = self.client.register_script(lua.ADD)
+        self._read_buckets = self.client.register_script(lua.READ_BUCKETS)
+        self._set_counts = self.client.register_script(lua.SET_COUNTS)
 
     def check(self, loading_wait: float = 60.0, restart_wait: float = 3.0) -> None:
         """Raise RedisUnavailable, saying what to do, unless the server answers. A server
