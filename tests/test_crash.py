@@ -3,6 +3,7 @@ two callers at once, Redis refusing writes. Nothing lost, nothing recorded twice
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -18,7 +20,7 @@ import pytest
 import redis
 
 import nbtasks
-from nbtasks.store import JobKeys
+from nbtasks.store import JobKeys, client_url
 
 from .conftest import RedisServer, wait_until, worker_pids
 from .test_pmap import SCRIPT, executions
@@ -95,50 +97,44 @@ def test_a_task_blocking_its_loop_is_not_declared_dead(r: redis.Redis, tmp_path:
     assert executions(tmp_path / "log") == {i: 1 for i in range(20)}
 
 
-def test_redis_restarted_mid_job_the_run_rides_it_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@contextlib.contextmanager
+def _restarted_once(tmp_path: Path, when: Callable[[redis.Redis], bool], what: str) -> Iterator[redis.Redis]:
+    """A durable server of its own, restarted once `when(client)` holds (a half-second
+    outage); yields a client of it."""
     own = RedisServer(tmp_path / "srv", None, "--appendonly", "yes", "--appendfsync", "always")
     client = redis.Redis.from_url(own.url)
 
-    def restart_after_some_results() -> None:
-        wait_until(lambda: client.bitcount(JobKeys("outage").done) >= 150, 60, "150 results")
+    def restart() -> None:
+        wait_until(lambda: when(client), 60, what)
         own.stop()
         time.sleep(0.5)  # the outage itself: a restart that takes half a second
         own.restart()
 
-    chaos = threading.Thread(target=restart_after_some_results)
+    chaos = threading.Thread(target=restart)
     chaos.start()
     try:
-        out = nbtasks.pmap(tagged, range(600), name="outage", redis=own.url, concurrency=10)
+        yield client
+    finally:
+        chaos.join()
+        client.close()
+        own.stop()
+
+
+def test_redis_restarted_mid_job_the_run_rides_it_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with _restarted_once(tmp_path, lambda c: c.bitcount(JobKeys("outage").done) >= 150, "150 results") as client:
+        url = client_url(client)
+        out = nbtasks.pmap(tagged, range(600), name="outage", redis=url, concurrency=10)
         assert [v for v, _ in out] == [x * x for x in range(600)]
         assert "Redis unreachable, retrying" in capsys.readouterr().err
         exact(client, "outage", 600)
-    finally:
-        chaos.join()
-        client.close()
-        own.stop()
 
 
 def test_redis_restarted_while_the_call_stores_its_inputs_the_call_rides_it_out(tmp_path: Path) -> None:
-    own = RedisServer(tmp_path / "srv", None, "--appendonly", "yes", "--appendfsync", "always")
-    client = redis.Redis.from_url(own.url)
     n = 100_000
-
-    def restart_while_inputs_are_stored() -> None:
-        wait_until(lambda: client.hlen(JobKeys("storing").inputs) > 0, 60, "inputs being stored")
-        own.stop()
-        time.sleep(0.5)  # the outage itself: a restart that takes half a second
-        own.restart()
-
-    chaos = threading.Thread(target=restart_while_inputs_are_stored)
-    chaos.start()
-    try:
-        out = nbtasks.pmap(abs, range(-n, 0), name="storing", redis=own.url, progress=False)
+    with _restarted_once(tmp_path, lambda c: c.hlen(JobKeys("storing").inputs) > 0, "inputs being stored") as client:
+        out = nbtasks.pmap(abs, range(-n, 0), name="storing", redis=client_url(client), progress=False)
         assert out == list(range(n, 0, -1))
         exact(client, "storing", n)
-    finally:
-        chaos.join()
-        client.close()
-        own.stop()
 
 
 def test_redis_restarted_empty_is_detected_not_reported_complete(tmp_path: Path) -> None:
