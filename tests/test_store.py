@@ -141,3 +141,16 @@ def test_a_worker_that_dies_or_stops_holding_nothing_is_fine(r: redis.Redis, red
     assert store.requeue("empty", "nobody") == 0
     assert store.bury("empty", "nobody", -1, 3, codec.failure_record("WorkerDied", "", ""), "WorkerDied") == 0
     assert store.poll("empty", token, 3, ttl=60).running == 0
+
+
+def test_recording_large_results_is_bounded_in_bytes_per_command(r: redis.Redis, redis_server) -> None:
+    store = open_store(redis_server.url)
+    token = make_job(store, "large", 10)
+    assert len(store.claim("large", token, "w", 10) or []) == 10
+    big = [ok(i, bytes([i]) * (6 << 20)) for i in range(10)]  # 10 results of 6 MB: 60 MB
+    r.config_resetstat()
+    store.record("large", "w", big)
+    calls = r.info("commandstats")["cmdstat_evalsha"]["calls"]
+    assert calls >= 60 // 16 + 1, "no command carries more than about BATCH_BYTES"
+    assert store.poll("large", token, 10, ttl=60).done == 10
+    assert [pickle.loads(r.hget(JobKeys("large").results, i))[:2] for i in (0, 9)] == [b"\0\0", b"\t\t"]

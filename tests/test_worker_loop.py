@@ -118,3 +118,30 @@ def test_a_worker_whose_caller_and_redis_are_both_gone_leaves_at_once(tmp_path, 
     finally:
         GATE.set()
         own.stop()
+
+
+GREEN_SENDALL = """
+from nbtasks.worker.__main__ import _patch
+_patch()  # as a worker process starts: eventlet, and its sendall made linear
+import os, socket, eventlet
+from eventlet.greenio.base import GreenSocket
+a, b = socket.socketpair()
+assert isinstance(a, GreenSocket)
+data = os.urandom(64 << 20)  # far more than a socket buffer: many partial sends
+def read():
+    parts, n = [], 0
+    while n < len(data):
+        part = b.recv(1 << 20)
+        parts.append(part)
+        n += len(part)
+    return b"".join(parts)
+reader = eventlet.spawn(read)
+a.sendall(data)
+a.sendall(b"")  # nothing to send is fine too
+print(reader.wait() == data)
+"""
+
+
+def test_a_workers_green_sendall_sends_a_large_buffer_whole_and_in_order() -> None:
+    done = subprocess.run([sys.executable, "-c", GREEN_SENDALL], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr

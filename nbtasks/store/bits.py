@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 BATCH = 10_000  # items per pipelined round trip when storing or gathering
-BATCH_BYTES = 16 << 20  # bytes of inputs per round trip when storing
+BATCH_BYTES = 16 << 20  # bytes of inputs or results per round trip (one command, one buffer)
 
 
 def pending_indices(bitmap: bytes, total: int) -> Iterator[int]:

@@ -12,7 +12,7 @@ from ..errors import PayloadRejected
 from ..keys import RUN_STATE
 from ..trust import FAILURE, RESULT
 from .base import StoreBase
-from .bits import BATCH, chunks, done_and_pending
+from .bits import BATCH, BATCH_BYTES, chunks, done_and_pending
 from .records import Counts, JobRecord, Outcome, decoded
 
 RATE_WINDOW_MS = 50  # a rate limit grants the turns that fall within this much time
@@ -119,17 +119,24 @@ class RunOps(StoreBase):
         return [(int(i), self._open_input(job, int(i), p)) for i, p in zip(indices, payloads, strict=True)]
 
     def record(self, job: str, wid: str, outcomes: Iterable[Outcome], retries: int = 0, delay: float = 0.0) -> None:
-        """Record results and failures of one worker, atomically and idempotently; a
-        retryable failure with attempts left waits `delay` x 2^(attempt-1) s, jittered."""
+        """Record results and failures of one worker, atomically and idempotently per
+        item, in calls of about BATCH_BYTES at most; a retryable failure with attempts left
+        waits `delay` x 2^(attempt-1) s, jittered."""
         k = self.keys[job]
-        args: list[Any] = [retries, delay * 1000]
+        keys = [k.done, k.results, k.failures, k.counts, k.claims(wid), k.attempts, k.history, k.delayed]
+        keys += [k.meta, k.finished]
         sign = self.signer.sign
+        args: list[Any] = []
+        size = 0
         for o in outcomes:
             payload = sign(job, o.index, RESULT if o.kind == "1" else FAILURE, o.payload)
+            if args and size + len(payload) > BATCH_BYTES:
+                self._record(keys=keys, args=[retries, delay * 1000, *args])
+                args, size = [], 0
             args += (o.index, o.kind, payload, random.uniform(0.75, 1.25), o.line)
-        if len(args) > 2:
-            keys = [k.done, k.results, k.failures, k.counts, k.claims(wid), k.attempts, k.history, k.delayed]
-            self._record(keys=[*keys, k.meta, k.finished], args=args)
+            size += len(payload)
+        if args:
+            self._record(keys=keys, args=[retries, delay * 1000, *args])
 
     def requeue(self, job: str, wid: str) -> int:
         """Give a stopped worker's unfinished items back to the queue; how many went back."""

@@ -23,8 +23,24 @@ def _patch() -> None:
     import eventlet
 
     eventlet.monkey_patch()
+    _linear_sendall()
     if os.environ["EVENTLET_NO_GREENDNS"] == "yes":
         _green_resolver()
+
+
+def _linear_sendall() -> None:
+    """eventlet's green sendall sends ``data[sent:]`` after each partial send, a copy of
+    the rest every time: quadratic in the size of one buffer, and a batch of large results
+    is one buffer (100 MB: 15 s instead of 0.03 s). Sending views of it is linear."""
+    from eventlet.greenio.base import GreenSocket
+
+    def sendall(self: GreenSocket, data: bytes, flags: int = 0) -> None:
+        view = memoryview(data).cast("B")
+        sent = self.send(view, flags)
+        while sent < len(view):
+            sent += self.send(view[sent:], flags)
+
+    GreenSocket.sendall = sendall
 
 
 def _green_resolver() -> None:

@@ -1,0 +1,82 @@
+"""Large results: pmap against ProcessPoolExecutor(2).map in the same run, for results
+of 1 MB and 20 MB (incompressible bytes, as a fetched image or archive would be); and 300
+pages of 1 MB of text that all arrive after 0.5 s (so they end together and are recorded
+in large batches), against ThreadPoolExecutor(300). Best of `--repeat`, as ratios to the
+executor; prints a table.
+
+    .venv/bin/python benchmarks/bench_payloads.py [--repeat 3]
+
+Uses a throwaway server (the one nbtasks would start) on a unix socket; workers are warm
+after a first untimed call, as in a notebook's second cell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
+import nbtasks
+from nbtasks.pool import warm
+from nbtasks.server import TemporaryServer
+
+WORKLOADS = [(300, 1 << 20), (5, 20 << 20)]  # (items, bytes per result)
+
+
+def payload(size: int) -> bytes:
+    return os.urandom(size)
+
+
+def page(i: int) -> str:
+    time.sleep(0.5)  # the server's answer (green in nbtasks' workers)
+    return f"<p>item {i}</p>" * (1 << 16)  # about 1 MB of text
+
+
+def best(fn: Callable[[], object], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    rows = []
+    with TemporaryServer() as url, ProcessPoolExecutor(2) as pool:
+        nbtasks.configure(redis_url=url, processes=2, warm=60)
+        for n, size in WORKLOADS:
+            sizes = [size] * n
+            label = f"{n} x {size >> 20} MB"
+
+            def executor(sizes: list[int] = sizes) -> None:
+                assert sum(map(len, pool.map(payload, sizes))) == sum(sizes)
+
+            def pmap(sizes: list[int] = sizes) -> None:
+                out = nbtasks.pmap(payload, sizes, fresh=True, progress=False)
+                assert sum(map(len, out)) == sum(sizes)
+
+            executor()
+            pmap()  # warm workers, as in a notebook's second call
+            reference = best(executor, args.repeat)
+            rows.append((label, "ProcessPoolExecutor(2).map", reference, 1.0))
+            seconds = best(pmap, args.repeat)
+            rows.append((label, "nbtasks.pmap, warm workers", seconds, seconds / reference))
+        with ThreadPoolExecutor(300) as threads:
+            reference = best(lambda: list(threads.map(page, range(300))), args.repeat)
+        rows.append(("300 pages", "ThreadPoolExecutor(300).map", reference, 1.0))
+        seconds = best(lambda: nbtasks.pmap(page, range(300), fresh=True, progress=False), args.repeat)
+        rows.append(("300 pages", "nbtasks.pmap, warm workers", seconds, seconds / reference))
+        warm.close_all()
+    print(f"{'workload':14} {'tool':28} {'wall s':>8} {'x ref':>7}")
+    for label, tool, seconds, ratio in rows:
+        print(f"{label:14} {tool:28} {seconds:8.2f} {ratio:7.2f}")
+
+
+if __name__ == "__main__":
+    main()
