@@ -21,6 +21,7 @@ _EXPORTS = {
     "status": "api",
     "Job": "job",
     "reset": "job",
+    "prune": "job",
     "JobStatus": "job_status",
     "configure": "config",
     "Settings": "config",
@@ -71,7 +72,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors (they do not 
         UnknownJob as UnknownJob,
         WorkerError as WorkerError,
     )
-    from .job import Job as Job, reset as reset
+    from .job import Job as Job, prune as prune, reset as reset
     from .job_status import JobStatus as JobStatus
     from .output import Output as Output, OutputLine as OutputLine, logger as logger
     from .script import main as main, set_func as set_func, set_redis as set_redis

@@ -52,6 +52,10 @@ def parser() -> argparse.ArgumentParser:
     reset = command("reset", "delete a job, its inputs and its results (stopping it first)")
     reset.add_argument("name", metavar="NAME")
     reset.add_argument("--yes", action="store_true", help="do not ask first")
+    prune = command("prune", "delete the jobs not called or run for a while (never one that runs)")
+    prune.add_argument("--older-than", required=True, metavar="AGE", help='e.g. "7d", "12h", "30m" or seconds')
+    prune.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
+    prune.add_argument("--yes", action="store_true", help="do not ask first")
     worker = command("worker", "lend this machine's processes to the jobs that callers run")
     worker.add_argument("--processes", type=int, help="worker processes (default: NBTASKS_PROCESSES, else CPUs)")
     worker.add_argument("--concurrency", type=int, help="green threads per process (default 200)")
@@ -116,11 +120,36 @@ def _jobs_command(args: Any) -> int:
         reset(args.name, redis=store)
         print(f"{args.name}: deleted.")
         return 0
+    if args.command == "prune":
+        return _prune(store, args.older_than, args.dry_run, args.yes)
     from .worker.command import Service
 
     processes = args.processes if args.processes is not None else cfg.processes
     concurrency = args.concurrency if args.concurrency is not None else cfg.concurrency
     return Service(store, max(1, processes), concurrency, args.job, args.heartbeat).serve()
+
+
+def _prune(store: Any, older_than: str, dry_run: bool, yes: bool) -> int:
+    """List the jobs idle for `older_than`, then (asked, or --yes) delete them."""
+    from .job import prune
+    from .job_status import count, duration, size_text
+
+    found = prune(older_than, dry_run=True, redis=store)
+    if not found:
+        print(f"No job has gone unused for {older_than}.")
+        return 0
+    for p in found:
+        print(f"{p.name}\tunused for {duration(p.idle)}\t{size_text(p.size)}")
+    total = size_text(sum(p.size for p in found))
+    if dry_run:
+        print(f"Would delete {count(len(found), 'job')}, freeing about {total}.")
+        return 0
+    if not yes and not confirm(f"Delete {count(len(found), 'job')} ({total})?"):
+        print("Nothing deleted.", file=sys.stderr)
+        return EXIT_FAILED
+    gone = prune(older_than, redis=store)  # (a job that began running meanwhile is kept)
+    print(f"Deleted {count(len(gone), 'job')}, freeing about {size_text(sum(p.size for p in gone))}.")
+    return 0
 
 
 def _status(store: Any, name: str | None, watch: bool, width: int) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,3 +92,20 @@ def configure(**changes: Any) -> Settings:
         raise ConfigError(f"configure() got unknown settings: {', '.join(sorted(unknown))}.")
     _current = settings().replace(**changes)
     return _current
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?\s*$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(value: str | float) -> float:
+    """ "7d", "12h", "30m", "90s", "2w" (or a number of seconds) -> seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.match(value)):
+        seconds = float(match.group(1)) * _UNIT[match.group(2) or "s"]
+    else:
+        raise ConfigError(f'A duration is a number of seconds or a string like "7d", "12h", "30m", not {value!r}.')
+    if seconds < 0:
+        raise ConfigError(f"A duration cannot be negative, not {value!r}.")
+    return seconds

@@ -1,5 +1,6 @@
 """`Job`: a handle on a job in the store, from any process: follow it, wait for it,
-cancel it, retry it, delete it (`reset`); and what its dashboard row's buttons do."""
+cancel it, retry it, delete it (`reset`); deleting the jobs nobody uses (`prune`); and what
+its dashboard row's buttons do."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import atexit
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import interrupt
-from .config import Settings, settings
+from .config import Settings, parse_duration, settings
 from .define import JobSpec
 from .errors import Failure, JobCancelled, NbtasksError, UnknownJob
 from .gather import gather, load_failures
@@ -233,6 +235,36 @@ def reset(name: str, *, redis: str | redis.Redis | Store | None = None) -> None:
                 raise NbtasksError(f"Job {name!r} did not stop within 30 s; try again.")
             time.sleep(0.05)
     handle._store.delete(name)
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """A job that `prune` deleted (or, in a dry run, would delete)."""
+
+    name: str
+    idle: float  # seconds since it was last called or run
+    size: int  # bytes of the server's memory it took
+
+
+def prune(
+    older_than: str | float, *, dry_run: bool = False, redis: str | redis.Redis | Store | None = None
+) -> list[Pruned]:
+    """Delete every job not called or run for `older_than` ("7d", "12h", "30m", or
+    seconds) that no caller runs now, with everything stored for it: what a store full of
+    forgotten jobs needs. Returns the jobs deleted, oldest first (with ``dry_run=True``,
+    those it would delete, deleting nothing). A job that starts running meanwhile is kept."""
+    seconds = parse_duration(older_than)
+    store = connect(redis if redis is not None else settings().redis_url)
+    names = store.job_names()
+    now = time.time()
+    out = []
+    for name, (record, _, owned) in zip(names, store.snapshot(names), strict=True):
+        if record is None or owned or record.last_used is None or now - record.last_used < seconds:
+            continue
+        size = store.size(name)
+        if dry_run or store.delete_if_idle(name):
+            out.append(Pruned(name, now - record.last_used, size))
+    return sorted(out, key=lambda p: -p.idle)
 
 
 def dashboard(store: Store, names: Sequence[str] | None = None, interval: float = 1.0) -> Dashboard:

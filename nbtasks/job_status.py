@@ -170,6 +170,14 @@ def count(n: int, noun: str) -> str:
     return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
 
 
+def size_text(size: int) -> str:
+    """Bytes for a person: "512 B", "3.4 MB", "1.2 GB"."""
+    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("kB", 1 << 10)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"
+
+
 def duration(seconds: float) -> str:
     seconds = max(0.0, seconds)
     if seconds < 60:

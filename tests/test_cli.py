@@ -27,7 +27,8 @@ def nbt(
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["status"], ["jobs"], ["failures"], ["logs"], ["reset"], ["worker"], ["server"], ["demo"]]
+    "command",
+    [[], ["status"], ["jobs"], ["failures"], ["logs"], ["reset"], ["prune"], ["worker"], ["server"], ["demo"]],
 )
 def test_every_command_has_help_with_the_exit_codes(command: list[str]) -> None:
     out = nbt(*command, "--help")

@@ -187,3 +187,53 @@ def test_dashboard_refreshes_by_itself_while_jobs_run_then_stops(r: redis.Redis,
 def test_background_with_no_inputs_is_still_a_job(r: redis.Redis) -> None:
     job = nbtasks.pmap(abs, [], background=True, progress=False)
     assert isinstance(job, nbtasks.Job) and job.done() and job.result() == []
+
+
+def _age(r: redis.Redis, job: str, days: float) -> None:
+    """Make a job look last called and run `days` ago (its times, as the store keeps them)."""
+    then = time.time() - days * 86400
+    r.hset(JobKeys(job).meta, mapping={f: then for f in ("created", "started", "ended", "used")})
+
+
+def test_prune_deletes_jobs_unused_for_long_and_never_one_that_runs(r: redis.Redis, redis_server) -> None:
+    for name in ("old", "recent", "old-running"):
+        assert nbtasks.pmap(abs, range(-50, 0), name=name, progress=False) == list(range(50, 0, -1))
+    _age(r, "old", 10)
+    _age(r, "old-running", 10)
+    running = nbtasks.pmap(slow, range(400), name="old-running", background=True, concurrency=2, progress=False)
+    _age(r, "old-running", 10)  # (its run began now: old as it looks, it runs)
+
+    would = nbtasks.prune("7d", dry_run=True)
+    assert [p.name for p in would] == ["old"] and would[0].idle > 9 * 86400 and would[0].size > 1000
+    assert {s.name for s in nbtasks.jobs()} == {"old", "recent", "old-running"}, "a dry run deletes nothing"
+
+    gone = nbtasks.prune("7d")
+    assert [(p.name, p.size) for p in gone] == [("old", would[0].size)]
+    assert not list(r.scan_iter("nbtasks:{old}:*")) and b"old" not in r.smembers(REGISTRY)
+    assert {s.name for s in nbtasks.jobs()} == {"recent", "old-running"}
+    running.cancel()  # stopped now: used just now, so kept
+    assert nbtasks.prune("7d") == [] and {s.name for s in nbtasks.jobs()} == {"recent", "old-running"}
+
+
+def test_a_call_on_an_old_finished_job_makes_it_recent_again(r: redis.Redis) -> None:
+    assert nbtasks.pmap(abs, range(-5, 0), name="revisited", progress=False) == [5, 4, 3, 2, 1]
+    _age(r, "revisited", 10)
+    assert nbtasks.pmap(abs, range(-5, 0), name="revisited", progress=False) == [5, 4, 3, 2, 1]  # nothing runs
+    assert nbtasks.prune("7d") == [] and [s.name for s in nbtasks.jobs()] == ["revisited"]
+
+
+def test_the_prune_command_says_what_it_frees_and_asks_first(r: redis.Redis, redis_server) -> None:
+    from .test_cli import nbt
+
+    assert nbtasks.pmap(abs, range(-50, 0), name="forgotten", progress=False) == list(range(50, 0, -1))
+    _age(r, "forgotten", 3)
+    dry = nbt("prune", "--older-than", "2d", "--dry-run", url=redis_server.url)
+    assert (
+        dry.returncode == 0 and dry.stdout.startswith("forgotten\tunused for 3d") and "Would delete 1 job" in dry.stdout
+    )
+    asked = nbt("prune", "--older-than", "2d", url=redis_server.url, stdin="")
+    assert asked.returncode == 1 and "Nothing deleted." in asked.stderr  # no terminal to ask: no
+    done = nbt("prune", "--older-than", "2d", "--yes", url=redis_server.url)
+    assert done.returncode == 0 and "Deleted 1 job, freeing about" in done.stdout, done.stderr
+    assert nbtasks.jobs() == []
+    assert "No job has gone unused for 2d." in nbt("prune", "--older-than", "2d", url=redis_server.url).stdout

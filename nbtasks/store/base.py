@@ -46,6 +46,7 @@ class StoreBase:
         self._add = self.client.register_script(lua.ADD)
         self._read_buckets = self.client.register_script(lua.READ_BUCKETS)
         self._set_counts = self.client.register_script(lua.SET_COUNTS)
+        self._drop_idle = self.client.register_script(lua.DROP_IDLE)
 
     def check(self, loading_wait: float = 60.0, restart_wait: float = 3.0) -> None:
         """Raise RedisUnavailable, saying what to do, unless the server answers. A server

@@ -156,7 +156,7 @@ class JobOps(StoreBase):
     def define(self, job: str, meta: dict[str, Any], func: bytes | None) -> None:
         k = self.keys[job]
         pipe = self.client.pipeline(transaction=True)
-        pipe.hset(k.meta, mapping={"format": FORMAT, **meta})
+        pipe.hset(k.meta, mapping={"format": FORMAT, **meta, "used": time.time()})
         pipe.hsetnx(k.meta, "created", time.time())
         pipe.hsetnx(k.meta, "epoch", uuid.uuid4().hex)  # tells this job from one stored again
         if func is not None:
@@ -184,12 +184,29 @@ class JobOps(StoreBase):
         blob: bytes | None = self.client.get(self.keys[job].func)
         return self.signer.open(job, -1, FUNCTION, blob) if blob is not None else None
 
-    def delete(self, job: str) -> None:
+    def _every_key(self, job: str) -> list[str]:
         k = self.keys[job]
         level, split = self.client.hmget(k.meta, "ix_level", "ix_split")
         buckets = 2 ** int(level or 0) + int(split or 0)
-        self.client.delete(*k.all(self.client.smembers(k.workers), buckets))
+        return k.all(self.client.smembers(k.workers), buckets)
+
+    def delete(self, job: str) -> None:
+        self.client.delete(*self._every_key(job))
         self.client.srem(REGISTRY, job)
+
+    def delete_if_idle(self, job: str) -> bool:
+        """Delete the job unless a caller runs it now (one atomic step); whether it went."""
+        if not self._drop_idle(keys=[self.keys[job].owner, *self._every_key(job)]):
+            return False
+        self.client.srem(REGISTRY, job)
+        return True
+
+    def size(self, job: str) -> int:
+        """Bytes of the server's memory the job's keys take (MEMORY USAGE, summed)."""
+        pipe = self.client.pipeline(transaction=False)
+        for key in self._every_key(job):
+            pipe.memory_usage(key)
+        return sum(int(used or 0) for used in pipe.execute())
 
     def snapshot(self, jobs: list[str]) -> list[tuple[JobRecord | None, list[int], bool]]:
         """Per job, in one round trip for all: its meta, its counters (done, failed,

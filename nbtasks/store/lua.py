@@ -316,6 +316,17 @@ end
 return 0
 """
 
+# KEYS owner, then every key of the job
+# Delete the job unless a caller runs it: checked and done in one step, so that a run that
+# begins meanwhile keeps its job. (DEL in slices: unpack has a limit on its arguments.)
+DROP_IDLE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+for i = 2, #KEYS, 1000 do
+  redis.call('DEL', unpack(KEYS, i, math.min(i + 999, #KEYS)))
+end
+return 1
+"""
+
 # KEYS meta   ARGV end
 # Appended inputs up to index `end` are stored: raise the total to cover them (appends
 # may finish out of order) and mark the job ready.

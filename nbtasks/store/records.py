@@ -16,6 +16,7 @@ become numbers, flags and the policy. Its field names:
     logging       the caller's logging configuration (JSON), applied in workers
     epoch         tells this incarnation of the job from one stored again
     created, started, ended      times (seconds since the epoch)
+    used                         when a call last stored the job's definition (any pmap or add)
     done_at_start                results recorded when the current run began
     workers                      live workers of the current run, as its caller counts them
 """
@@ -80,8 +81,15 @@ class JobRecord:
     created: float | None = None
     started: float | None = None
     ended: float | None = None
+    used: float | None = None
     done_at_start: int | None = None
     workers: int = 0
+
+    @property
+    def last_used(self) -> float | None:
+        """When the job was last called or run (seconds since the epoch), if known."""
+        times = [t for t in (self.created, self.started, self.ended, self.used) if t is not None]
+        return max(times) if times else None
 
     @property
     def appendable(self) -> bool:
@@ -115,6 +123,7 @@ class JobRecord:
             created=number("created"),
             started=number("started"),
             ended=number("ended"),
+            used=number("used"),
             done_at_start=int(done_at_start) if done_at_start else None,
             workers=int(meta.get("workers") or 0),
         )
