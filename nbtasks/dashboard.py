@@ -15,7 +15,7 @@ import ipywidgets as w
 from IPython.display import display
 
 from .errors import Failure, RedisUnavailable
-from .job_status import JobStatus, duration, snapshots, table
+from .job_status import JobStatus, duration, size_text, snapshots, table
 from .store import Store
 
 
@@ -65,7 +65,8 @@ class JobRow:
         rate = f"{s.rate:,.1f}/s" if s.rate else "-"
         self.numbers.value = (
             f"<b>{s.state}</b>: {s.done}/{s.total} done, {s.failed} failed, {s.retrying} retrying, "
-            f"{s.pending} pending, {s.running} running; {s.workers} workers, {rate}{eta}; age {duration(s.age)}"
+            f"{s.pending} pending, {s.running} running; {s.workers} workers, {rate}{eta}; "
+            f"age {duration(s.age)}, {size_text(s.size)} stored"
         )
         self.cancel.disabled = s.state != "running"
         self.retry.disabled = s.state == "running" or s.done == s.total

@@ -30,6 +30,7 @@ class JobStatus:
     rate: float  # results per second over the run under way (0 when none is)
     created: float
     taken_at: float
+    size: int = 0  # about how many bytes of the server's memory it takes
 
     @property
     def pending(self) -> int:
@@ -58,7 +59,9 @@ def snapshots(store: Store, names: Sequence[str] | None = None) -> list[JobStatu
     names = list(names) if names is not None else store.job_names()
     now = time.time()
     out = []
-    for record, (done, failed, running, retrying), owned in store.snapshot(names):
+    found = store.snapshot(names)
+    sizes = iter(store.sizes([record for record, _, _ in found if record is not None]))
+    for record, (done, failed, running, retrying), owned in found:
         if record is None:
             continue  # deleted meanwhile
         total = record.total
@@ -80,7 +83,21 @@ def snapshots(store: Store, names: Sequence[str] | None = None) -> list[JobStatu
         created = record.created if record.created is not None else now
         function = record.function or "?"
         out.append(
-            JobStatus(record.name, function, total, done, failed, running, retrying, state, workers, rate, created, now)
+            JobStatus(
+                record.name,
+                function,
+                total,
+                done,
+                failed,
+                running,
+                retrying,
+                state,
+                workers,
+                rate,
+                created,
+                now,
+                next(sizes),
+            )
         )
     return out
 
@@ -96,6 +113,7 @@ HEADER = (
     "workers",
     "rate",
     "ETA",
+    "stored",
     "age",
     "state",
 )
@@ -114,13 +132,14 @@ def row(s: JobStatus) -> tuple[str, ...]:
         str(s.workers),
         f"{s.rate:,.1f}/s" if s.rate else "-",
         duration(s.eta) if s.eta is not None else "-",
+        size_text(s.size),
         duration(s.age),
         s.state,
     )
 
 
 # Dropped in this order when the table is wider than the terminal.
-OPTIONAL = ("function", "age", "workers", "retrying", "ETA", "rate", "running", "pending")
+OPTIONAL = ("function", "age", "stored", "workers", "retrying", "ETA", "rate", "running", "pending")
 
 
 def table(items: Sequence[JobStatus], width: int | None = None) -> str:

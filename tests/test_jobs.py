@@ -113,7 +113,10 @@ def test_status_table_detail_jobs_and_reset(r: redis.Redis, capsys: pytest.Captu
 
     nbtasks.status()
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == "job function done failed retrying pending running workers rate ETA age state".split()
+    assert (
+        lines[0].split()
+        == "job function done failed retrying pending running workers rate ETA stored age state".split()
+    )
     assert lines[1].split()[:5] == ["fine", "abs", "10/10", "100%", "0"] and lines[1].split()[-1] == "finished"
     assert lines[2].split()[:5] == ["flaky", "flaky", "18/20", "90%", "2"] and lines[2].split()[-1] == "failed"
 
@@ -237,3 +240,18 @@ def test_the_prune_command_says_what_it_frees_and_asks_first(r: redis.Redis, red
     assert done.returncode == 0 and "Deleted 1 job, freeing about" in done.stdout, done.stderr
     assert nbtasks.jobs() == []
     assert "No job has gone unused for 2d." in nbt("prune", "--older-than", "2d", url=redis_server.url).stdout
+
+
+def hundred_kb(x: int) -> str:
+    return f"{x:>8}" * 12_500
+
+
+def test_each_job_shows_what_it_takes_of_the_servers_memory(r: redis.Redis, capsys: pytest.CaptureFixture[str]) -> None:
+    nbtasks.pmap(abs, range(-5, 5), name="small", progress=False)
+    nbtasks.pmap(hundred_kb, range(40), name="pages", progress=False)  # 4 MB of results
+    sizes = {s.name: s.size for s in nbtasks.jobs()}
+    assert 0 < sizes["small"] < 100_000 and sizes["pages"] > 4_000_000, sizes
+    capsys.readouterr()
+    nbtasks.status()
+    pages = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("pages"))
+    assert " MB " in pages, pages  # the "stored" column

@@ -201,6 +201,19 @@ class JobOps(StoreBase):
         self.client.srem(REGISTRY, job)
         return True
 
+    def sizes(self, records: list[JobRecord]) -> list[int]:
+        """About how many bytes of the server's memory each job takes, in one round trip
+        for all (its keys but those of single workers, which are small)."""
+        pipe = self.client.pipeline(transaction=False)
+        counts = []
+        for record in records:
+            keys = self.keys[record.name].all([], record.index_buckets)
+            for key in keys:
+                pipe.memory_usage(key)
+            counts.append(len(keys))
+        used = iter(pipe.execute() if records else [])
+        return [sum(int(next(used) or 0) for _ in range(n)) for n in counts]
+
     def size(self, job: str) -> int:
         """Bytes of the server's memory the job's keys take (MEMORY USAGE, summed)."""
         pipe = self.client.pipeline(transaction=False)

@@ -82,6 +82,7 @@ class JobRecord:
     started: float | None = None
     ended: float | None = None
     used: float | None = None
+    index_buckets: int = 0  # how many hashes the index of its inputs is split in (see lua.ADD)
     done_at_start: int | None = None
     workers: int = 0
 
@@ -124,6 +125,7 @@ class JobRecord:
             started=number("started"),
             ended=number("ended"),
             used=number("used"),
+            index_buckets=2 ** int(meta.get("ix_level") or 0) + int(meta.get("ix_split") or 0),
             done_at_start=int(done_at_start) if done_at_start else None,
             workers=int(meta.get("workers") or 0),
         )
