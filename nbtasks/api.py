@@ -13,7 +13,7 @@ from .config import Settings, settings
 from .define import JobSpec
 from .errors import ConfigError, Failure, NotPicklableError
 from .gather import MissingResults, gather, load_failures
-from .job import Job, dashboard
+from .job import Job, dashboard, expire_once
 from .job_status import JobStatus, detail, snapshots, table
 from .policy import Policy, parse_rate
 from .pool.processes import remove_leftovers
@@ -42,6 +42,7 @@ class Options(TypedDict, total=False):
     timeout: float | None
     rate: str | float | None
     backend: str | None
+    keep: str | float | None
     redis: str | redis.Redis | None
 
 
@@ -96,6 +97,7 @@ def pmap(
     rate: str | float | None = None,
     errors: str = "raise",
     backend: str | None = None,
+    keep: str | float | None = None,
     redis: str | redis.Redis | None = None,
 ) -> Any:
     """Equivalent of ``list(map(func, iterable))``, run in parallel and resumable.
@@ -138,6 +140,10 @@ def pmap(
             libraries eventlet cannot patch) or ``"asyncio"`` (the default, and the only
             choice, for ``async def`` functions). `concurrency` items are in flight per
             process on each.
+        keep: how long the job is kept once nobody calls or runs it, e.g. ``"30d"``
+            (default: ``configure(keep=...)``, else ``NBTASKS_KEEP``, else ``"forever"``:
+            until deleted). Expired jobs are deleted by ``nbtasks.prune()`` and by the
+            first call of each process; a job in use never expires.
         redis: a URL or a ``redis.Redis`` client; else ``configure(redis_url=...)``,
             else ``NBTASKS_REDIS_URL``, else nbtasks' own server (see `nbtasks.server`).
 
@@ -160,11 +166,12 @@ def pmap(
         ) from None
     if name is not None:
         define.check_name(name)
-    cfg = settings().replace(processes=processes, concurrency=concurrency)
+    cfg = settings().replace(processes=processes, concurrency=concurrency, keep=keep)
     if background and cfg.processes == 0:
         raise ConfigError("background=True needs worker processes: pass processes=1 or more.")
     retry_on = retry_on if isinstance(retry_on, tuple) else (retry_on,)
-    policy = Policy(retries, retry_delay, retry_on, timeout, parse_rate(rate), errors, backends.choose(func, backend))
+    choice = backends.choose(func, backend)
+    policy = Policy(retries, retry_delay, retry_on, timeout, parse_rate(rate), errors, choice, keep=cfg.keep)
     inputs = list(items)
     if not inputs and not background:
         return []  # nothing to run: no server, no workers
@@ -177,6 +184,7 @@ def pmap(
     step = functools.partial(define.define, store, func, dump, ident, inputs, name=name, fresh=fresh, policy=policy)
     spec = ride_out(store, step, cfg.outage_limit)
     del step, inputs  # the store has them; don't hold them through the run
+    expire_once(store)  # (after this call's job is marked used: it never expires itself)
     if background:
         return Job._start(store, spec, cfg, progress)
     return _run_and_gather(store, spec, cfg, func, progress, errors)

@@ -53,7 +53,9 @@ def parser() -> argparse.ArgumentParser:
     reset.add_argument("name", metavar="NAME")
     reset.add_argument("--yes", action="store_true", help="do not ask first")
     prune = command("prune", "delete the jobs not called or run for a while (never one that runs)")
-    prune.add_argument("--older-than", required=True, metavar="AGE", help='e.g. "7d", "12h", "30m" or seconds')
+    prune.add_argument(
+        "--older-than", metavar="AGE", help='e.g. "7d", "12h", "30m" or seconds (default: each job\'s own keep=)'
+    )
     prune.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
     prune.add_argument("--yes", action="store_true", help="do not ask first")
     worker = command("worker", "lend this machine's processes to the jobs that callers run")
@@ -129,14 +131,15 @@ def _jobs_command(args: Any) -> int:
     return Service(store, max(1, processes), concurrency, args.job, args.heartbeat).serve()
 
 
-def _prune(store: Any, older_than: str, dry_run: bool, yes: bool) -> int:
-    """List the jobs idle for `older_than`, then (asked, or --yes) delete them."""
+def _prune(store: Any, older_than: str | None, dry_run: bool, yes: bool) -> int:
+    """List the jobs idle for `older_than` (or past their own keep=), then (asked, or
+    --yes) delete them."""
     from .job import prune
     from .job_status import count, duration, size_text
 
     found = prune(older_than, dry_run=True, redis=store)
     if not found:
-        print(f"No job has gone unused for {older_than}.")
+        print(f"No job has gone unused for {older_than}." if older_than else "No job has outlived its keep=.")
         return 0
     for p in found:
         print(f"{p.name}\tunused for {duration(p.idle)}\t{size_text(p.size)}")

@@ -22,6 +22,8 @@ class Settings:
     concurrency: green threads per worker process (1 for CPU-bound work).
     warm:        seconds worker processes wait for the next call once a run is complete
                  (0: they leave at once), so repeated calls start without a new process.
+    keep:        how long a job is kept once nobody calls or runs it ("30d", "12h",
+                 seconds); None or "forever" (the default): until deleted (see `prune`).
     """
 
     redis_url: str | None = None
@@ -34,8 +36,10 @@ class Settings:
     heartbeat_ttl: float = 6.0
     # How long a run waits for an unreachable Redis to come back (seconds).
     outage_limit: float = 300.0
+    keep: float | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "keep", parse_keep(self.keep))  # "30d" -> seconds
         if self.processes < 0:
             raise ConfigError(f"processes must be 0 (inline) or more, not {self.processes}.")
         if self.concurrency < 1:
@@ -47,7 +51,8 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> Settings:
-        """Settings from NBTASKS_REDIS_URL, NBTASKS_PROCESSES, NBTASKS_CONCURRENCY and NBTASKS_WARM."""
+        """Settings from NBTASKS_REDIS_URL, NBTASKS_PROCESSES, NBTASKS_CONCURRENCY, NBTASKS_WARM
+        and NBTASKS_KEEP."""
         values: dict[str, object] = {}
         if url := os.environ.get("NBTASKS_REDIS_URL"):
             values["redis_url"] = url
@@ -58,6 +63,8 @@ class Settings:
                     values[field] = int(raw)
                 except ValueError:
                     raise ConfigError(f"NBTASKS_{field.upper()} must be a whole number, not {raw!r}.") from None
+        if raw := os.environ.get("NBTASKS_KEEP"):
+            values["keep"] = raw
         if raw := os.environ.get("NBTASKS_WARM"):
             try:
                 values["warm"] = float(raw)
@@ -108,4 +115,17 @@ def parse_duration(value: str | float) -> float:
         raise ConfigError(f'A duration is a number of seconds or a string like "7d", "12h", "30m", not {value!r}.')
     if seconds < 0:
         raise ConfigError(f"A duration cannot be negative, not {value!r}.")
+    return seconds
+
+
+def parse_keep(value: object) -> float | None:
+    """A job's lifetime once unused: None (or "forever") to keep it until deleted, else
+    a positive duration (see `parse_duration`)."""
+    if value is None or value == "forever":
+        return None
+    if not isinstance(value, str | int | float) or isinstance(value, bool):
+        raise ConfigError(f'keep= takes a duration like "30d" or "forever", not {value!r}.')
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ConfigError(f'keep= must be a positive duration like "30d" (or "forever"), not {value!r}.')
     return seconds

@@ -247,24 +247,44 @@ class Pruned:
 
 
 def prune(
-    older_than: str | float, *, dry_run: bool = False, redis: str | redis.Redis | Store | None = None
+    older_than: str | float | None = None,
+    *,
+    dry_run: bool = False,
+    redis: str | redis.Redis | Store | None = None,
 ) -> list[Pruned]:
     """Delete every job not called or run for `older_than` ("7d", "12h", "30m", or
-    seconds) that no caller runs now, with everything stored for it: what a store full of
-    forgotten jobs needs. Returns the jobs deleted, oldest first (with ``dry_run=True``,
-    those it would delete, deleting nothing). A job that starts running meanwhile is kept."""
-    seconds = parse_duration(older_than)
+    seconds; by default each job's own ``keep=``, and never one kept "forever") that no
+    caller runs now, with everything stored for it: what a store full of forgotten jobs
+    needs. Returns the jobs deleted, oldest first (with ``dry_run=True``, those it would
+    delete, deleting nothing). A job that starts running meanwhile is kept."""
+    seconds = parse_duration(older_than) if older_than is not None else None
     store = connect(redis if redis is not None else settings().redis_url)
     names = store.job_names()
     now = time.time()
     out = []
     for name, (record, _, owned) in zip(names, store.snapshot(names), strict=True):
-        if record is None or owned or record.last_used is None or now - record.last_used < seconds:
+        if record is None or owned or record.last_used is None:
+            continue
+        limit = seconds if seconds is not None else record.policy.keep
+        if limit is None or now - record.last_used < limit:
             continue
         size = store.size(name)
         if dry_run or store.delete_if_idle(name):
             out.append(Pruned(name, now - record.last_used, size))
     return sorted(out, key=lambda p: -p.idle)
+
+
+_expired: dict[str, float] = {}  # store URL -> when this process last deleted its expired jobs
+EXPIRE_EVERY = 3600.0
+
+
+def expire_once(store: Store) -> None:
+    """Delete the jobs whose own ``keep=`` has run out, at a process's first call on a
+    store (and hourly after that): a store cleans itself without a scheduler."""
+    now = time.monotonic()
+    if now - _expired.get(store.url, -EXPIRE_EVERY) >= EXPIRE_EVERY:
+        _expired[store.url] = now
+        prune(redis=store)
 
 
 def dashboard(store: Store, names: Sequence[str] | None = None, interval: float = 1.0) -> Dashboard:

@@ -39,6 +39,7 @@ class RunPolicy:
     retry_timeouts: bool = True  # whether a timed-out attempt is retried (retry_on covers TimeoutError)
     backend: str = "eventlet"  # or "threads", "asyncio"
     errors: str = "raise"  # or "return"
+    keep: float | None = None  # seconds the job is kept once unused (None: until deleted)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -56,7 +57,8 @@ class RunPolicy:
 class Policy:
     """How a job treats failures and load, as the caller gives it: retries with backoff,
     a timeout per attempt, a shared rate limit, whether failures raise or come back in
-    the list, and which backend runs its items (see `nbtasks.backends`)."""
+    the list, which backend runs its items (see `nbtasks.backends`), and how long the job
+    is kept once unused (seconds, see `config.parse_keep`)."""
 
     retries: int = 0
     retry_delay: float = 1.0
@@ -65,6 +67,7 @@ class Policy:
     rate: float | None = None
     errors: str = "raise"
     backend: str = "eventlet"
+    keep: float | None = None
 
     def __post_init__(self) -> None:
         if self.retries < 0:
@@ -89,4 +92,5 @@ class Policy:
             retry_timeouts=any(issubclass(TimeoutError, t) for t in self.retry_on),
             backend=self.backend,
             errors=self.errors,
+            keep=self.keep,
         )

@@ -130,6 +130,7 @@ def _policy() -> Policy:
         parse_rate(_options.get("rate")),
         "return",
         backends.choose(_func, _options.get("backend")) if _func is not None else "eventlet",
+        keep=settings().keep,
     )
 
 

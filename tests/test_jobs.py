@@ -255,3 +255,30 @@ def test_each_job_shows_what_it_takes_of_the_servers_memory(r: redis.Redis, caps
     nbtasks.status()
     pages = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("pages"))
     assert " MB " in pages, pages  # the "stored" column
+
+
+def test_a_job_given_a_lifetime_is_pruned_once_unused_that_long_and_others_stay(r: redis.Redis) -> None:
+    assert nbtasks.pmap(abs, range(-5, 0), name="brief", keep="1h", progress=False) == [5, 4, 3, 2, 1]
+    assert nbtasks.pmap(abs, range(-5, 0), name="kept", progress=False) == [5, 4, 3, 2, 1]  # forever
+    _age(r, "brief", 2 / 24)
+    _age(r, "kept", 400)
+    assert [p.name for p in nbtasks.prune()] == ["brief"]
+    assert [s.name for s in nbtasks.jobs()] == ["kept"]
+    with pytest.raises(nbtasks.ConfigError, match="keep= must be a positive duration"):
+        nbtasks.pmap(abs, range(3), keep="0s")
+
+
+EXPIRES = """
+import sys, nbtasks
+nbtasks.configure(redis_url=sys.argv[1])
+print(nbtasks.pmap(abs, range(-3, 0), name="today", progress=False))
+"""
+
+
+def test_a_new_process_deletes_jobs_past_their_keep_as_it_makes_its_first_call(r: redis.Redis, redis_server) -> None:
+    nbtasks.configure(keep="1d")  # the default lifetime, as configure(...) or NBTASKS_KEEP gives it
+    assert nbtasks.pmap(abs, range(-5, 0), name="last-week", progress=False) == [5, 4, 3, 2, 1]
+    _age(r, "last-week", 7)
+    done = subprocess.run([sys.executable, "-c", EXPIRES, redis_server.url], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "[3, 2, 1]", done.stderr
+    assert [s.name for s in nbtasks.jobs()] == ["today"]
