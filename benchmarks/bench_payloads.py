@@ -15,8 +15,9 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
+from run import best  # (benchmarks/run.py: best of n timings)
 
 import nbtasks
 from nbtasks.pool import warm
@@ -32,15 +33,6 @@ def payload(size: int) -> bytes:
 def page(i: int) -> str:
     time.sleep(0.5)  # the server's answer (green in nbtasks' workers)
     return f"<p>item {i}</p>" * (1 << 16)  # about 1 MB of text
-
-
-def best(fn: Callable[[], object], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:
