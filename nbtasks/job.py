@@ -20,7 +20,7 @@ from .job_status import JobStatus, snapshots
 from .output import Output
 from .progress import in_notebook
 from .run import Run
-from .store import Store, connect, safe_url
+from .store import JobRecord, Store, connect, safe_url
 
 if TYPE_CHECKING:
     import redis
@@ -113,7 +113,12 @@ class Job:
 
     def done(self) -> bool:
         """True once no run of the job is under way (finished, failed or stopped)."""
-        return not self._running_here() and self.counts().state != "running"
+        if self._running_here():
+            return False
+        found = snapshots(self._store, [self.name], sizes=False)  # (polled: no memory sizes)
+        if not found:
+            raise UnknownJob(f"Job {self.name!r} was deleted.")
+        return found[0].state != "running"
 
     @interrupt.shortened
     def result(self, timeout: float | None = None) -> list[Any]:
@@ -262,15 +267,16 @@ def prune(
     names = store.job_names()
     now = time.time()
     out = []
-    for name, (record, _, owned) in zip(names, store.snapshot(names), strict=True):
+    due: list[JobRecord] = []
+    for record, _, owned in store.snapshot(names):
         if record is None or owned or record.last_used is None:
             continue
         limit = seconds if seconds is not None else record.policy.keep
-        if limit is None or now - record.last_used < limit:
-            continue
-        size = store.size(name)
-        if dry_run or store.delete_if_idle(name):
-            out.append(Pruned(name, now - record.last_used, size))
+        if limit is not None and now - record.last_used >= limit:
+            due.append(record)
+    for record, size in zip(due, store.sizes(due), strict=True):  # (one round trip for all)
+        if dry_run or store.delete_if_idle(record.name):
+            out.append(Pruned(record.name, now - (record.last_used or now), size))
     return sorted(out, key=lambda p: -p.idle)
 
 

@@ -54,13 +54,15 @@ class JobStatus:
         return f"<pre>{html.escape(table([self]))}</pre>"
 
 
-def snapshots(store: Store, names: Sequence[str] | None = None) -> list[JobStatus]:
-    """Snapshots of the named jobs (default: every job in the store), in one round trip."""
+def snapshots(store: Store, names: Sequence[str] | None = None, sizes: bool = True) -> list[JobStatus]:
+    """Snapshots of the named jobs (default: every job in the store), in one round trip,
+    and one more for the memory they take (without `sizes`, their size is 0)."""
     names = list(names) if names is not None else store.job_names()
     now = time.time()
     out = []
     found = store.snapshot(names)
-    sizes = iter(store.sizes([record for record, _, _ in found if record is not None]))
+    records = [record for record, _, _ in found if record is not None]
+    taken = iter(store.sizes(records) if sizes else [0] * len(records))
     for record, (done, failed, running, retrying), owned in found:
         if record is None:
             continue  # deleted meanwhile
@@ -96,7 +98,7 @@ def snapshots(store: Store, names: Sequence[str] | None = None) -> list[JobStatu
                 rate,
                 created,
                 now,
-                next(sizes),
+                next(taken),
             )
         )
     return out

@@ -76,9 +76,9 @@ class Run:
         store.note(spec.name, logging=json.dumps(output.logging_config()))
         cursor = store.output_cursor(spec.name)
         self.counts = store.begin_run(spec.name, self.token, spec.indices, self.ttl)
+        self._epoch = _epoch(store.meta(spec.name))  # (before the bar: a failed start shows none)
         self.bar = Progress(spec.name, self.counts, progress, shared=background)
         self.echo = output.Echo(store, spec.name, echo or self.bar.write, cursor)
-        self._epoch = _epoch(store.meta(spec.name))
         self._outage_since: float | None = None
         self._polls = 0
         self._complete = False

@@ -214,13 +214,6 @@ class JobOps(StoreBase):
         used = iter(pipe.execute() if records else [])
         return [sum(int(next(used) or 0) for _ in range(n)) for n in counts]
 
-    def size(self, job: str) -> int:
-        """Bytes of the server's memory the job's keys take (MEMORY USAGE, summed)."""
-        pipe = self.client.pipeline(transaction=False)
-        for key in self._every_key(job):
-            pipe.memory_usage(key)
-        return sum(int(used or 0) for used in pipe.execute())
-
     def snapshot(self, jobs: list[str]) -> list[tuple[JobRecord | None, list[int], bool]]:
         """Per job, in one round trip for all: its meta, its counters (done, failed,
         running, retrying) and whether a caller runs it now."""
