@@ -13,7 +13,7 @@ from .config import Settings, settings
 from .define import JobSpec
 from .errors import ConfigError, Failure, NotPicklableError
 from .gather import MissingResults, gather, load_failures
-from .job import Job, dashboard, expire_once
+from .job import Job, dashboard, expire_once, say_if_heavy
 from .job_status import JobStatus, detail, snapshots, table
 from .policy import Policy, parse_rate
 from .pool.processes import remove_leftovers
@@ -205,6 +205,7 @@ def _run_and_gather(
     limit = cfg.outage_limit  # Redis restarting meanwhile: each step waits for it, as a run does
     if not spec.finished:
         ride_out(store, lambda: Run(store, spec, cfg, func, progress), limit).follow()
+        say_if_heavy(store, spec.name)
     try:
         return ride_out(store, lambda: gather(store, spec, errors), limit)
     except MissingResults:

@@ -24,6 +24,10 @@ class Settings:
                  (0: they leave at once), so repeated calls start without a new process.
     keep:        how long a job is kept once nobody calls or runs it ("30d", "12h",
                  seconds); None or "forever" (the default): until deleted (see `prune`).
+    blobs:       where large inputs and results are kept instead of Redis's memory: a
+                 folder (shared by every machine that runs workers) or an fsspec URL such
+                 as ``s3://bucket/prefix``; "none" keeps them in Redis. Default: a folder
+                 beside nbtasks' own server, and Redis for a server you configured.
     """
 
     redis_url: str | None = None
@@ -37,9 +41,16 @@ class Settings:
     # How long a run waits for an unreachable Redis to come back (seconds).
     outage_limit: float = 300.0
     keep: float | None = None
+    blobs: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keep", parse_keep(self.keep))  # "30d" -> seconds
+        if self.blobs is not None and not isinstance(self.blobs, str):
+            raise ConfigError(f"blobs= takes a folder path or a URL such as s3://bucket/prefix, not {self.blobs!r}.")
+        if self.blobs and self.blobs != "none" and "://" not in self.blobs and not os.path.isabs(self.blobs):
+            raise ConfigError(
+                f"blobs={self.blobs!r}: give an absolute folder path, or a URL such as s3://bucket/prefix."
+            )
         if self.processes < 0:
             raise ConfigError(f"processes must be 0 (inline) or more, not {self.processes}.")
         if self.concurrency < 1:
@@ -51,8 +62,8 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> Settings:
-        """Settings from NBTASKS_REDIS_URL, NBTASKS_PROCESSES, NBTASKS_CONCURRENCY, NBTASKS_WARM
-        and NBTASKS_KEEP."""
+        """Settings from NBTASKS_REDIS_URL, NBTASKS_PROCESSES, NBTASKS_CONCURRENCY, NBTASKS_WARM,
+        NBTASKS_KEEP and NBTASKS_BLOBS."""
         values: dict[str, object] = {}
         if url := os.environ.get("NBTASKS_REDIS_URL"):
             values["redis_url"] = url
@@ -65,6 +76,8 @@ class Settings:
                     raise ConfigError(f"NBTASKS_{field.upper()} must be a whole number, not {raw!r}.") from None
         if raw := os.environ.get("NBTASKS_KEEP"):
             values["keep"] = raw
+        if raw := os.environ.get("NBTASKS_BLOBS"):
+            values["blobs"] = os.path.expanduser(raw)
         if raw := os.environ.get("NBTASKS_WARM"):
             try:
                 values["warm"] = float(raw)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
-from . import codec, identity
+from . import blobs, codec, identity
 from .errors import ConfigError, JobMismatchError
 from .identity import Identity
 from .policy import Policy, RunPolicy
@@ -252,6 +252,7 @@ def _store_function(
         python=python,
         policy=stored,
         inputs=inputs,
+        blobs=blobs.place_for(store.url),
     )
     store.define(name, fields, func_payload)
     return stored

@@ -13,6 +13,7 @@ NbtasksError
 ├── JobLost              Redis came back without the job's data
 ├── UnknownJob           no job of that name in the store
 ├── PayloadRejected      a stored payload failed its signature check: never unpickled
+│   └── PayloadLost      a payload kept outside Redis is missing or altered: its item runs again
 └── TaskError            some tasks raised; carries every Failure
 
 SecurityWarning          a Redis reachable from other hosts, and no secret set
@@ -101,6 +102,17 @@ class PayloadRejected(NbtasksError):
             f"Refused a payload of job '{job}' ({what}): {why}. It was not unpickled. If nobody else "
             "writes to this Redis, check that every machine has the same NBTASKS_SECRET."
         )
+
+
+class PayloadLost(PayloadRejected):
+    """A payload kept outside Redis (see `configure(blobs=...)`) is missing or is not the
+    one recorded: deleted or altered behind nbtasks' back. It was not unpickled; a lost
+    result is forgotten, so that its item runs again on the next call."""
+
+    def __init__(self, job: str, index: int, where: str, why: str, then: str = "") -> None:
+        self.job, self.index, self.where = job, index, where
+        then = then or "Its item runs again on the next call of the same pmap."
+        NbtasksError.__init__(self, f"Job '{job}' (item {index}): its payload in {where} {why}; not unpickled. {then}")
 
 
 class SecurityWarning(UserWarning):

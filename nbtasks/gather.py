@@ -8,7 +8,7 @@ from typing import Any
 
 from . import codec, trust
 from .define import JobSpec, current_positions
-from .errors import Failure, NbtasksError, PayloadRejected, TaskError
+from .errors import Failure, NbtasksError, PayloadLost, PayloadRejected, TaskError
 from .store import Store
 
 
@@ -19,10 +19,14 @@ def gather(store: Store, spec: JobSpec, errors: str = "raise") -> list[Any]:
     if failures and errors == "raise":
         raise TaskError(spec.name, len(spec.positions), sorted(failures.values(), key=lambda f: f.index))
     results = []
+    lost: dict[int, PayloadLost] = {}
     payloads = store.results(spec.name, spec.positions)
     for position, (index, payload) in enumerate(zip(spec.positions, payloads, strict=True)):
         if index in failures:
             results.append(failures[index])
+            continue
+        if isinstance(payload, PayloadLost):
+            lost.setdefault(index, payload)
             continue
         if payload is None:
             if spec.list_digest:
@@ -38,7 +42,21 @@ def gather(store: Store, spec: JobSpec, errors: str = "raise") -> list[Any]:
             if payload.startswith(trust.MAGIC):  # signed, and this process has no secret
                 raise PayloadRejected(spec.name, index, "it is signed and no secret is set here") from None
             raise
+    if lost:
+        _forget(store, spec, lost)
     return results
+
+
+def _forget(store: Store, spec: JobSpec, lost: dict[int, PayloadLost]) -> None:
+    """Results whose bytes outside Redis are gone or altered: forgotten, so that the next
+    call runs their items again; PayloadLost names the first (and how many)."""
+    store.forget_results(spec.name, list(lost))
+    if spec.list_digest:
+        store.mark_complete(spec.name, spec.list_digest, False)
+    first = next(iter(lost.values()))
+    if len(lost) > 1:
+        first.args = (f"{first.args[0]} ({len(lost)} results of this call were lost.)",)
+    raise first
 
 
 class MissingResults(NbtasksError):

@@ -5,18 +5,19 @@ its dashboard row's buttons do."""
 from __future__ import annotations
 
 import atexit
+import sys
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import interrupt
+from . import blobs, interrupt
 from .config import Settings, parse_duration, settings
 from .define import JobSpec
 from .errors import Failure, JobCancelled, NbtasksError, UnknownJob
 from .gather import gather, load_failures
-from .job_status import JobStatus, snapshots
+from .job_status import JobStatus, size_text, snapshots
 from .output import Output
 from .progress import in_notebook
 from .run import Run
@@ -240,6 +241,7 @@ def reset(name: str, *, redis: str | redis.Redis | Store | None = None) -> None:
                 raise NbtasksError(f"Job {name!r} did not stop within 30 s; try again.")
             time.sleep(0.05)
     handle._store.delete(name)
+    handle._store.compact()
 
 
 @dataclass(frozen=True)
@@ -248,7 +250,7 @@ class Pruned:
 
     name: str
     idle: float  # seconds since it was last called or run
-    size: int  # bytes of the server's memory it took
+    size: int  # bytes it took: the server's memory, and its large payloads outside Redis
 
 
 def prune(
@@ -275,8 +277,10 @@ def prune(
         if limit is not None and now - record.last_used >= limit:
             due.append(record)
     for record, size in zip(due, store.sizes(due), strict=True):  # (one round trip for all)
-        if dry_run or store.delete_if_idle(record.name):
+        if dry_run or store.delete_if_idle(record.name) is not None:
             out.append(Pruned(record.name, now - (record.last_used or now), size))
+    if out and not dry_run:
+        store.compact()
     return sorted(out, key=lambda p: -p.idle)
 
 
@@ -291,6 +295,27 @@ def expire_once(store: Store) -> None:
     if now - _expired.get(store.url, -EXPIRE_EVERY) >= EXPIRE_EVERY:
         _expired[store.url] = now
         prune(redis=store)
+
+
+HEAVY = 100 << 20  # a job holding more than this in Redis's memory says where else it could be
+_heavy_said: set[str] = set()  # store URLs
+
+
+def say_if_heavy(store: Store, name: str) -> None:
+    """Once per store, when a job keeps more than HEAVY bytes in Redis's memory because no
+    place for large payloads is configured: say how to configure one."""
+    if store.url in _heavy_said or blobs.place_for(store.url):
+        return
+    record = store.meta(name)
+    if record is None or (size := store.sizes([record])[0]) <= HEAVY:
+        return
+    _heavy_said.add(store.url)
+    print(
+        f"nbtasks: job '{name}' keeps {size_text(size)} in the memory of the Redis server. Large inputs and "
+        "results can be kept outside it: configure(blobs=...) or NBTASKS_BLOBS, a folder every machine "
+        "that runs workers sees, or a URL such as s3://bucket/prefix (see the README).",
+        file=sys.stderr,
+    )
 
 
 def dashboard(store: Store, names: Sequence[str] | None = None, interval: float = 1.0) -> Dashboard:

@@ -30,7 +30,7 @@ class JobStatus:
     rate: float  # results per second over the run under way (0 when none is)
     created: float
     taken_at: float
-    size: int = 0  # about how many bytes of the server's memory it takes
+    size: int = 0  # about how many bytes it takes: the server's memory, and large payloads outside Redis
 
     @property
     def pending(self) -> int:

@@ -30,6 +30,8 @@ Cluster and the Lua scripts (`lua`) may touch several of its keys.
     nbtasks:{job}:refused        hash   host and Python -> why a worker there refused the job
     nbtasks:{job}:finished       list   pushed when the last item settles: wakes the caller
     nbtasks:{job}:output         stream what tasks printed and logged: item, stream, text, worker
+    nbtasks:{job}:blobs          set    "<place>\\0<folder>" of each folder holding its large payloads
+    nbtasks:store                string this store's id: the top folder of its jobs' large payloads
 """
 
 from __future__ import annotations
@@ -38,11 +40,12 @@ from collections.abc import Iterable
 
 FORMAT = "2"  # 1: one job per list of inputs; 2: a job's inputs are distinct, and lists are views
 REGISTRY = "nbtasks:jobs"
+STORE_ID = "nbtasks:store"
 
 PARTS = (
     "meta", "func", "inputs", "views", "complete", "queue", "workers", "done", "results", "failures",
     "attempts", "history", "delayed", "deaths", "rate", "counts", "owner", "cancel", "fatal", "finished", "refused",
-    "output",
+    "output", "blobs",
 )  # fmt: skip
 RUN_STATE = ("queue", "failures", "attempts", "history", "delayed", "deaths", "fatal", "cancel", "finished", "refused")
 
@@ -79,6 +82,7 @@ class JobKeys:
     finished: str
     refused: str
     output: str
+    blobs: str
 
     def claims(self, wid: str) -> str:
         return f"{self.prefix}claims:{wid}"

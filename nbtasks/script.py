@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import backends, codec, define
 from .config import settings
-from .errors import ConfigError
+from .errors import ConfigError, PayloadLost
 from .exits import EXIT_FAILED, EXIT_UNKNOWN_JOB, EXITS, confirm, reported
 from .gather import load_failures
 from .job_status import count, detail, snapshots
@@ -170,14 +170,20 @@ def _results(store: Store, name: str) -> int:
     record = store.meta(name)
     total = record.total if record is not None else 0
     failures = {f.index: f for f in load_failures(store, name)}
+    lost: list[int] = []  # forgotten afterwards: the next `run` computes them again
     for index, payload in enumerate(store.results(name, range(total))):
         if index in failures:
             line: dict[str, Any] = {"index": index, "error": f"{failures[index].exc_type}: {failures[index].message}"}
+        elif isinstance(payload, PayloadLost):
+            line = {"index": index, "error": str(payload)}
+            lost.append(index)
         elif payload is None:
             line = {"index": index, "pending": True}
         else:
             line = {"index": index, "result": codec.load(payload)}
         print(json.dumps(line, default=repr))
+    if lost:
+        store.forget_results(name, lost)
     return 0
 
 

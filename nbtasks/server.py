@@ -41,6 +41,7 @@ from .keys import REGISTRY
 MIN_VERSION = (6, 2)  # LPOP with a count
 START_TIMEOUT = 60.0  # seconds; loading a large append-only file takes a while
 SOCKET = "redis.sock"
+LOGFILE = "server.log"  # in every folder of a server nbtasks started
 PASSWORD = "password"  # mode 0600; the server reads it from server.conf, never from argv
 _SOCKET_MAX = 100  # unix socket paths are limited to about 104 bytes
 _NO_RETRY = Retry(NoBackoff(), 0)
@@ -116,7 +117,7 @@ def _command(folder: Path, *, durable: bool, binary: str | None = None) -> list[
         _private_file(folder / "server.conf", f"requirepass {_password(folder)}\n")
         cmd.append(str(folder / "server.conf"))
     cmd += ["--port", "0", "--unixsocket", str(socket), "--unixsocketperm", "700"]
-    cmd += ["--dir", str(folder), "--save", "", "--logfile", "server.log", "--maxmemory-policy", "noeviction"]
+    cmd += ["--dir", str(folder), "--save", "", "--logfile", LOGFILE, "--maxmemory-policy", "noeviction"]
     if durable:
         # Daemonized: the server detaches into its own session, so neither Jupyter's
         # interrupt (sent to the kernel's process group) nor the caller's exit stops it.

@@ -7,17 +7,19 @@ from __future__ import annotations
 import functools
 import inspect
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Sequence
 from functools import cached_property
 from typing import Any, TypeVar
 
 import redis
 from redis.cluster import RedisCluster
 
+from .. import blobs as places
 from ..errors import ConnectionLost, PayloadRejected, RedisUnavailable, WritesRefused
-from ..keys import REGISTRY, KeyCache
+from ..keys import REGISTRY, STORE_ID, KeyCache
 from ..trust import INPUT, Signer
-from . import lua
+from . import lua, payloads
 from .client import as_client
 from .urls import safe_url
 
@@ -78,11 +80,46 @@ class StoreBase:
     def job_names(self) -> list[str]:
         return sorted(name.decode() for name in self.client.smembers(REGISTRY))
 
-    def _open_input(self, job: str, index: int, blob: bytes | None) -> bytes | PayloadRejected:
-        try:
-            return self.signer.open(job, index, INPUT, blob or b"")
-        except PayloadRejected as exc:
-            return exc
+    @cached_property
+    def store_id(self) -> str:
+        """This store's id, made once per server: the folder of its jobs' large payloads."""
+        self.client.set(STORE_ID, uuid.uuid4().hex[:12], nx=True)
+        found = self.client.get(STORE_ID)
+        return found.decode() if found is not None else "store"
+
+    def _seal(self, job: str, kind: bytes, items: Sequence[tuple[int, bytes]]) -> list[bytes]:
+        """What Redis is to hold for each (index, pickle) of `job`: see `payloads`. Large
+        ones go to the job's place for blobs (this process's own choice, else the one its
+        caller chose), noted in the job so that deleting it deletes them."""
+        place = None
+        if any(len(data) >= payloads.BLOB_MIN for _, data in items):
+            root = places.place_of_job((self.client.hget(self.keys[job].meta, "blobs") or b"").decode())
+            place = places.open_blobs(root) if root else None
+        folder = places.job_folder(self.store_id, job) if place is not None else ""
+        sealed, written = payloads.seal(self.signer, job, kind, items, place, folder)
+        if place is not None and written:
+            k = self.keys[job]
+            pipe = self.client.pipeline(transaction=False)
+            pipe.sadd(k.blobs, f"{place.url}\0{folder}")
+            pipe.hincrby(k.meta, "blob_bytes", written)
+            pipe.execute()
+        return sealed
+
+    def _open_inputs(self, job: str, items: Sequence[tuple[int, bytes | None]]) -> list[bytes | PayloadRejected]:
+        """Inputs as pickles; one that may not be loaded comes as its PayloadRejected."""
+        opened = payloads.unseal(self.signer, job, INPUT, [(i, b"" if p is None else p) for i, p in items])
+        return [b"" if p is None else p for p in opened]
+
+    def _drop_blobs(self, places_used: set[bytes]) -> int:
+        """Delete the folders of large payloads a deleted job held; the bytes they took."""
+        freed = 0
+        for entry in places_used:
+            root, _, folder = entry.decode().partition("\0")
+            try:
+                freed += places.open_blobs(root).remove(folder)
+            except Exception:  # noqa: BLE001 (a place unreachable now: its files stay, the job is gone)
+                continue
+        return freed
 
 
 def nbtasks_error(url: str, exc: redis.RedisError) -> RedisUnavailable:

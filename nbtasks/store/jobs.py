@@ -16,6 +16,8 @@ from .base import StoreBase
 from .bits import BATCH, batches, by_bucket, byte_batches, done_and_pending, pack, unpack
 from .records import JobRecord, decoded
 
+COMPACT_MIN = 32 << 20  # an append-only file smaller than this is not worth rewriting
+
 
 class JobOps(StoreBase):
     def meta(self, job: str) -> JobRecord | None:
@@ -49,14 +51,15 @@ class JobOps(StoreBase):
         that another caller stored meanwhile keeps the index it got there."""
         if not digests:
             return []
-        k, sign = self.keys[job], self.signer.sign
+        k = self.keys[job]
         out: list[int] = []
         for start, batch in byte_batches(len(digests), payload):
             first = int(self.client.hincrby(k.meta, "size", len(batch))) - len(batch)
+            sealed = self._seal(job, INPUT, [(first + offset, data) for offset, data in enumerate(batch)])
             args: list[bytes | int] = []
-            for offset, data in enumerate(batch):
+            for offset, data in enumerate(sealed):
                 index, digest = first + offset, digests[start + offset]
-                args += (digest, index, self._index_entry(job, digest, index), sign(job, index, INPUT, data))
+                args += (digest, index, self._index_entry(job, digest, index), data)
             held = self._add(keys=[k.meta, k.inputs], args=[k.index, *args])
             mine = digests[start : start + len(batch)]
             out += [self._index_of(job, d, e) for d, e in zip(mine, held, strict=True)]
@@ -137,8 +140,8 @@ class JobOps(StoreBase):
         return done_and_pending(self.client.get(self.keys[job].done) or b"", indices)[0]
 
     def _signed_inputs(self, job: str, start: int, payloads: list[bytes]) -> dict[int, bytes]:
-        sign = self.signer.sign
-        return {start + i: sign(job, start + i, INPUT, p) for i, p in enumerate(payloads)}
+        indices = range(start, start + len(payloads))
+        return dict(zip(indices, self._seal(job, INPUT, list(zip(indices, payloads, strict=True))), strict=True))
 
     def reserve_inputs(self, job: str, count: int) -> int:
         """Reserve `count` indices after those already appended; the first of them."""
@@ -190,20 +193,39 @@ class JobOps(StoreBase):
         buckets = 2 ** int(level or 0) + int(split or 0)
         return k.all(self.client.smembers(k.workers), buckets)
 
-    def delete(self, job: str) -> None:
+    def delete(self, job: str) -> int:
+        """Delete the job and its large payloads; the bytes these took outside Redis."""
+        held = self.client.smembers(self.keys[job].blobs)
         self.client.delete(*self._every_key(job))
         self.client.srem(REGISTRY, job)
+        return self._drop_blobs(held)
 
-    def delete_if_idle(self, job: str) -> bool:
-        """Delete the job unless a caller runs it now (one atomic step); whether it went."""
+    def delete_if_idle(self, job: str) -> int | None:
+        """Delete the job unless a caller runs it now (one atomic step): None if it runs,
+        else the bytes its large payloads took outside Redis."""
+        held = self.client.smembers(self.keys[job].blobs)
         if not self._drop_idle(keys=[self.keys[job].owner, *self._every_key(job)]):
-            return False
+            return None
         self.client.srem(REGISTRY, job)
-        return True
+        return self._drop_blobs(held)
+
+    def compact(self) -> bool:
+        """On nbtasks' own server, rewrite the append-only file once most of it describes
+        deleted jobs, so that deleting gives the disk back; whether a rewrite began."""
+        if self.revive is None:
+            return False  # a server you run keeps its own schedule (auto-aof-rewrite-percentage)
+        persistence, memory = self.client.info("persistence"), self.client.info("memory")
+        if not persistence.get("aof_enabled") or persistence.get("aof_rewrite_in_progress"):
+            return False
+        size, live = int(persistence.get("aof_current_size", 0)), int(memory.get("used_memory_dataset", 0))
+        if size < COMPACT_MIN or size < 2 * live:
+            return False
+        return bool(self.client.bgrewriteaof())
 
     def sizes(self, records: list[JobRecord]) -> list[int]:
-        """About how many bytes of the server's memory each job takes, in one round trip
-        for all (its keys but those of single workers, which are small)."""
+        """About how many bytes each job takes, in one round trip for all: the server's
+        memory for its keys (but those of single workers, which are small) and its large
+        payloads kept outside Redis."""
         pipe = self.client.pipeline(transaction=False)
         counts = []
         for record in records:
@@ -212,7 +234,8 @@ class JobOps(StoreBase):
                 pipe.memory_usage(key)
             counts.append(len(keys))
         used = iter(pipe.execute() if records else [])
-        return [sum(int(next(used) or 0) for _ in range(n)) for n in counts]
+        memory = [sum(int(next(used) or 0) for _ in range(n)) for n in counts]
+        return [m + record.blob_bytes for m, record in zip(memory, records, strict=True)]
 
     def snapshot(self, jobs: list[str]) -> list[tuple[JobRecord | None, list[int], bool]]:
         """Per job, in one round trip for all: its meta, its counters (done, failed,

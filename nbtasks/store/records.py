@@ -19,6 +19,8 @@ become numbers, flags and the policy. Its field names:
     used                         when a call last stored the job's definition (any pmap or add)
     done_at_start                results recorded when the current run began
     workers                      live workers of the current run, as its caller counts them
+    blobs         where its caller keeps large payloads (a folder or URL; none: all in Redis)
+    blob_bytes    bytes of its large payloads written there
 """
 
 from __future__ import annotations
@@ -85,6 +87,8 @@ class JobRecord:
     index_buckets: int = 0  # how many hashes the index of its inputs is split in (see lua.ADD)
     done_at_start: int | None = None
     workers: int = 0
+    blobs: str | None = None
+    blob_bytes: int = 0
 
     @property
     def last_used(self) -> float | None:
@@ -128,14 +132,17 @@ class JobRecord:
             index_buckets=2 ** int(meta.get("ix_level") or 0) + int(meta.get("ix_split") or 0),
             done_at_start=int(done_at_start) if done_at_start else None,
             workers=int(meta.get("workers") or 0),
+            blobs=meta.get("blobs") or None,
+            blob_bytes=int(meta.get("blob_bytes") or 0),
         )
 
 
 def definition(
-    *, code: str, parts: dict[str, str], function: str, python: str, policy: RunPolicy, inputs: str
+    *, code: str, parts: dict[str, str], function: str, python: str, policy: RunPolicy, inputs: str, blobs: str
 ) -> dict[str, str]:
     """The metadata fields a call stores about its job's function (see `JobRecord`)."""
     return {
+        "blobs": blobs,
         "code": code,
         "parts": json.dumps(parts),
         "function": function,

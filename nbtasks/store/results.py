@@ -3,25 +3,40 @@ the output stream of what its tasks printed and logged."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 
-from ..errors import PayloadRejected
+from ..errors import PayloadLost, PayloadRejected
 from ..output import KEEP, Output, OutputLine
 from ..trust import FAILURE, RESULT
+from . import payloads
 from .base import StoreBase
 from .bits import BATCH
 
 
 class ResultOps(StoreBase):
-    def results(self, job: str, indices: Sequence[int]) -> Iterator[bytes | None]:
-        """The result payloads of `indices`, in their order, read in pipelined batches;
-        PayloadRejected at the first whose signature fails."""
-        blobs = self._hash_in_order(self.keys[job].results, indices)
-        if not self.signer.enabled:
-            yield from blobs  # nothing to check: no per-item cost
-            return
-        for index, blob in zip(indices, blobs, strict=True):
-            yield self.signer.open(job, index, RESULT, blob) if blob is not None else None
+    def results(self, job: str, indices: Sequence[int]) -> Iterator[bytes | PayloadLost | None]:
+        """The result pickles of `indices`, in their order, read in pipelined batches;
+        None for one not recorded, PayloadLost for one whose bytes outside Redis are
+        missing or altered; PayloadRejected raised at the first that fails its signature."""
+        stored = self._hash_in_order(self.keys[job].results, indices)
+        at = 0
+        while batch := list(itertools.islice(stored, 1000)):
+            items = list(zip(indices[at : at + len(batch)], batch, strict=True))
+            at += len(batch)
+            for opened in payloads.unseal(self.signer, job, RESULT, items):
+                if isinstance(opened, PayloadRejected) and not isinstance(opened, PayloadLost):
+                    raise opened
+                yield opened
+
+    def forget_results(self, job: str, indices: Sequence[int]) -> None:
+        """Drop results that cannot be read back (see PayloadLost): their items run again."""
+        k = self.keys[job]
+        pipe = self.client.pipeline(transaction=True)
+        for index in indices:
+            pipe.setbit(k.done, index, 0)
+        pipe.hdel(k.results, *indices)
+        pipe.execute()
 
     def failures(self, job: str) -> dict[int, bytes]:
         raw = self.client.hgetall(self.keys[job].failures).items()
@@ -30,8 +45,9 @@ class ResultOps(StoreBase):
     def inputs(self, job: str, indices: list[int]) -> list[bytes | PayloadRejected | None]:
         """Inputs by index (to show with failures); one whose signature fails comes as
         the PayloadRejected error."""
-        blobs = self.client.hmget(self.keys[job].inputs, indices) if indices else []
-        return [self._open_input(job, i, b) if b is not None else None for i, b in zip(indices, blobs, strict=True)]
+        stored = self.client.hmget(self.keys[job].inputs, indices) if indices else []
+        opened = self._open_inputs(job, list(zip(indices, stored, strict=True)))
+        return [p if s is not None else None for p, s in zip(opened, stored, strict=True)]
 
     def _hash_in_order(self, key: str, indices: Sequence[int]) -> Iterator[bytes | None]:
         pipe = self.client.pipeline(transaction=False)

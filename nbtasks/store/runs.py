@@ -115,8 +115,8 @@ class RunOps(StoreBase):
             return None
         if not reply:
             return []
-        indices, payloads = reply
-        return [(int(i), self._open_input(job, int(i), p)) for i, p in zip(indices, payloads, strict=True)]
+        indices = [int(i) for i in reply[0]]
+        return list(zip(indices, self._open_inputs(job, list(zip(indices, reply[1], strict=True))), strict=True))
 
     def record(self, job: str, wid: str, outcomes: Iterable[Outcome], retries: int = 0, delay: float = 0.0) -> None:
         """Record results and failures of one worker, atomically and idempotently per
@@ -125,11 +125,14 @@ class RunOps(StoreBase):
         k = self.keys[job]
         keys = [k.done, k.results, k.failures, k.counts, k.claims(wid), k.attempts, k.history, k.delayed]
         keys += [k.meta, k.finished]
+        outcomes = list(outcomes)
+        # Results sealed (compressed, large ones kept outside Redis); failures signed only.
+        sealed = iter(self._seal(job, RESULT, [(o.index, o.payload) for o in outcomes if o.kind == "1"]))
         sign = self.signer.sign
         args: list[Any] = []
         size = 0
         for o in outcomes:
-            payload = sign(job, o.index, RESULT if o.kind == "1" else FAILURE, o.payload)
+            payload = next(sealed) if o.kind == "1" else sign(job, o.index, FAILURE, o.payload)
             if args and size + len(payload) > BATCH_BYTES:
                 self._record(keys=keys, args=[retries, delay * 1000, *args])
                 args, size = [], 0

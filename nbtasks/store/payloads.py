@@ -1,0 +1,165 @@
+"""What Redis holds for an input or a result: the pickle itself, compressed when that
+saves space, or, above BLOB_MIN bytes with a place for blobs, a reference to its bytes in a
+segment outside Redis (`nbtasks.blobs`); signed in every case when a secret is set.
+
+    stored    = signed(envelope)              (see nbtasks.trust; unsigned without a secret)
+    envelope  = pickle                        (starts with b"\\x80")
+              | ZSTD + zstd frame of a pickle
+              | REF + sha256 + offset + length + root + path
+    the bytes at (root, path, offset, length) = a pickle, or ZSTD + frame
+
+The reference carries the SHA-256 of the bytes it points to, so the signature over the
+reference covers them too; without a secret the digest still tells a missing or altered
+segment, which is never unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import threading
+import uuid
+from collections.abc import Sequence
+
+import zstandard
+
+from ..blobs import Blobs, Part, configured, open_blobs
+from ..errors import PayloadLost, PayloadRejected
+from ..trust import INPUT, Signer
+
+ZSTD, REF = b"NBZ1", b"NBR1"
+COMPRESS_MIN = 1024  # smaller pickles rarely shrink by enough to pay for a frame
+SAVING = 0.9  # compressed only when it takes at most this share of the bytes
+BLOB_MIN = 64 << 10  # bytes after compression; see BLOB_MIN's measurement in the README
+SEGMENT_MAX = 64 << 20  # bytes per segment written at once
+_HEAD = struct.Struct("<32sQQH")  # digest, offset, length, length of the root's name
+
+_local = threading.local()
+
+
+def _zstd() -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
+    # One pair per thread: zstandard's contexts are not to be shared between threads.
+    pair: tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor] | None = getattr(_local, "pair", None)
+    if pair is None:
+        pair = _local.pair = (zstandard.ZstdCompressor(level=1), zstandard.ZstdDecompressor())
+    return pair
+
+
+def compress(data: bytes) -> bytes:
+    """`data` as an envelope: compressed when that saves enough."""
+    if len(data) < COMPRESS_MIN:
+        return data
+    packed = _zstd()[0].compress(data)
+    return ZSTD + packed if len(packed) + len(ZSTD) <= SAVING * len(data) else data
+
+
+def seal(
+    signer: Signer, job: str, kind: bytes, items: Sequence[tuple[int, bytes]], blobs: Blobs | None, folder: str
+) -> tuple[list[bytes], int]:
+    """What Redis is to hold for each (index, pickle), and how many bytes went to `blobs`
+    (in segments under `folder`): large ones are written there first, durably."""
+    envelopes = [compress(data) for _, data in items]
+    written = 0
+    if blobs is not None:
+        large = [n for n, envelope in enumerate(envelopes) if len(envelope) >= BLOB_MIN]
+        for segment in _segments(large, envelopes):
+            path = f"{folder}/{kind.decode()}-{uuid.uuid4().hex}"
+            offsets, size = [], 0
+            for n in segment:
+                offsets.append(size)
+                size += len(envelopes[n])
+            blobs.write(path, b"".join(envelopes[n] for n in segment))
+            written += size
+            root = blobs.url.encode()
+            for n, offset in zip(segment, offsets, strict=True):
+                body = envelopes[n]
+                head = _HEAD.pack(hashlib.sha256(body).digest(), offset, len(body), len(root))
+                envelopes[n] = REF + head + root + path.encode()
+    sealed = [signer.sign(job, index, kind, envelope) for (index, _), envelope in zip(items, envelopes, strict=True)]
+    return sealed, written
+
+
+def _segments(chosen: list[int], envelopes: list[bytes]) -> list[list[int]]:
+    out: list[list[int]] = []
+    size = SEGMENT_MAX
+    for n in chosen:
+        if size + len(envelopes[n]) > SEGMENT_MAX and (not out or out[-1]):
+            out.append([])
+            size = 0
+        out[-1].append(n)
+        size += len(envelopes[n])
+    return [segment for segment in out if segment]
+
+
+def unseal(
+    signer: Signer, job: str, kind: bytes, items: Sequence[tuple[int, bytes | None]]
+) -> list[bytes | None | PayloadRejected]:
+    """The pickle of each (index, stored value), or the PayloadRejected (PayloadLost for
+    a missing or altered segment) that says why it may not be loaded; None stays None."""
+    out: list[bytes | None | PayloadRejected] = []
+    refs: dict[int, tuple[str, Part, bytes]] = {}  # position -> root, part, digest
+    for position, (index, stored) in enumerate(items):
+        if stored is None:
+            out.append(None)
+            continue
+        try:
+            envelope = signer.open(job, index, kind, stored)
+        except PayloadRejected as exc:
+            out.append(exc)
+            continue
+        if envelope[: len(REF)] == REF:
+            digest, offset, length, size = _HEAD.unpack_from(envelope, len(REF))
+            start = len(REF) + _HEAD.size
+            root = envelope[start : start + size].decode()
+            path = envelope[start + size :].decode()
+            refs[position] = (root, (path, offset, length), digest)
+            out.append(None)  # (filled below)
+        else:
+            out.append(_inflate(envelope))
+    if refs:
+        _fetch(job, kind, items, refs, out)
+    return out
+
+
+def _fetch(
+    job: str,
+    kind: bytes,
+    items: Sequence[tuple[int, bytes | None]],
+    refs: dict[int, tuple[str, Part, bytes]],
+    out: list[bytes | None | PayloadRejected],
+) -> None:
+    """Read the referenced bytes, a batch per place, and check each against its digest.
+    Bytes not found where they were written are looked for in this process's own
+    configured place too (the same shared folder may be mounted elsewhere here)."""
+    by_root: dict[str, list[int]] = {}
+    for position, (root, _, _) in refs.items():
+        by_root.setdefault(root, []).append(position)
+    mine = configured()
+    then = f"Its input is gone: nbtasks.reset({job!r}) and call again." if kind == INPUT else ""
+    for root, positions in by_root.items():
+        found = open_blobs(root).read([refs[p][1] for p in positions])
+        if mine and mine != root and None in found:
+            again = [p for p, data in zip(positions, found, strict=True) if data is None]
+            elsewhere = iter(open_blobs(mine).read([refs[p][1] for p in again]))
+            found = [data if data is not None else next(elsewhere) for data in found]
+        for position, data in zip(positions, found, strict=True):
+            index = items[position][0]
+            where = f"{root}/{refs[position][1][0]}"
+            if data is None:
+                out[position] = PayloadLost(job, index, where, "is missing", then)
+            elif hashlib.sha256(data).digest() != refs[position][2]:
+                out[position] = PayloadLost(job, index, where, "is not the one recorded (altered)", then)
+            else:
+                out[position] = _inflate(data)
+
+
+def _inflate(envelope: bytes) -> bytes:
+    if envelope[: len(ZSTD)] == ZSTD:
+        data: bytes = _zstd()[1].decompress(envelope[len(ZSTD) :])
+        return data
+    return envelope
+
+
+def is_reference(stored: bytes) -> bool:
+    """Whether an unsigned stored value refers to bytes outside Redis."""
+    return stored[: len(REF)] == REF
