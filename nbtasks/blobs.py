@@ -99,7 +99,12 @@ class LocalBlobs(Blobs):
         target = self.root / path
         self._folder(target.parent)
         # O_EXCL: segment names are unique, so an existing file is someone else's.
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileNotFoundError:  # another process deleted the job's folder (a reset): made again
+            self._made.discard(target.parent)
+            self._folder(target.parent)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             view = memoryview(data)
             while view:
