@@ -23,6 +23,7 @@ from nbtasks import server
 from nbtasks.store import JobKeys, payloads
 
 from .conftest import server_pids
+from .s3server import moto_s3
 from .test_remote import places, service, where
 
 ONE_SERVER = True  # (see conftest): where payloads live is under test, not the server
@@ -214,3 +215,29 @@ def large(i: int) -> bytes:
 
 def large_where(i: int) -> tuple[str, bytes]:
     return where(i), large(i)
+
+
+def test_an_s3_compatible_store_keeps_them(r: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("s3fs", reason="s3fs is in the test extra: pip install -e '.[test]'")
+    import fsspec
+
+    with moto_s3("nbtasks-test") as (_, env):
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)  # (workers inherit them, as on a machine set up for S3)
+        nbtasks.configure(blobs="s3://nbtasks-test/jobs")
+        try:
+            # Two jobs in a row: the second runs in the first one's warm workers.
+            assert nbtasks.pmap(noise, range(10), name="s3", processes=2, progress=False) == [
+                noise(i) for i in range(10)
+            ]
+            assert nbtasks.pmap(noise, range(10, 14), name="s3b", processes=2, progress=False) == [
+                noise(i) for i in range(10, 14)
+            ]
+            assert all(len(stored(r, "s3", i)) < 1024 for i in range(10)), "Redis holds references only"
+            fs = fsspec.filesystem("s3", skip_instance_cache=True, use_listings_cache=False)
+            held = fs.find("nbtasks-test/jobs")
+            assert sum(fs.size(p) for p in held) >= 14 * (300 << 10), held
+            nbtasks.reset("s3")
+            assert fs.find("nbtasks-test/jobs") and all("/s3b-" in p for p in fs.find("nbtasks-test/jobs"))
+        finally:
+            nbtasks.configure(blobs="none")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 import time
@@ -242,8 +243,8 @@ def test_the_prune_command_says_what_it_frees_and_asks_first(r: redis.Redis, red
     assert "No job has gone unused for 2d." in nbt("prune", "--older-than", "2d", url=redis_server.url).stdout
 
 
-def hundred_kb(x: int) -> str:
-    return f"{x:>8}" * 12_500
+def hundred_kb(x: int) -> bytes:
+    return random.Random(x).randbytes(100_000)  # (incompressible: stored as is)
 
 
 def test_each_job_shows_what_it_takes_of_the_servers_memory(r: redis.Redis, capsys: pytest.CaptureFixture[str]) -> None:

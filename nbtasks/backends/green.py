@@ -59,7 +59,9 @@ class GreenBackend(Backend):
 
     def stop(self) -> None:
         greenlet.settrace(None)
-        self.loops.clear()
+        # Loops of green threads that outlive the run (an fsspec I/O thread, used again by
+        # the next run of a warm worker) are kept; the others' go.
+        self.loops = {g: loop for g, loop in self.loops.items() if not g.dead}
 
     def soon(self, fn: Callable[[], None]) -> None:
         eventlet.spawn_n(fn)
