@@ -13,9 +13,11 @@ after a first untimed call, as in a notebook's second cell.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from typing import Any
 
 from run import best  # (benchmarks/run.py: best of n timings)
 
@@ -26,8 +28,15 @@ from nbtasks.server import TemporaryServer
 WORKLOADS = [(300, 1 << 20), (5, 20 << 20)]  # (items, bytes per result)
 
 
-def payload(size: int) -> bytes:
+def payload(i: int, size: int) -> bytes:
     return os.urandom(size)
+
+
+async def apayload(i: int, size: int) -> bytes:
+    return os.urandom(size)
+
+
+BACKENDS = [("eventlet", payload), ("threads", payload), ("asyncio", apayload)]
 
 
 def page(i: int) -> str:
@@ -43,22 +52,25 @@ def main() -> None:
     with TemporaryServer() as url, ProcessPoolExecutor(2) as pool:
         nbtasks.configure(redis_url=url, processes=2, warm=60)
         for n, size in WORKLOADS:
-            sizes = [size] * n
             label = f"{n} x {size >> 20} MB"
 
-            def executor(sizes: list[int] = sizes) -> None:
-                assert sum(map(len, pool.map(payload, sizes))) == sum(sizes)
-
-            def pmap(sizes: list[int] = sizes) -> None:
-                out = nbtasks.pmap(payload, sizes, fresh=True, progress=False)
-                assert sum(map(len, out)) == sum(sizes)
+            def executor(n: int = n, size: int = size) -> None:
+                assert sum(map(len, pool.map(functools.partial(payload, size=size), range(n)))) == n * size
 
             executor()
-            pmap()  # warm workers, as in a notebook's second call
             reference = best(executor, args.repeat)
             rows.append((label, "ProcessPoolExecutor(2).map", reference, 1.0))
-            seconds = best(pmap, args.repeat)
-            rows.append((label, "nbtasks.pmap, warm workers", seconds, seconds / reference))
+            for backend, task in BACKENDS:
+
+                def pmap(n: int = n, size: int = size, backend: str = backend, task: Any = task) -> None:
+                    # (distinct inputs: a job stores, and runs, each distinct input once)
+                    call = functools.partial(task, size=size)
+                    out = nbtasks.pmap(call, range(n), fresh=True, progress=False, backend=backend)
+                    assert sum(map(len, out)) == n * size
+
+                pmap()  # warm workers, as in a notebook's second call
+                seconds = best(pmap, args.repeat)
+                rows.append((label, f"nbtasks.pmap, {backend}", seconds, seconds / reference))
         with ThreadPoolExecutor(300) as threads:
             reference = best(lambda: list(threads.map(page, range(300))), args.repeat)
         rows.append(("300 pages", "ThreadPoolExecutor(300).map", reference, 1.0))

@@ -23,7 +23,7 @@ from typing import Any
 
 from .config import settings
 from .errors import ConfigError
-from .server import LOGFILE, SOCKET
+from .server import BLOBS, LOGFILE, SOCKET
 
 Part = tuple[str, int, int]  # (segment's path under the root, offset, length)
 
@@ -59,7 +59,7 @@ def place_for(redis_url: str) -> str:
     if redis_url.startswith("unix:"):
         socket = Path(urllib.parse.urlparse(redis_url).path)
         if socket.name == SOCKET and (socket.parent / LOGFILE).exists():
-            return str(socket.parent / "blobs")
+            return str(socket.parent / BLOBS)
     return ""
 
 

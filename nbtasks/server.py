@@ -42,6 +42,7 @@ MIN_VERSION = (6, 2)  # LPOP with a count
 START_TIMEOUT = 60.0  # seconds; loading a large append-only file takes a while
 SOCKET = "redis.sock"
 LOGFILE = "server.log"  # in every folder of a server nbtasks started
+BLOBS = "blobs"  # the folder of large payloads beside it (see nbtasks.blobs)
 PASSWORD = "password"  # mode 0600; the server reads it from server.conf, never from argv
 _SOCKET_MAX = 100  # unix socket paths are limited to about 104 bytes
 _NO_RETRY = Retry(NoBackoff(), 0)
@@ -253,6 +254,7 @@ class ServerStatus:
     memory_used: int = 0  # bytes
     jobs: int = 0
     data_size: int = 0  # bytes of the append-only file on disk
+    blobs_size: int = 0  # bytes of large payloads in its folder (see nbtasks.blobs)
 
     def __str__(self) -> str:
         if not self.running:
@@ -262,7 +264,8 @@ class ServerStatus:
             f"  socket       {self.socket}\n"
             f"  memory used  {_size(self.memory_used)}\n"
             f"  jobs         {self.jobs}\n"
-            f"  data on disk {_size(self.data_size)}"
+            f"  data on disk {_size(self.data_size)}\n"
+            f"  large payloads {_size(self.blobs_size)} (in {self.home / BLOBS})"
         )
 
 
@@ -282,9 +285,9 @@ def status(folder: Path | None = None) -> ServerStatus:
     version = info.get("valkey_version") or info.get("redis_version")
     aof = folder / "appendonlydir"
     data = sum(f.stat().st_size for f in aof.iterdir()) if aof.is_dir() else 0
-    return ServerStatus(
-        folder, socket, True, int(info["process_id"]), f"{server} {version}", int(info["used_memory"]), jobs, data
-    )
+    blobs = sum(f.stat().st_size for f in (folder / BLOBS).rglob("*") if f.is_file())
+    pid, memory = int(info["process_id"]), int(info["used_memory"])
+    return ServerStatus(folder, socket, True, pid, f"{server} {version}", memory, jobs, data, blobs)
 
 
 def start(folder: Path | None = None) -> ServerStatus:

@@ -19,10 +19,10 @@ import pytest
 import redis
 
 import nbtasks
-from nbtasks import server
+from nbtasks import job as job_module, server
 from nbtasks.store import JobKeys, payloads
 
-from .conftest import server_pids
+from .conftest import server_pids, wait_until
 from .s3server import moto_s3
 from .test_remote import places, service, where
 
@@ -241,3 +241,40 @@ def test_an_s3_compatible_store_keeps_them(r: redis.Redis, monkeypatch: pytest.M
             assert fs.find("nbtasks-test/jobs") and all("/s3b-" in p for p in fs.find("nbtasks-test/jobs"))
         finally:
             nbtasks.configure(blobs="none")
+
+
+def test_large_inputs_leave_redis_too(r: redis.Redis, shared: Path) -> None:
+    documents = [noise(i) for i in range(6)]
+    assert nbtasks.pmap(len, documents, name="docs", processes=1, progress=False) == [300 << 10] * 6
+    assert all(len(v) < 1024 for v in r.hvals(JobKeys("docs").inputs)), "Redis holds references only"
+    assert nbtasks.pmap(len, documents, name="docs", processes=1, progress=False) == [300 << 10] * 6
+
+
+def test_deleting_gives_the_embedded_servers_disk_back(home: Path) -> None:
+    nbtasks.configure(blobs="none")  # every byte in Redis: its append-only file grows by 48 MB
+    try:
+        nbtasks.pmap(noise, range(160), name="heavy", processes=2, progress=False)
+        grown = server.status(home).data_size
+        assert grown > 45 << 20, grown
+        nbtasks.reset("heavy")
+        wait_until(lambda: server.status(home).data_size < 8 << 20, 60, "the append-only file rewritten")
+    finally:
+        nbtasks.configure(blobs="")  # (the default again: beside the server)
+    nbtasks.pmap(noise, range(40), name="files", processes=2, progress=False)
+    assert server.status(home).blobs_size >= 40 * (300 << 10)
+    nbtasks.reset("files")
+    assert server.status(home).blobs_size == 0
+
+
+def test_a_job_heavy_in_redis_says_once_how_to_keep_payloads_elsewhere(
+    r: redis.Redis, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(job_module, "_heavy_said", set())  # (said once per process: for this test's)
+    nbtasks.configure(blobs="none")
+    nbtasks.pmap(noise, range(10), name="light", processes=2, progress=False)
+    assert "configure(blobs=" not in capfd.readouterr().err
+    nbtasks.pmap(noise, range(400), name="heavy", processes=2, progress=False)  # 120 MB
+    said = capfd.readouterr().err
+    assert "job 'heavy' keeps" in said and "configure(blobs=...) or NBTASKS_BLOBS" in said, said
+    nbtasks.pmap(noise, range(400, 800), name="heavier", processes=2, progress=False)
+    assert "configure(blobs=" not in capfd.readouterr().err, "said once"

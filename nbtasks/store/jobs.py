@@ -214,10 +214,12 @@ class JobOps(StoreBase):
         deleted jobs, so that deleting gives the disk back; whether a rewrite began."""
         if self.revive is None:
             return False  # a server you run keeps its own schedule (auto-aof-rewrite-percentage)
-        persistence, memory = self.client.info("persistence"), self.client.info("memory")
+        persistence = self.client.info("persistence")
         if not persistence.get("aof_enabled") or persistence.get("aof_rewrite_in_progress"):
             return False
-        size, live = int(persistence.get("aof_current_size", 0)), int(memory.get("used_memory_dataset", 0))
+        # (used_memory, not used_memory_dataset: Valkey 9 can report the latter below zero,
+        # as a huge unsigned number, right after a large deletion)
+        size, live = int(persistence.get("aof_current_size", 0)), int(self.client.info("memory")["used_memory"])
         if size < COMPACT_MIN or size < 2 * live:
             return False
         return bool(self.client.bgrewriteaof())
