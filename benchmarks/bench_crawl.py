@@ -86,13 +86,16 @@ async def _serve(pages: int, size: int, delay: float) -> None:
 
 
 @contextmanager
-def http_server(pages: int, size: int, delay: float) -> Iterator[str]:
+def http_server(pages: int, kb: int, delay: float) -> Iterator[str]:
     """The server in a process of its own; yields its base URL."""
-    cmd = [sys.executable, __file__, "--serve", "--pages", str(pages), "--size", str(size), "--delay", str(delay)]
+    cmd = [sys.executable, __file__, "--serve", "--pages", str(pages), "--size", str(kb), "--delay", str(delay)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=HERE)
     try:
         assert proc.stdout is not None
-        port = int(proc.stdout.readline())
+        line = proc.stdout.readline()
+        if not line.strip().isdigit():
+            raise RuntimeError(f"the HTTP server did not start (exit code {proc.poll()})")
+        port = int(line)
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()
@@ -178,7 +181,7 @@ def main() -> None:
     if args.home:
         os.environ["NBTASKS_HOME"] = str(Path(args.home).resolve())  # before nbtasks is imported
         os.environ.pop("NBTASKS_REDIS_URL", None)
-    with http_server(args.pages, size, args.delay) as base, store(args.home):
+    with http_server(args.pages, args.size, args.delay) as base, store(args.home):
         urls = [f"{base}/page/{i}" for i in range(args.pages)]
         timings = crawl(urls, args.pages * size, args.repeat)
     reference = min(t for tool, t in timings if tool.startswith("ThreadPool"))
