@@ -17,14 +17,15 @@ import shutil
 import threading
 import urllib.parse
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .config import settings
 from .errors import ConfigError
 from .server import BLOBS, LOGFILE, SOCKET
 
+T = TypeVar("T")
 Part = tuple[str, int, int]  # (segment's path under the root, offset, length)
 
 _opened: dict[str, Blobs] = {}
@@ -75,8 +76,9 @@ class Blobs(ABC):
     url: str
 
     @abstractmethod
-    def write(self, path: str, data: bytes | bytearray | memoryview) -> None:
-        """Store `data` as the new segment `path`, durably, before returning."""
+    def write(self, path: str, chunks: Sequence[bytes]) -> None:
+        """Store `chunks`, one after another, as the new segment `path`, durably, before
+        returning."""
 
     @abstractmethod
     def read(self, parts: Sequence[Part]) -> list[bytes | None]:
@@ -95,7 +97,7 @@ class LocalBlobs(Blobs):
         self.url = str(root)
         self._made: set[Path] = set()  # folders known to exist, durably
 
-    def write(self, path: str, data: bytes | bytearray | memoryview) -> None:
+    def write(self, path: str, chunks: Sequence[bytes]) -> None:
         target = self.root / path
         self._folder(target.parent)
         # O_EXCL: segment names are unique, so an existing file is someone else's.
@@ -106,10 +108,7 @@ class LocalBlobs(Blobs):
             self._folder(target.parent)
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)  # on disk before Redis refers to it
+            blocking(_write_all, fd, chunks)
         finally:
             os.close(fd)
 
@@ -149,6 +148,27 @@ class LocalBlobs(Blobs):
         return freed
 
 
+def _write_all(fd: int, chunks: Sequence[bytes]) -> None:
+    views = [memoryview(c) for c in chunks if c]
+    while views:
+        done = os.writev(fd, views[:1024])  # (at most IOV_MAX buffers per call)
+        while done and views:
+            if done >= len(views[0]):
+                done -= len(views.pop(0))
+            else:
+                views[0], done = views[0][done:], 0
+    os.fsync(fd)  # on disk before Redis refers to it
+
+
+def _direct(call: Callable[..., T], *args: Any) -> T:
+    return call(*args)
+
+
+# How this process waits on a blocking write: directly, or (in an eventlet worker, see
+# backends.green) in an OS thread while its green threads run on.
+blocking: Callable[..., Any] = _direct
+
+
 def _fsync_folder(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
@@ -177,8 +197,8 @@ class RemoteBlobs(Blobs):
     def _path(self, path: str) -> str:
         return f"{self.base}/{path}"
 
-    def write(self, path: str, data: bytes | bytearray | memoryview) -> None:
-        self.fs.pipe_file(self._path(path), bytes(data))
+    def write(self, path: str, chunks: Sequence[bytes]) -> None:
+        self.fs.pipe_file(self._path(path), b"".join(chunks))
 
     def read(self, parts: Sequence[Part]) -> list[bytes | None]:
         if not parts:

@@ -22,9 +22,11 @@ from typing import Any
 import eventlet
 import eventlet.queue
 import eventlet.semaphore
+import eventlet.tpool
 import greenlet
 from greenlet import GreenletExit
 
+from .. import blobs
 from ..pool.beacon import IDLE, Beacon
 from .base import Backend, Begin, End, Task
 
@@ -53,6 +55,7 @@ class GreenBackend(Backend):
     def start(self, func: Callable[[Any], Any], timeout: float | None, begin: Begin, end: End) -> None:
         super().start(func, timeout, begin, end)
         greenlet.settrace(self._trace)
+        blobs.blocking = eventlet.tpool.execute  # a large payload's write and fsync: off the hub
 
     def watch(self, beacon: Beacon) -> None:
         self.beacon = beacon

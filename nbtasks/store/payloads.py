@@ -5,12 +5,13 @@ segment outside Redis (`nbtasks.blobs`); signed in every case when a secret is s
     stored    = signed(envelope)              (see nbtasks.trust; unsigned without a secret)
     envelope  = pickle                        (starts with b"\\x80")
               | ZSTD + zstd frame of a pickle
-              | REF + sha256 + offset + length + root + path
+              | REF + check + digest + offset + length + root + path
     the bytes at (root, path, offset, length) = a pickle, or ZSTD + frame
 
-The reference carries the SHA-256 of the bytes it points to, so the signature over the
-reference covers them too; without a secret the digest still tells a missing or altered
-segment, which is never unpickled.
+The reference carries a digest of the bytes it points to: with a secret their SHA-256, so
+that the signature over the reference covers them too; without one (nobody's writes are
+checked then) a CRC-32, a third of the cost, which still tells a missing or altered
+segment. Either way such bytes are never unpickled.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import os
 import struct
 import threading
 import uuid
+import zlib
 from collections.abc import Sequence
 
 import zstandard
@@ -35,7 +37,9 @@ SAVING = 0.9  # compressed only when it takes at most this share of the bytes
 # set; benchmarks/bench_threshold.py measures it (NBTASKS_BLOB_MIN changes it).
 BLOB_MIN = int(os.environ.get("NBTASKS_BLOB_MIN") or 16 << 10)
 SEGMENT_MAX = 64 << 20  # bytes per segment written at once
-_HEAD = struct.Struct("<32sQQH")  # digest, offset, length, length of the root's name
+_HEAD = struct.Struct("<B32sQQH")  # check, digest, offset, length, length of the root's name
+SHA256, CRC32 = 1, 2  # the checks
+SAMPLE = 64 << 10  # a larger pickle is compressed whole only if its start compresses
 
 _local = threading.local()
 
@@ -52,8 +56,17 @@ def compress(data: bytes) -> bytes:
     """`data` as an envelope: compressed when that saves enough."""
     if len(data) < COMPRESS_MIN:
         return data
-    packed = _zstd()[0].compress(data)
+    squeeze = _zstd()[0].compress
+    if len(data) > 2 * SAMPLE and len(squeeze(data[:SAMPLE])) > SAVING * SAMPLE:
+        return data  # (an image, an archive, random bytes: their start tells, at a tenth of the cost)
+    packed = squeeze(data)
     return ZSTD + packed if len(packed) + len(ZSTD) <= SAVING * len(data) else data
+
+
+def _digest(check: int, data: bytes) -> bytes:
+    if check == SHA256:
+        return hashlib.sha256(data).digest()
+    return zlib.crc32(data).to_bytes(4, "little")
 
 
 def seal(
@@ -71,12 +84,13 @@ def seal(
             for n in segment:
                 offsets.append(size)
                 size += len(envelopes[n])
-            blobs.write(path, b"".join(envelopes[n] for n in segment))
+            blobs.write(path, [envelopes[n] for n in segment])
             written += size
             root = blobs.url.encode()
+            check = SHA256 if signer.enabled else CRC32
             for n, offset in zip(segment, offsets, strict=True):
                 body = envelopes[n]
-                head = _HEAD.pack(hashlib.sha256(body).digest(), offset, len(body), len(root))
+                head = _HEAD.pack(check, _digest(check, body), offset, len(body), len(root))
                 envelopes[n] = REF + head + root + path.encode()
     sealed = [signer.sign(job, index, kind, envelope) for (index, _), envelope in zip(items, envelopes, strict=True)]
     return sealed, written
@@ -100,7 +114,7 @@ def unseal(
     """The pickle of each (index, stored value), or the PayloadRejected (PayloadLost for
     a missing or altered segment) that says why it may not be loaded; None stays None."""
     out: list[bytes | None | PayloadRejected] = []
-    refs: dict[int, tuple[str, Part, bytes]] = {}  # position -> root, part, digest
+    refs: dict[int, tuple[str, Part, int, bytes]] = {}  # position -> root, part, check, digest
     for position, (index, stored) in enumerate(items):
         if stored is None:
             out.append(None)
@@ -111,11 +125,11 @@ def unseal(
             out.append(exc)
             continue
         if envelope[: len(REF)] == REF:
-            digest, offset, length, size = _HEAD.unpack_from(envelope, len(REF))
+            check, digest, offset, length, size = _HEAD.unpack_from(envelope, len(REF))
             start = len(REF) + _HEAD.size
             root = envelope[start : start + size].decode()
             path = envelope[start + size :].decode()
-            refs[position] = (root, (path, offset, length), digest)
+            refs[position] = (root, (path, offset, length), check, digest)
             out.append(None)  # (filled below)
         else:
             out.append(_inflate(envelope))
@@ -128,14 +142,14 @@ def _fetch(
     job: str,
     kind: bytes,
     items: Sequence[tuple[int, bytes | None]],
-    refs: dict[int, tuple[str, Part, bytes]],
+    refs: dict[int, tuple[str, Part, int, bytes]],
     out: list[bytes | None | PayloadRejected],
 ) -> None:
     """Read the referenced bytes, a batch per place, and check each against its digest.
     Bytes not found where they were written are looked for in this process's own
     configured place too (the same shared folder may be mounted elsewhere here)."""
     by_root: dict[str, list[int]] = {}
-    for position, (root, _, _) in refs.items():
+    for position, (root, *_) in refs.items():
         by_root.setdefault(root, []).append(position)
     mine = configured()
     then = f"Its input is gone: nbtasks.reset({job!r}) and call again." if kind == INPUT else ""
@@ -147,10 +161,11 @@ def _fetch(
             found = [data if data is not None else next(elsewhere) for data in found]
         for position, data in zip(positions, found, strict=True):
             index = items[position][0]
-            where = f"{root}/{refs[position][1][0]}"
+            _, (path, _, _), check, digest = refs[position]
+            where = f"{root}/{path}"
             if data is None:
                 out[position] = PayloadLost(job, index, where, "is missing", then)
-            elif hashlib.sha256(data).digest() != refs[position][2]:
+            elif (fresh := _digest(check, data)) != digest[: len(fresh)]:  # (packed: padded to 32 bytes)
                 out[position] = PayloadLost(job, index, where, "is not the one recorded (altered)", then)
             else:
                 out[position] = _inflate(data)
