@@ -48,6 +48,8 @@ def dump(value: Any) -> bytes:
     ``__main__`` (a notebook) by reference, which another process cannot resolve; those
     go through cloudpickle, which carries them by value.
     """
+    if type(value) in _PLAIN:  # refers to no module: no search of its bytes (a 1 MB page: 0.4 ms each)
+        return pickle.dumps(value, protocol=PROTOCOL)
     try:
         data = pickle.dumps(value, protocol=PROTOCOL)
     except (pickle.PicklingError, TypeError, AttributeError):
@@ -55,6 +57,9 @@ def dump(value: Any) -> bytes:
     if b"__main__" in data or any(name in data for name in _shipped):
         return _cloudpickle(value)
     return data
+
+
+_PLAIN = frozenset({str, bytes, bytearray, int, float, bool, complex, type(None)})
 
 
 def _cloudpickle(value: Any) -> bytes:
@@ -75,6 +80,8 @@ def dump_result(value: Any) -> bytes:
     pickles, while on the other backends the same task fails (see `_refuse_green`)."""
     try:
         data = dump(value)
+        if type(value) in _PLAIN:
+            return data
         # Only a process that has eventlet (or greenlet) can make a pickle that refers to
         # it; then a search of the bytes, at memory speed, and the exact check only when
         # they name it (most results never do).

@@ -16,6 +16,7 @@ segment. Either way such bytes are never unpickled.
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import os
 import struct
@@ -39,6 +40,7 @@ BLOB_MIN = int(os.environ.get("NBTASKS_BLOB_MIN") or 16 << 10)
 SEGMENT_MAX = 64 << 20  # bytes per segment written at once
 _HEAD = struct.Struct("<B32sQQH")  # check, digest, offset, length, length of the root's name
 SHA256, CRC32 = 1, 2  # the checks
+PARALLEL = 8 << 20  # bytes each thread reads and checks at a time, when a batch holds more
 SAMPLE = 64 << 10  # a larger pickle is compressed whole only if its start compresses
 
 _local = threading.local()
@@ -154,21 +156,58 @@ def _fetch(
     mine = configured()
     then = f"Its input is gone: nbtasks.reset({job!r}) and call again." if kind == INPUT else ""
     for root, positions in by_root.items():
-        found = open_blobs(root).read([refs[p][1] for p in positions])
-        if mine and mine != root and None in found:
-            again = [p for p, data in zip(positions, found, strict=True) if data is None]
-            elsewhere = iter(open_blobs(mine).read([refs[p][1] for p in again]))
-            found = [data if data is not None else next(elsewhere) for data in found]
+        place = open_blobs(root)
+        chunks = _chunks(positions, refs)
+        # Several threads read and check a large batch: reads and digests release the GIL.
+        checked = _pool().map(_read, [place] * len(chunks), [refs] * len(chunks), chunks) if len(chunks) > 1 else []
+        found = [data for chunk in checked for data in chunk] if chunks[1:] else _read(place, refs, positions)
+        if mine and mine != root and any(isinstance(data, str) for data in found):
+            again = [p for p, data in zip(positions, found, strict=True) if isinstance(data, str)]
+            elsewhere = iter(_read(open_blobs(mine), refs, again))
+            found = [next(elsewhere) if isinstance(data, str) else data for data in found]
         for position, data in zip(positions, found, strict=True):
-            index = items[position][0]
-            _, (path, _, _), check, digest = refs[position]
-            where = f"{root}/{path}"
-            if data is None:
-                out[position] = PayloadLost(job, index, where, "is missing", then)
-            elif (fresh := _digest(check, data)) != digest[: len(fresh)]:  # (packed: padded to 32 bytes)
-                out[position] = PayloadLost(job, index, where, "is not the one recorded (altered)", then)
+            if isinstance(data, str):
+                where = f"{root}/{refs[position][1][0]}"
+                out[position] = PayloadLost(job, items[position][0], where, data, then)
             else:
                 out[position] = _inflate(data)
+
+
+def _chunks(positions: list[int], refs: dict[int, tuple[str, Part, int, bytes]]) -> list[list[int]]:
+    """`positions` in runs of about PARALLEL bytes each."""
+    out: list[list[int]] = [[]]
+    size = 0
+    for p in positions:
+        if size >= PARALLEL:
+            out.append([])
+            size = 0
+        out[-1].append(p)
+        size += refs[p][1][2]
+    return out
+
+
+def _read(place: Blobs, refs: dict[int, tuple[str, Part, int, bytes]], positions: list[int]) -> list[bytes | str]:
+    """The bytes of each reference, checked; for one that fails, why (a str)."""
+    out: list[bytes | str] = []
+    for position, data in zip(positions, place.read([refs[p][1] for p in positions]), strict=True):
+        _, _, check, digest = refs[position]
+        if data is None:
+            out.append("is missing")
+        elif (fresh := _digest(check, data)) != digest[: len(fresh)]:  # (packed: padded to 32 bytes)
+            out.append("is not the one recorded (altered)")
+        else:
+            out.append(data)
+    return out
+
+
+_threads: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _pool() -> concurrent.futures.ThreadPoolExecutor:
+    global _threads
+    if _threads is None:
+        _threads = concurrent.futures.ThreadPoolExecutor(max(2, min(8, os.cpu_count() or 2)), "nbtasks-read")
+    return _threads
 
 
 def _inflate(envelope: bytes) -> bytes:
