@@ -11,7 +11,7 @@ import sys
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from types import CellType, CodeType, FunctionType, ModuleType
-from typing import Any
+from typing import Any, NamedTuple
 
 import cloudpickle
 
@@ -67,17 +67,34 @@ def _cloudpickle(value: Any) -> bytes:
     return data
 
 
-def load(data: bytes) -> Any:
-    """The inverse of `dump`."""
-    return pickle.loads(data)
+class Raw(NamedTuple):
+    """A large `bytes` result carried as itself rather than as a pickle of it: stored
+    outside Redis, it is written from and read into the one object, with no copy."""
+
+    data: bytes
 
 
-def dump_result(value: Any) -> bytes:
+RAW_MIN = 64 << 10  # smaller bytes results are pickled: a copy costs less than the bookkeeping
+
+
+def load(data: bytes | Raw) -> Any:
+    """The inverse of `dump` (and of `dump_result`)."""
+    return data.data if isinstance(data, Raw) else pickle.loads(data)
+
+
+def pickled(data: bytes | Raw) -> bytes:
+    """`data` as a pickle, whichever way it came."""
+    return pickle.dumps(data.data, protocol=PROTOCOL) if isinstance(data, Raw) else data
+
+
+def dump_result(value: Any) -> bytes | Raw:
     """`dump` for a task's return value, in the worker: ResultNotPicklable, whose message
     is the whole story (the caller shows it as the item's failure, with no traceback), for
     a value that cannot be sent back. That includes one that would load eventlet into the
     caller: with the eventlet backend the worker's `threading.Lock()` is eventlet's, which
     pickles, while on the other backends the same task fails (see `_refuse_green`)."""
+    if type(value) is bytes and len(value) >= RAW_MIN:
+        return Raw(value)
     try:
         data = dump(value)
         if type(value) in _PLAIN:

@@ -39,7 +39,7 @@ def gather(store: Store, spec: JobSpec, errors: str = "raise") -> list[Any]:
         try:
             results.append(codec.load(payload))
         except Exception:
-            if payload.startswith(trust.MAGIC):  # signed, and this process has no secret
+            if isinstance(payload, bytes) and payload.startswith(trust.MAGIC):  # signed, and this process has no secret
                 raise PayloadRejected(spec.name, index, "it is signed and no secret is set here") from None
             raise
     if lost:

@@ -43,6 +43,10 @@ def page(i: int) -> str:
     return "<table>" + "\n".join(rows) + "</table>"
 
 
+def page_bytes(i: int) -> bytes:
+    return page(i).encode()
+
+
 def counted(i: int) -> bytes:
     """`noise`, noting each run in NBT_LOG (one line per run: its item)."""
     with open(os.environ["NBT_LOG"], "a") as log:
@@ -94,6 +98,11 @@ def test_text_is_compressed_and_small_results_stay_in_redis(r: redis.Redis, shar
     size = len(page(0).encode())
     kept = sum(f.stat().st_size for f in blob_files(shared)) + sum(len(stored(r, "pages", i)) for i in range(4))
     assert kept < 4 * size / 3, f"{kept} bytes kept for {4 * size} of text"
+    # The same text as bytes (a download's .content): compressed too, not kept as it is.
+    assert nbtasks.pmap(page_bytes, range(4), name="raw", processes=1, progress=False) == [
+        page(i).encode() for i in range(4)
+    ]
+    assert sum(f.stat().st_size for f in blob_files(shared)) < kept + 4 * size / 3
     assert nbtasks.pmap(str, range(3), name="small", processes=1, progress=False) == ["0", "1", "2"]
     assert stored(r, "small", 0)[:1] == b"\x80", "a small result is the pickle itself, in Redis"
 

@@ -16,6 +16,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from .. import blobs as places
+from ..codec import Raw
 from ..errors import ConnectionLost, PayloadRejected, RedisUnavailable, WritesRefused
 from ..keys import REGISTRY, STORE_ID, KeyCache
 from ..trust import INPUT, Signer
@@ -87,12 +88,12 @@ class StoreBase:
         found = self.client.get(STORE_ID)
         return found.decode() if found is not None else "store"
 
-    def _seal(self, job: str, kind: bytes, items: Sequence[tuple[int, bytes]]) -> list[bytes]:
+    def _seal(self, job: str, kind: bytes, items: Sequence[tuple[int, bytes | Raw]]) -> list[bytes]:
         """What Redis is to hold for each (index, pickle) of `job`: see `payloads`. Large
         ones go to the job's place for blobs (this process's own choice, else the one its
         caller chose), noted in the job so that deleting it deletes them."""
         place = None
-        if any(len(data) >= payloads.BLOB_MIN for _, data in items):
+        if any(payloads.size(data) >= payloads.BLOB_MIN for _, data in items):
             root = places.place_of_job((self.client.hget(self.keys[job].meta, "blobs") or b"").decode())
             place = places.open_blobs(root) if root else None
         folder = places.job_folder(self.store_id, job) if place is not None else ""
@@ -108,7 +109,7 @@ class StoreBase:
     def _open_inputs(self, job: str, items: Sequence[tuple[int, bytes | None]]) -> list[bytes | PayloadRejected]:
         """Inputs as pickles; one that may not be loaded comes as its PayloadRejected."""
         opened = payloads.unseal(self.signer, job, INPUT, [(i, b"" if p is None else p) for i, p in items])
-        return [b"" if p is None else p for p in opened]
+        return [_input(job, i, p) for (i, _), p in zip(items, opened, strict=True)]
 
     def _drop_blobs(self, places_used: set[bytes]) -> int:
         """Delete the folders of large payloads a deleted job held; the bytes they took."""
@@ -120,6 +121,12 @@ class StoreBase:
             except Exception:  # noqa: BLE001 (a place unreachable now: its files stay, the job is gone)
                 continue
         return freed
+
+
+def _input(job: str, index: int, opened: bytes | Raw | PayloadRejected | None) -> bytes | PayloadRejected:
+    if isinstance(opened, Raw):  # (never written so: results only)
+        return PayloadRejected(job, index, "an input came as raw bytes, not a pickle")
+    return b"" if opened is None else opened
 
 
 def nbtasks_error(url: str, exc: redis.RedisError) -> RedisUnavailable:

@@ -18,18 +18,23 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import itertools
 import os
 import struct
 import threading
 import uuid
 import zlib
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from typing import NamedTuple
 
 import zstandard
 
+from .. import codec
 from ..blobs import Blobs, Part, configured, open_blobs
+from ..codec import Raw
 from ..errors import PayloadLost, PayloadRejected
-from ..trust import INPUT, Signer
+from ..trust import INPUT, MAGIC, TAG, Signer
 
 ZSTD, REF = b"NBZ1", b"NBR1"
 COMPRESS_MIN = 1024  # smaller pickles rarely shrink by enough to pay for a frame
@@ -38,12 +43,25 @@ SAVING = 0.9  # compressed only when it takes at most this share of the bytes
 # set; benchmarks/bench_threshold.py measures it (NBTASKS_BLOB_MIN changes it).
 BLOB_MIN = int(os.environ.get("NBTASKS_BLOB_MIN") or 16 << 10)
 SEGMENT_MAX = 64 << 20  # bytes per segment written at once
-_HEAD = struct.Struct("<B32sQQH")  # check, digest, offset, length, length of the root's name
+_HEAD = struct.Struct("<BB32sQQH")  # check, flags, digest, offset, length, length of the root's name
 SHA256, CRC32 = 1, 2  # the checks
+RAW = 1  # a flag: the bytes are a bytes result itself, not a pickle (see codec.Raw)
+GROUP, GROUP_REFS = 1000, 16  # items, and references among them, unsealed at a time by unseal_ahead
 PARALLEL = 8 << 20  # bytes each thread reads and checks at a time, when a batch holds more
 SAMPLE = 64 << 10  # a larger pickle is compressed whole only if its start compresses
 
 _local = threading.local()
+Opened = bytes | Raw | None | PayloadRejected  # a payload read back: see unseal
+
+
+class Ref(NamedTuple):
+    """A reference, read: where the bytes are and how to check them."""
+
+    root: str
+    part: Part
+    check: int
+    flags: int
+    digest: bytes
 
 
 def _zstd() -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
@@ -56,13 +74,16 @@ def _zstd() -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
 
 def compress(data: bytes) -> bytes:
     """`data` as an envelope: compressed when that saves enough."""
-    if len(data) < COMPRESS_MIN:
+    if len(data) < COMPRESS_MIN or not _compresses(data):
         return data
-    squeeze = _zstd()[0].compress
-    if len(data) > 2 * SAMPLE and len(squeeze(data[:SAMPLE])) > SAVING * SAMPLE:
-        return data  # (an image, an archive, random bytes: their start tells, at a tenth of the cost)
-    packed = squeeze(data)
+    packed = _zstd()[0].compress(data)
     return ZSTD + packed if len(packed) + len(ZSTD) <= SAVING * len(data) else data
+
+
+def _compresses(data: bytes) -> bool:
+    """Whether `data` may compress: for a large one (an image, an archive, random
+    bytes), its start tells, at a tenth of the cost of trying it all."""
+    return len(data) <= 2 * SAMPLE or len(_zstd()[0].compress(data[:SAMPLE])) <= SAVING * SAMPLE
 
 
 def _digest(check: int, data: bytes) -> bytes:
@@ -72,30 +93,51 @@ def _digest(check: int, data: bytes) -> bytes:
 
 
 def seal(
-    signer: Signer, job: str, kind: bytes, items: Sequence[tuple[int, bytes]], blobs: Blobs | None, folder: str
+    signer: Signer, job: str, kind: bytes, items: Sequence[tuple[int, bytes | Raw]], blobs: Blobs | None, folder: str
 ) -> tuple[list[bytes], int]:
-    """What Redis is to hold for each (index, pickle), and how many bytes went to `blobs`
-    (in segments under `folder`): large ones are written there first, durably."""
-    envelopes = [compress(data) for _, data in items]
+    """What Redis is to hold for each (index, pickle or Raw bytes), and how many bytes
+    went to `blobs` (in segments under `folder`): large ones are written there first,
+    durably. Raw bytes that compress, or that stay in Redis, are pickled first."""
+    bodies = [_body(data) for _, data in items]
+    envelopes: list[bytes] = [b""] * len(items)
     written = 0
     if blobs is not None:
-        large = [n for n, envelope in enumerate(envelopes) if len(envelope) >= BLOB_MIN]
-        for segment in _segments(large, envelopes):
+        large = [n for n, body in enumerate(bodies) if len(_bytes(body)) >= BLOB_MIN]
+        for segment in _segments(large, [_bytes(body) for body in bodies]):
             path = f"{folder}/{kind.decode()}-{uuid.uuid4().hex}"
-            offsets, size = [], 0
-            for n in segment:
-                offsets.append(size)
-                size += len(envelopes[n])
-            blobs.write(path, [envelopes[n] for n in segment])
-            written += size
+            chunks = [_bytes(bodies[n]) for n in segment]
+            blobs.write(path, chunks)
             root = blobs.url.encode()
             check = SHA256 if signer.enabled else CRC32
-            for n, offset in zip(segment, offsets, strict=True):
-                body = envelopes[n]
-                head = _HEAD.pack(check, _digest(check, body), offset, len(body), len(root))
+            offset = 0
+            for n, chunk in zip(segment, chunks, strict=True):
+                flags = RAW if isinstance(bodies[n], Raw) else 0
+                head = _HEAD.pack(check, flags, _digest(check, chunk), offset, len(chunk), len(root))
                 envelopes[n] = REF + head + root + path.encode()
+                offset += len(chunk)
+            written += offset
+    for n, body in enumerate(bodies):
+        if not envelopes[n]:
+            envelopes[n] = compress(codec.pickled(body)) if isinstance(body, Raw) else body
     sealed = [signer.sign(job, index, kind, envelope) for (index, _), envelope in zip(items, envelopes, strict=True)]
     return sealed, written
+
+
+def _body(data: bytes | Raw) -> bytes | Raw:
+    """What is stored of a payload: compressed when that saves enough; Raw bytes kept
+    as they are unless they compress."""
+    if isinstance(data, Raw):
+        return data if not _compresses(data.data) else compress(codec.pickled(data))
+    return compress(data)
+
+
+def _bytes(body: bytes | Raw) -> bytes:
+    return body.data if isinstance(body, Raw) else body
+
+
+def size(data: bytes | Raw) -> int:
+    """How many bytes a payload holds (a Raw is a tuple: its len() is 1)."""
+    return len(_bytes(data))
 
 
 def _segments(chosen: list[int], envelopes: list[bytes]) -> list[list[int]]:
@@ -110,13 +152,11 @@ def _segments(chosen: list[int], envelopes: list[bytes]) -> list[list[int]]:
     return [segment for segment in out if segment]
 
 
-def unseal(
-    signer: Signer, job: str, kind: bytes, items: Sequence[tuple[int, bytes | None]]
-) -> list[bytes | None | PayloadRejected]:
+def unseal(signer: Signer, job: str, kind: bytes, items: Sequence[tuple[int, bytes | None]]) -> list[Opened]:
     """The pickle of each (index, stored value), or the PayloadRejected (PayloadLost for
     a missing or altered segment) that says why it may not be loaded; None stays None."""
-    out: list[bytes | None | PayloadRejected] = []
-    refs: dict[int, tuple[str, Part, int, bytes]] = {}  # position -> root, part, check, digest
+    out: list[Opened] = []
+    refs: dict[int, Ref] = {}  # by position
     for position, (index, stored) in enumerate(items):
         if stored is None:
             out.append(None)
@@ -127,11 +167,11 @@ def unseal(
             out.append(exc)
             continue
         if envelope[: len(REF)] == REF:
-            check, digest, offset, length, size = _HEAD.unpack_from(envelope, len(REF))
+            check, flags, digest, offset, length, size = _HEAD.unpack_from(envelope, len(REF))
             start = len(REF) + _HEAD.size
             root = envelope[start : start + size].decode()
             path = envelope[start + size :].decode()
-            refs[position] = (root, (path, offset, length), check, digest)
+            refs[position] = Ref(root, (path, offset, length), check, flags, digest)
             out.append(None)  # (filled below)
         else:
             out.append(_inflate(envelope))
@@ -140,19 +180,46 @@ def unseal(
     return out
 
 
+def unseal_ahead(signer: Signer, job: str, kind: bytes, items: Iterable[tuple[int, bytes | None]]) -> Iterator[Opened]:
+    """`unseal`, item after item, for a long read: groups holding references to bytes
+    outside Redis are read by another thread while the caller loads the groups before."""
+    ahead: deque[concurrent.futures.Future[list[Opened]] | list[Opened]]
+    ahead = deque()
+    group: list[tuple[int, bytes | None]] = []
+    refs = 0
+    for item in itertools.chain(items, [None]):
+        if item is not None:
+            group.append(item)
+            refs += item[1] is not None and _refers(item[1])
+            if len(group) < GROUP and refs < GROUP_REFS:
+                continue
+        if group:
+            later = _reader().submit(unseal, signer, job, kind, group) if refs else None
+            ahead.append(later or unseal(signer, job, kind, group))
+            group, refs = [], 0
+        while ahead and (item is None or len(ahead) > 2):
+            done = ahead.popleft()
+            yield from done.result() if isinstance(done, concurrent.futures.Future) else done
+
+
+def _refers(stored: bytes) -> bool:
+    """Whether a stored value (signed or not) is a reference."""
+    return stored[:4] == REF or stored[len(MAGIC) + TAG : len(MAGIC) + TAG + 4] == REF
+
+
 def _fetch(
     job: str,
     kind: bytes,
     items: Sequence[tuple[int, bytes | None]],
-    refs: dict[int, tuple[str, Part, int, bytes]],
-    out: list[bytes | None | PayloadRejected],
+    refs: dict[int, Ref],
+    out: list[Opened],
 ) -> None:
     """Read the referenced bytes, a batch per place, and check each against its digest.
     Bytes not found where they were written are looked for in this process's own
     configured place too (the same shared folder may be mounted elsewhere here)."""
     by_root: dict[str, list[int]] = {}
-    for position, (root, *_) in refs.items():
-        by_root.setdefault(root, []).append(position)
+    for position, ref in refs.items():
+        by_root.setdefault(ref.root, []).append(position)
     mine = configured()
     then = f"Its input is gone: nbtasks.reset({job!r}) and call again." if kind == INPUT else ""
     for root, positions in by_root.items():
@@ -167,13 +234,13 @@ def _fetch(
             found = [next(elsewhere) if isinstance(data, str) else data for data in found]
         for position, data in zip(positions, found, strict=True):
             if isinstance(data, str):
-                where = f"{root}/{refs[position][1][0]}"
+                where = f"{root}/{refs[position].part[0]}"
                 out[position] = PayloadLost(job, items[position][0], where, data, then)
             else:
-                out[position] = _inflate(data)
+                out[position] = Raw(data) if refs[position].flags & RAW else _inflate(data)
 
 
-def _chunks(positions: list[int], refs: dict[int, tuple[str, Part, int, bytes]]) -> list[list[int]]:
+def _chunks(positions: list[int], refs: dict[int, Ref]) -> list[list[int]]:
     """`positions` in runs of about PARALLEL bytes each."""
     out: list[list[int]] = [[]]
     size = 0
@@ -182,15 +249,15 @@ def _chunks(positions: list[int], refs: dict[int, tuple[str, Part, int, bytes]])
             out.append([])
             size = 0
         out[-1].append(p)
-        size += refs[p][1][2]
+        size += refs[p].part[2]
     return out
 
 
-def _read(place: Blobs, refs: dict[int, tuple[str, Part, int, bytes]], positions: list[int]) -> list[bytes | str]:
+def _read(place: Blobs, refs: dict[int, Ref], positions: list[int]) -> list[bytes | str]:
     """The bytes of each reference, checked; for one that fails, why (a str)."""
     out: list[bytes | str] = []
-    for position, data in zip(positions, place.read([refs[p][1] for p in positions]), strict=True):
-        _, _, check, digest = refs[position]
+    for position, data in zip(positions, place.read([refs[p].part for p in positions]), strict=True):
+        check, digest = refs[position].check, refs[position].digest
         if data is None:
             out.append("is missing")
         elif (fresh := _digest(check, data)) != digest[: len(fresh)]:  # (packed: padded to 32 bytes)
@@ -201,6 +268,14 @@ def _read(place: Blobs, refs: dict[int, tuple[str, Part, int, bytes]], positions
 
 
 _threads: concurrent.futures.ThreadPoolExecutor | None = None
+_ahead: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _reader() -> concurrent.futures.ThreadPoolExecutor:
+    global _ahead
+    if _ahead is None:
+        _ahead = concurrent.futures.ThreadPoolExecutor(1, "nbtasks-read-ahead")
+    return _ahead
 
 
 def _pool() -> concurrent.futures.ThreadPoolExecutor:

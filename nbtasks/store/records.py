@@ -29,6 +29,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..codec import Raw
 from ..policy import RunPolicy
 
 DISTINCT = "distinct"  # the inputs kind of a pmap job: each distinct input stored once
@@ -42,7 +43,7 @@ class Outcome:
 
     index: int
     kind: str
-    payload: bytes
+    payload: bytes | Raw  # a pickle; a large bytes result may come as itself (see codec.Raw)
     line: str = ""
 
 

@@ -3,9 +3,9 @@ the output stream of what its tasks printed and logged."""
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator, Sequence
 
+from ..codec import Raw
 from ..errors import PayloadLost, PayloadRejected
 from ..output import KEEP, Output, OutputLine
 from ..trust import FAILURE, RESULT
@@ -15,19 +15,15 @@ from .bits import BATCH
 
 
 class ResultOps(StoreBase):
-    def results(self, job: str, indices: Sequence[int]) -> Iterator[bytes | PayloadLost | None]:
-        """The result pickles of `indices`, in their order, read in pipelined batches;
+    def results(self, job: str, indices: Sequence[int]) -> Iterator[bytes | Raw | PayloadLost | None]:
+        """The result pickles (or Raw bytes, see codec.Raw) of `indices`, in their order, read in pipelined batches;
         None for one not recorded, PayloadLost for one whose bytes outside Redis are
         missing or altered; PayloadRejected raised at the first that fails its signature."""
         stored = self._hash_in_order(self.keys[job].results, indices)
-        at = 0
-        while batch := list(itertools.islice(stored, 1000)):
-            items = list(zip(indices[at : at + len(batch)], batch, strict=True))
-            at += len(batch)
-            for opened in payloads.unseal(self.signer, job, RESULT, items):
-                if isinstance(opened, PayloadRejected) and not isinstance(opened, PayloadLost):
-                    raise opened
-                yield opened
+        for opened in payloads.unseal_ahead(self.signer, job, RESULT, zip(indices, stored, strict=True)):
+            if isinstance(opened, PayloadRejected) and not isinstance(opened, PayloadLost):
+                raise opened
+            yield opened
 
     def forget_results(self, job: str, indices: Sequence[int]) -> None:
         """Drop results that cannot be read back (see PayloadLost): their items run again."""

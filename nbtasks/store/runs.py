@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from .. import codec
 from ..errors import PayloadRejected
 from ..keys import RUN_STATE
 from ..trust import FAILURE, RESULT
@@ -132,7 +133,7 @@ class RunOps(StoreBase):
         args: list[Any] = []
         size = 0
         for o in outcomes:
-            payload = next(sealed) if o.kind == "1" else sign(job, o.index, FAILURE, o.payload)
+            payload = next(sealed) if o.kind == "1" else sign(job, o.index, FAILURE, codec.pickled(o.payload))
             if args and size + len(payload) > BATCH_BYTES:
                 self._record(keys=keys, args=[retries, delay * 1000, *args])
                 args, size = [], 0
