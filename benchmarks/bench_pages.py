@@ -6,7 +6,9 @@ plain for-loop in the same run, then what keeping the results costs: the server'
 memory, its append-only file and every top-level entry of the home folder, as ratios to
 the bytes of the results; then the same after `nbtasks.reset` of the job.
 
-    .venv/bin/python benchmarks/bench_pages.py [--pages 20000] [--min-kb 50] [--max-kb 200]
+    .venv/bin/python benchmarks/bench_pages.py [--pages 20000] [--min-kb 50] [--max-kb 200] [--binary]
+
+(`--pages 300 --min-kb 1024 --max-kb 1024 --binary`: the 300 MB job of the README.)
 
 The server is started before the timing (as it would be running already); the worker
 processes start inside it. The server is stopped and the home folder removed at exit.
@@ -24,6 +26,7 @@ import tempfile
 import time
 import zlib
 from pathlib import Path
+from typing import Any
 
 JOB = "bench-pages"
 
@@ -103,9 +106,15 @@ def page(item: tuple[int, int]) -> str:
     return html_page(i, size)
 
 
-def compression(pages: list[str]) -> float:
+def image(item: tuple[int, int]) -> bytes:
+    """The task with --binary: `size` bytes that do not compress (an image, an archive)."""
+    i, size = item
+    return random.Random(i).randbytes(size)
+
+
+def compression(pages: list[str] | list[bytes]) -> float:
     """zlib (level 6) ratio of `pages`, each compressed alone."""
-    data = [p.encode() for p in pages]
+    data = [p.encode() if isinstance(p, str) else p for p in pages]
     return sum(map(len, data)) / sum(len(zlib.compress(d, 6)) for d in data)
 
 
@@ -177,15 +186,16 @@ def close_warm_workers() -> None:
         warm.close_all()
 
 
-def measure(home: Path, pages: int, min_kb: int, max_kb: int) -> None:
+def measure(home: Path, pages: int, min_kb: int, max_kb: int, binary: bool = False) -> None:
     import nbtasks
     import nbtasks.server
 
     items = [(i, page_size(i, min_kb, max_kb)) for i in range(pages)]
+    task: Any = image if binary else page
     start = time.perf_counter()
-    reference = [page(item) for item in items]
+    reference = [task(item) for item in items]
     loop = time.perf_counter() - start
-    assert all(p.isascii() for p in reference)  # so characters are bytes
+    assert binary or all(p.isascii() for p in reference)  # so characters are bytes
     result_bytes = sum(map(len, reference))
     ratio = compression(reference[:200])
     samples = {k: reference[k] for k in range(0, pages, max(1, pages // 10))}
@@ -194,7 +204,7 @@ def measure(home: Path, pages: int, min_kb: int, max_kb: int) -> None:
     nbtasks.server.start(home)
     empty = footprint(home, "empty")
     start = time.perf_counter()
-    out = nbtasks.pmap(page, items, name=JOB, fresh=True, progress=False)
+    out = nbtasks.pmap(task, items, name=JOB, fresh=True, progress=False)
     wall = time.perf_counter() - start
     assert len(out) == pages and sum(map(len, out)) == result_bytes, "incomplete results"
     assert all(out[k] == p for k, p in samples.items()), "results differ from the for-loop's"
@@ -206,7 +216,8 @@ def measure(home: Path, pages: int, min_kb: int, max_kb: int) -> None:
     after_reset = footprint(home, "after reset")
 
     mb = result_bytes / 1e6
-    print(f"\n{pages:,} pages of {min_kb}-{max_kb} KB, {mb:,.0f} MB of results (zlib -6: {ratio:.1f}x)")
+    kind = "incompressible results" if binary else "pages"
+    print(f"\n{pages:,} {kind} of {min_kb}-{max_kb} KB, {mb:,.0f} MB of results (zlib -6: {ratio:.1f}x)")
     print("x ref: seconds / the for-loop's, bytes / the bytes of the results")
     print(f"{'measure':44} {'seconds':>8} {'MB':>10} {'x ref':>7}")
     print(f"{'for-loop, list of results (reference)':44} {loop:8.2f} {mb:10,.1f} {1:7.2f}")
@@ -222,12 +233,13 @@ def main() -> None:
     parser.add_argument("--pages", type=int, default=20_000)
     parser.add_argument("--min-kb", type=int, default=50)
     parser.add_argument("--max-kb", type=int, default=200)
+    parser.add_argument("--binary", action="store_true", help="incompressible bytes instead of HTML")
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="nbtasks-home-"))
     os.environ["NBTASKS_HOME"] = str(home)  # before nbtasks is imported: its embedded server, here
     os.environ.pop("NBTASKS_REDIS_URL", None)
     try:
-        measure(home, args.pages, args.min_kb, args.max_kb)
+        measure(home, args.pages, args.min_kb, args.max_kb, args.binary)
     finally:
         close_warm_workers()
         with contextlib.suppress(Exception):

@@ -5,8 +5,9 @@ segment outside Redis (`nbtasks.blobs`); signed in every case when a secret is s
     stored    = signed(envelope)              (see nbtasks.trust; unsigned without a secret)
     envelope  = pickle                        (starts with b"\\x80")
               | ZSTD + zstd frame of a pickle
-              | REF + check + digest + offset + length + root + path
-    the bytes at (root, path, offset, length) = a pickle, or ZSTD + frame
+              | REF + check + flags + digest + offset + length + root + path
+    the bytes at (root, path, offset, length) = a pickle, or ZSTD + frame, or (flag RAW)
+                                                 a large bytes result itself (codec.Raw)
 
 The reference carries a digest of the bytes it points to: with a secret their SHA-256, so
 that the signature over the reference covers them too; without one (nobody's writes are
