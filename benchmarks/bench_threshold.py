@@ -22,7 +22,7 @@ import nbtasks
 from nbtasks.pool import warm
 from nbtasks.server import TemporaryServer
 
-SIZES = [4 << 10, 16 << 10, 32 << 10, 64 << 10, 128 << 10, 256 << 10, 1 << 20]
+SIZES = [1 << 10, 2 << 10, 4 << 10, 8 << 10, 16 << 10, 32 << 10, 64 << 10, 128 << 10, 256 << 10, 1 << 20]
 
 
 def result(i: int, size: int) -> bytes:

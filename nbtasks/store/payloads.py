@@ -42,7 +42,7 @@ COMPRESS_MIN = 1024  # smaller pickles rarely shrink by enough to pay for a fram
 SAVING = 0.9  # compressed only when it takes at most this share of the bytes
 # Bytes after compression from which a payload leaves Redis, when a place for blobs is
 # set; benchmarks/bench_threshold.py measures it (NBTASKS_BLOB_MIN changes it).
-BLOB_MIN = int(os.environ.get("NBTASKS_BLOB_MIN") or 16 << 10)
+BLOB_MIN = int(os.environ.get("NBTASKS_BLOB_MIN") or 4 << 10)
 SEGMENT_MAX = 64 << 20  # bytes per segment written at once
 _HEAD = struct.Struct("<BB32sQQH")  # check, flags, digest, offset, length, length of the root's name
 SHA256, CRC32 = 1, 2  # the checks
