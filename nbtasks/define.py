@@ -245,6 +245,9 @@ def _store_function(
     versions or edits, and each call sets its own policy."""
     stored = policy.stored()
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    place = blobs.place_for(store.url)
+    if place:
+        blobs.open_blobs(place)  # a place that cannot be used says so here, not in a worker
     fields = definition(
         code=ident.digest,
         parts=ident.parts,
@@ -252,7 +255,7 @@ def _store_function(
         python=python,
         policy=stored,
         inputs=inputs,
-        blobs=blobs.place_for(store.url),
+        blobs=place,
     )
     store.define(name, fields, func_payload)
     return stored
