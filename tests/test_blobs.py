@@ -287,3 +287,15 @@ def test_a_job_heavy_in_redis_says_once_how_to_keep_payloads_elsewhere(
     assert "job 'heavy' keeps" in said and "configure(blobs=...) or NBTASKS_BLOBS" in said, said
     nbtasks.pmap(noise, range(400, 800), name="heavier", processes=2, progress=False)
     assert "configure(blobs=" not in capfd.readouterr().err, "said once"
+
+
+def test_a_place_that_cannot_be_used_is_refused_before_anything_runs(r: redis.Redis, log: Path) -> None:
+    with pytest.raises(nbtasks.errors.ConfigError, match="absolute folder path"):
+        nbtasks.configure(blobs="relative/folder")
+    nbtasks.configure(blobs="nosuchproto://bucket/prefix")
+    try:
+        with pytest.raises(nbtasks.errors.ConfigError, match="Protocol not known: nosuchproto"):
+            nbtasks.pmap(counted, range(3), name="nowhere", processes=1, progress=False)
+    finally:
+        nbtasks.configure(blobs="")
+    assert runs(log) == [], "nothing ran"
