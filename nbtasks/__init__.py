@@ -46,6 +46,8 @@ _EXPORTS = {
     "WorkerError": "errors",
     "TaskError": "errors",
     "PayloadRejected": "errors",
+    "PayloadLost": "errors",
+    "BlobsUnavailable": "errors",
     "SecurityWarning": "errors",
 }
 
@@ -57,6 +59,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors (they do not 
     from .codec import ship as ship
     from .config import Settings as Settings, configure as configure
     from .errors import (
+        BlobsUnavailable as BlobsUnavailable,
         ConfigError as ConfigError,
         Failure as Failure,
         JobCancelled as JobCancelled,
@@ -64,6 +67,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors (they do not 
         JobMismatchError as JobMismatchError,
         NbtasksError as NbtasksError,
         NotPicklableError as NotPicklableError,
+        PayloadLost as PayloadLost,
         PayloadRejected as PayloadRejected,
         RedisUnavailable as RedisUnavailable,
         ResultNotPicklable as ResultNotPicklable,

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .config import settings
-from .errors import ConfigError
+from .errors import BlobsUnavailable, ConfigError
 from .server import BLOBS, LOGFILE, SOCKET
 
 T = TypeVar("T")
@@ -82,7 +82,8 @@ class Blobs(ABC):
 
     @abstractmethod
     def read(self, parts: Sequence[Part]) -> list[bytes | None]:
-        """The bytes of each part; None for one whose segment is missing or too short."""
+        """The bytes of each part; None for one whose segment is missing or too short;
+        BlobsUnavailable when the place itself cannot be read now."""
 
     @abstractmethod
     def remove(self, folder: str) -> int:
@@ -122,6 +123,8 @@ class LocalBlobs(Blobs):
         self._made.add(folder)
 
     def read(self, parts: Sequence[Part]) -> list[bytes | None]:
+        if parts and not self.root.is_dir():  # a shared folder not mounted here: nothing is lost
+            raise BlobsUnavailable(f"The folder {self.root} of large payloads is not there (not mounted?).")
         out: list[bytes | None] = []
         files: dict[str, int | None] = {}
         try:
@@ -208,6 +211,10 @@ class RemoteBlobs(Blobs):
         ends = [offset + length for _, offset, length in parts]
         # One call for all: an object store's file system fetches the ranges concurrently.
         found: list[Any] = self.fs.cat_ranges(paths, starts, ends, on_error="return")
+        for failed in found:
+            if isinstance(failed, BaseException) and not isinstance(failed, FileNotFoundError):
+                why = f"{type(failed).__name__}: {failed}"
+                raise BlobsUnavailable(f"Cannot read large payloads from {self.url}: {why}.")
         return [
             data if isinstance(data, bytes) and len(data) == length else None
             for data, (_, _, length) in zip(found, parts, strict=True)

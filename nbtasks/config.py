@@ -15,7 +15,8 @@ DEFAULT_CONCURRENCY = 200
 
 @dataclass(frozen=True)
 class Settings:
-    """Defaults for every `pmap` call; each field can be overridden per call.
+    """Defaults for every `pmap` call; redis_url (as ``redis=``), processes, concurrency
+    and keep can also be given to one call.
 
     redis_url:   where jobs live (``redis://``, ``rediss://`` or ``unix://``).
     processes:   worker processes per job (0 runs inline in the caller).
@@ -104,7 +105,10 @@ def settings() -> Settings:
 def configure(**changes: Any) -> Settings:
     """Change the defaults of later calls, e.g. ``configure(redis_url="redis://host:6379/0")``.
 
-    Accepts the fields of `Settings`; returns the settings now in force.
+    Accepts the fields of `Settings` (see ``help(nbtasks.Settings)``): redis_url,
+    processes, concurrency, warm, keep, and blobs (where large inputs and results are
+    kept: a folder or a URL such as ``s3://bucket/prefix``; "none": in Redis; "": the
+    default). Returns the settings now in force.
     """
     global _current
     unknown = set(changes) - {f.name for f in dataclasses.fields(Settings)}

@@ -14,6 +14,7 @@ NbtasksError
 ├── UnknownJob           no job of that name in the store
 ├── PayloadRejected      a stored payload failed its signature check: never unpickled
 │   └── PayloadLost      a payload kept outside Redis is missing or altered: its item runs again
+├── BlobsUnavailable     the place for large payloads cannot be written or read now
 └── TaskError            some tasks raised; carries every Failure
 
 SecurityWarning          a Redis reachable from other hosts, and no secret set
@@ -113,6 +114,12 @@ class PayloadLost(PayloadRejected):
         self.job, self.index, self.where = job, index, where
         then = then or "Its item runs again on the next call of the same pmap."
         NbtasksError.__init__(self, f"Job '{job}' (item {index}): its payload in {where} {why}; not unpickled. {then}")
+
+
+class BlobsUnavailable(NbtasksError):
+    """The place for large payloads (see `configure(blobs=...)`) cannot be written or read
+    now: a full disk, a folder not mounted, an object store out of reach. Nothing is
+    forgotten: the same call again, once it is back, goes on."""
 
 
 class SecurityWarning(UserWarning):

@@ -55,7 +55,7 @@ def _forget(store: Store, spec: JobSpec, lost: dict[int, PayloadLost]) -> None:
         store.mark_complete(spec.name, spec.list_digest, False)
     first = next(iter(lost.values()))
     if len(lost) > 1:
-        first.args = (f"{first.args[0]} ({len(lost)} results of this call were lost.)",)
+        first.args = (f"{first.args[0]} So do {len(lost) - 1:,} more results of this call, lost the same way.",)
     raise first
 
 

@@ -192,8 +192,8 @@ def count(n: int, noun: str) -> str:
 
 
 def size_text(size: int) -> str:
-    """Bytes for a person: "512 B", "3.4 MB", "1.2 GB"."""
-    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("kB", 1 << 10)):
+    """Bytes for a person: "512 B", "3.4 MiB", "1.2 GiB" (as `nbtasks server status`)."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if size >= scale:
             return f"{size / scale:.1f} {unit}"
     return f"{size} B"

@@ -299,3 +299,25 @@ def test_a_place_that_cannot_be_used_is_refused_before_anything_runs(r: redis.Re
     finally:
         nbtasks.configure(blobs="")
     assert runs(log) == [], "nothing ran"
+
+
+def test_a_place_out_of_reach_is_an_error_that_forgets_nothing(r: redis.Redis, tmp_path: Path, log: Path) -> None:
+    folder = tmp_path / "mounted"
+    nbtasks.configure(blobs=str(folder))
+    try:
+        assert nbtasks.pmap(counted, range(4), name="far", processes=1, progress=False) == [noise(i) for i in range(4)]
+        folder.rename(tmp_path / "elsewhere")  # (a shared folder not mounted now)
+        with pytest.raises(nbtasks.BlobsUnavailable, match="not there"):
+            nbtasks.pmap(counted, range(4), name="far", processes=1, progress=False)
+        (tmp_path / "elsewhere").rename(folder)
+        assert nbtasks.pmap(counted, range(4), name="far", processes=1, progress=False) == [noise(i) for i in range(4)]
+        assert sorted(runs(log)) == list(range(4)), "nothing was forgotten, nothing ran again"
+        # A place the workers cannot write to (here a file where the folder should be):
+        # the call stops with why, instead of replacing workers that fail the same way.
+        blocked = tmp_path / "blocked"
+        blocked.write_text("not a folder")
+        nbtasks.configure(blobs=str(blocked))
+        with pytest.raises(nbtasks.WorkerError, match="Cannot write large payloads to .*blocked"):
+            nbtasks.pmap(counted, range(4, 8), name="blocked", processes=1, progress=False)
+    finally:
+        nbtasks.configure(blobs="")

@@ -17,7 +17,7 @@ from redis.cluster import RedisCluster
 
 from .. import blobs as places
 from ..codec import Raw
-from ..errors import ConnectionLost, PayloadRejected, RedisUnavailable, WritesRefused
+from ..errors import BlobsUnavailable, ConnectionLost, PayloadRejected, RedisUnavailable, WritesRefused
 from ..keys import REGISTRY, STORE_ID, KeyCache
 from ..trust import INPUT, Signer
 from . import lua, payloads
@@ -97,7 +97,14 @@ class StoreBase:
             root = places.place_of_job((self.client.hget(self.keys[job].meta, "blobs") or b"").decode())
             place = places.open_blobs(root) if root else None
         folder = places.job_folder(self.store_id, job) if place is not None else ""
-        sealed, written = payloads.seal(self.signer, job, kind, items, place, folder)
+        try:
+            sealed, written = payloads.seal(self.signer, job, kind, items, place, folder)
+        except Exception as exc:  # (all it does besides compressing is write to the place)
+            assert place is not None
+            raise BlobsUnavailable(
+                f"Cannot write large payloads to {place.url}: {type(exc).__name__}: {exc}. Check that place "
+                "(free space, permissions, credentials), or choose another: configure(blobs=...) or NBTASKS_BLOBS."
+            ) from exc
         if place is not None and written:
             k = self.keys[job]
             pipe = self.client.pipeline(transaction=False)

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from .. import backends, codec, output
 from ..backends import Backend, Task
-from ..errors import ConnectionLost, PayloadRejected
+from ..errors import BlobsUnavailable, ConnectionLost, PayloadRejected
 from ..exits import WORKER_BROKEN, WORKER_CANNOT_RUN, WORKER_DONE, WORKER_REFUSED
 from ..policy import RunPolicy
 from ..pool.beacon import Beacon
@@ -322,7 +322,11 @@ class Worker:
             retries, delay = self.policy.retries, self.policy.retry_delay
             self._send_output()  # an item's lines are stored before its result
             if batch:
-                self._retrying(self.store.record, self.job, self.wid, batch, retries, delay)
+                try:
+                    self._retrying(self.store.record, self.job, self.wid, batch, retries, delay)
+                except BlobsUnavailable as exc:  # every worker would fail the same way: the caller says why
+                    self._fatal(str(exc))
+                    return
             self.recording = False
 
     def _output_loop(self) -> None:
