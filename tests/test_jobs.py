@@ -255,7 +255,7 @@ def test_each_job_shows_what_it_takes_of_the_servers_memory(r: redis.Redis, caps
     capsys.readouterr()
     nbtasks.status()
     pages = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("pages"))
-    assert " MB " in pages, pages  # the "stored" column
+    assert " MiB " in pages, pages  # the "stored" column
 
 
 def test_a_job_given_a_lifetime_is_pruned_once_unused_that_long_and_others_stay(r: redis.Redis) -> None:
