@@ -38,6 +38,7 @@ from ..errors import PayloadLost, PayloadRejected
 from ..trust import INPUT, MAGIC, TAG, Signer
 
 ZSTD, REF = b"NBZ1", b"NBR1"
+PICKLE = b"\x80"  # how every pickle nbtasks makes begins (protocol 2 and later)
 COMPRESS_MIN = 1024  # smaller pickles rarely shrink by enough to pay for a frame
 SAVING = 0.9  # compressed only when it takes at most this share of the bytes
 # Bytes after compression from which a payload leaves Redis, when a place for blobs is
@@ -181,26 +182,52 @@ def unseal(signer: Signer, job: str, kind: bytes, items: Sequence[tuple[int, byt
     return out
 
 
-def unseal_ahead(signer: Signer, job: str, kind: bytes, items: Iterable[tuple[int, bytes | None]]) -> Iterator[Opened]:
-    """`unseal`, item after item, for a long read: groups holding references to bytes
-    outside Redis are read by another thread while the caller loads the groups before."""
-    ahead: deque[concurrent.futures.Future[list[Opened]] | list[Opened]]
-    ahead = deque()
-    group: list[tuple[int, bytes | None]] = []
-    refs = 0
-    for item in itertools.chain(items, [None]):
-        if item is not None:
-            group.append(item)
-            refs += item[1] is not None and _refers(item[1])
-            if len(group) < GROUP and refs < GROUP_REFS:
-                continue
-        if group:
-            later = _reader().submit(unseal, signer, job, kind, group) if refs else None
-            ahead.append(later or unseal(signer, job, kind, group))
-            group, refs = [], 0
-        while ahead and (item is None or len(ahead) > 2):
-            done = ahead.popleft()
-            yield from done.result() if isinstance(done, concurrent.futures.Future) else done
+def unseal_ahead(
+    signer: Signer, job: str, kind: bytes, indices: Sequence[int], stored: Iterable[bytes | None]
+) -> Iterator[list[Opened]]:
+    """`unseal` for a long read, a list at a time: plain pickles (unsigned, uncompressed)
+    pass through as they are, and groups holding references to bytes outside Redis are
+    read by another thread while the caller loads the lists before. Raises the first
+    PayloadRejected other than PayloadLost (a signature that fails)."""
+    ahead: deque[concurrent.futures.Future[list[Opened]] | list[Opened]] = deque()
+    at = 0
+    it = iter(stored)
+    while batch := list(itertools.islice(it, GROUP)):
+        mine, at = indices[at : at + len(batch)], at + len(batch)
+        if not signer.enabled and all(v is None or v[:1] == PICKLE for v in batch):
+            ahead.append(list(batch))  # (no per-item work: a finished job of small results)
+        else:
+            for group in _groups(list(zip(mine, batch, strict=True))):
+                refers = any(v is not None and _refers(v) for _, v in group)
+                later = _reader().submit(unseal, signer, job, kind, group) if refers else None
+                ahead.append(later or _checked(unseal(signer, job, kind, group)))
+        while len(ahead) > 2:
+            yield _done(ahead.popleft())
+    while ahead:
+        yield _done(ahead.popleft())
+
+
+def _groups(items: list[tuple[int, bytes | None]]) -> Iterator[list[tuple[int, bytes | None]]]:
+    """`items` cut after every GROUP_REFS references (each may point at megabytes)."""
+    start, refs = 0, 0
+    for n, (_, value) in enumerate(items):
+        refs += value is not None and _refers(value)
+        if refs >= GROUP_REFS:
+            yield items[start : n + 1]
+            start, refs = n + 1, 0
+    if start < len(items):
+        yield items[start:]
+
+
+def _done(entry: concurrent.futures.Future[list[Opened]] | list[Opened]) -> list[Opened]:
+    return _checked(entry.result()) if isinstance(entry, concurrent.futures.Future) else entry
+
+
+def _checked(opened: list[Opened]) -> list[Opened]:
+    for value in opened:
+        if isinstance(value, PayloadRejected) and not isinstance(value, PayloadLost):
+            raise value
+    return opened
 
 
 def _refers(stored: bytes) -> bool:

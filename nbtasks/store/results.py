@@ -4,6 +4,7 @@ the output stream of what its tasks printed and logged."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import cast
 
 from ..codec import Raw
 from ..errors import PayloadLost, PayloadRejected
@@ -20,10 +21,8 @@ class ResultOps(StoreBase):
         None for one not recorded, PayloadLost for one whose bytes outside Redis are
         missing or altered; PayloadRejected raised at the first that fails its signature."""
         stored = self._hash_in_order(self.keys[job].results, indices)
-        for opened in payloads.unseal_ahead(self.signer, job, RESULT, zip(indices, stored, strict=True)):
-            if isinstance(opened, PayloadRejected) and not isinstance(opened, PayloadLost):
-                raise opened
-            yield opened
+        for opened in payloads.unseal_ahead(self.signer, job, RESULT, indices, stored):
+            yield from cast("list[bytes | Raw | PayloadLost | None]", opened)  # (other rejections raise)
 
     def forget_results(self, job: str, indices: Sequence[int]) -> None:
         """Drop results that cannot be read back (see PayloadLost): their items run again."""
