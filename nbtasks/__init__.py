@@ -17,6 +17,8 @@ __version__ = "0.1.0"
 # Public name -> the module that holds it (`server` is the module itself).
 _EXPORTS = {
     "pmap": "api",
+    "imap": "api",
+    "imap_unordered": "api",
     "jobs": "api",
     "status": "api",
     "Job": "job",
@@ -55,7 +57,7 @@ __all__ = [*_EXPORTS, "__version__"]
 
 if TYPE_CHECKING:  # the same names, for type checkers and editors (they do not run __getattr__)
     from . import server as server
-    from .api import jobs as jobs, pmap as pmap, status as status
+    from .api import imap as imap, imap_unordered as imap_unordered, jobs as jobs, pmap as pmap, status as status
     from .codec import ship as ship
     from .config import Settings as Settings, configure as configure
     from .errors import (

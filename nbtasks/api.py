@@ -5,7 +5,7 @@ gather it. No Redis calls of their own: they wire the steps of `define`, `run`,
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, Unpack, overload
 
 from . import backends, codec, define, identity, interrupt
@@ -188,6 +188,24 @@ def pmap(
     if background:
         return Job._start(store, spec, cfg, progress)
     return _run_and_gather(store, spec, cfg, func, progress, errors)
+
+
+def imap(
+    func: Callable[[T], R], iterable: Iterable[T], *, errors: str = "raise", **options: Unpack[Options]
+) -> Iterator[Any]:
+    """Like `pmap`, but yields the results in input order as soon as each is recorded,
+    while the rest run: ``for page in nbtasks.imap(fetch, urls): ...``. Takes pmap's
+    options; resumes as pmap does. A failed item raises TaskError when its turn comes (or
+    comes as its `Failure` with ``errors="return"``). Leaving the loop early stops the
+    run, keeping what was recorded; the same call again goes on from there."""
+    return pmap(func, iterable, background=True, errors=errors, **options)._stream(ordered=True)
+
+
+def imap_unordered(
+    func: Callable[[T], R], iterable: Iterable[T], *, errors: str = "raise", **options: Unpack[Options]
+) -> Iterator[tuple[int, Any]]:
+    """Like `imap`, but yields ``(position, result)`` pairs as items finish, in any order."""
+    return pmap(func, iterable, background=True, errors=errors, **options)._stream(ordered=False)
 
 
 def _if_it_can_travel(dump: Callable[[], bytes]) -> bytes | None:

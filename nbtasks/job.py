@@ -8,11 +8,11 @@ import atexit
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import blobs, interrupt
+from . import blobs, interrupt, stream
 from .config import Settings, parse_duration, settings
 from .define import JobSpec
 from .errors import Failure, JobCancelled, NbtasksError, UnknownJob
@@ -143,6 +143,32 @@ class Job:
                 "job.retry_failed() or the same pmap call resumes it."
             )
         return gather(self._store, self._spec, self._spec.policy.errors)
+
+    def results(self) -> Iterator[Any]:
+        """The results in input order as they are recorded, waiting for those not recorded
+        yet while the job runs (here or in any process); TaskError at a failed item, or
+        its `Failure` with ``errors="return"``, as pmap. JobCancelled if the run stops
+        before the last one."""
+        return stream.in_order(self._store, self._spec, self._may_record, self._spec.policy.errors)
+
+    def _stream(self, ordered: bool) -> Iterator[Any]:
+        """`results` (or, unordered, (position, result) pairs) for imap: a stream left
+        before its end (closed, interrupted, a failure raised) stops the run here, as an
+        interrupted pmap does; what was recorded is kept."""
+        spec, errors = self._spec, self._spec.policy.errors
+        source = stream.in_order if ordered else stream.as_completed
+        finished = False
+        try:
+            yield from source(self._store, spec, self._may_record, errors)
+            finished = True
+        finally:
+            if not finished and self._running_here():
+                self.cancel()
+                assert self._thread is not None
+                self._thread.join(30)
+
+    def _may_record(self) -> bool:
+        return self._running_here() or not self.done()
 
     def cancel(self) -> None:
         """Stop the run, wherever it runs; every recorded result is kept."""

@@ -65,14 +65,18 @@ class RunOps(StoreBase):
 
     def settled(self, job: str, indices: Sequence[int]) -> int:
         """Items of `indices` with a recorded result or final failure, from the bitmap itself."""
+        bitmap, failed = self.done_and_failed(job)
+        done, pending = done_and_pending(bitmap, indices)
+        return done + (sum(1 for i in pending if i in failed) if failed else 0)
+
+    def done_and_failed(self, job: str) -> tuple[bytes, set[int]]:
+        """The done-bitmap and the items with a final failure, in one round trip."""
         k = self.keys[job]
         pipe = self.client.pipeline(transaction=False)
         pipe.get(k.done)
         pipe.hkeys(k.failures)
         bitmap, failed = pipe.execute()
-        done, pending = done_and_pending(bitmap or b"", indices)
-        failed = {int(i) for i in failed}
-        return done + (sum(1 for i in pending if i in failed) if failed else 0)
+        return bitmap or b"", {int(i) for i in failed}
 
     def poll(self, job: str, token: str, total: int, ttl: float, workers: int = 0) -> Counts:
         """Refresh the caller's heartbeat (and its count of live workers) and read the
