@@ -12,7 +12,7 @@ from . import backends, codec, define, identity, interrupt
 from .config import Settings, settings
 from .define import JobSpec
 from .errors import ConfigError, Failure, NotPicklableError
-from .gather import MissingResults, gather, load_failures
+from .gather import MissingResults, gather, load_failures, warn_if_too_large
 from .job import Job, dashboard, expire_once, say_if_heavy
 from .job_status import JobStatus, detail, snapshots, table
 from .policy import Policy, parse_rate
@@ -221,6 +221,7 @@ def _run_and_gather(
     store: Store, spec: JobSpec, cfg: Settings, func: Callable[[Any], Any], progress: bool, errors: str
 ) -> list[Any]:
     limit = cfg.outage_limit  # Redis restarting meanwhile: each step waits for it, as a run does
+    warn_if_too_large(store, spec)
     if not spec.finished:
         ride_out(store, lambda: Run(store, spec, cfg, func, progress), limit).follow()
         say_if_heavy(store, spec.name)

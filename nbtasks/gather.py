@@ -3,12 +3,16 @@ last run (each with its input, attempts and remote traceback)."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
+
+import psutil
 
 from . import codec, trust
 from .define import JobSpec, current_positions
 from .errors import Failure, NbtasksError, PayloadLost, PayloadRejected, TaskError
+from .job_status import size_text
 from .store import Store
 
 
@@ -57,6 +61,35 @@ def _forget(store: Store, spec: JobSpec, lost: dict[int, PayloadLost]) -> None:
     if len(lost) > 1:
         first.args = (f"{first.args[0]} So do {len(lost) - 1:,} more results of this call, lost the same way.",)
     raise first
+
+
+SMALL_RESULT = 64  # bytes a result takes in the caller at least: a small object and its list slot
+_warned: set[str] = set()  # jobs this process said it about
+
+
+def warn_if_too_large(store: Store, spec: JobSpec) -> None:
+    """Before a call gathers a list in memory: say once per job when its results would
+    take more than half of the memory available, and point to imap. Their size is
+    estimated from the job's recorded results (their stored bytes), else SMALL_RESULT."""
+    count = len(spec.positions)
+    if spec.name in _warned or count * SMALL_RESULT < available_memory() / 64:
+        return  # (far below: no round trip)
+    record = store.meta(spec.name)
+    done = store.done_count(spec.name) if record is not None else 0
+    each = max(SMALL_RESULT, store.sizes([record])[0] // done) if record is not None and done else SMALL_RESULT
+    if count * each <= available_memory() / 2:
+        return
+    _warned.add(spec.name)
+    print(
+        f"nbtasks: job '{spec.name}' will hold about {size_text(count * each)} of results in this process "
+        f"({count:,} of about {size_text(each)}), over half of the memory available. "
+        "nbtasks.imap(...) takes the same arguments and yields them one at a time.",
+        file=sys.stderr,
+    )
+
+
+def available_memory() -> int:
+    return int(psutil.virtual_memory().available)
 
 
 class MissingResults(NbtasksError):

@@ -5,6 +5,7 @@ failures raise or come as Failure as in pmap."""
 from __future__ import annotations
 
 import os
+import random
 import time
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 import redis
 
 import nbtasks
+from nbtasks import gather
 
 ONE_SERVER = True  # (see conftest): reading back while a run records, not the server, is under test
 
@@ -96,3 +98,21 @@ def test_failures_raise_in_turn_or_come_as_failure(r: redis.Redis) -> None:
     out = list(nbtasks.imap(fails_at_three, range(6), name="failing", errors="return", processes=1, progress=False))
     assert out[:3] == [0, 1, 2] and out[4:] == [4, 5]
     assert isinstance(out[3], nbtasks.Failure) and out[3].index == 3 and out[3].exc_type == "ValueError"
+
+
+def kilobyte(i: int) -> bytes:
+    return random.Random(i).randbytes(1000)
+
+
+def test_a_call_whose_results_would_not_fit_says_so_once_and_points_to_imap(
+    r: redis.Redis, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(gather, "available_memory", lambda: 4 << 20)  # as on a machine with 4 MiB free
+    nbtasks.pmap(kilobyte, range(1000), name="roomy", processes=1, progress=False)
+    assert "nbtasks.imap" not in capfd.readouterr().err, "1,000 small results fit"
+    # Now the job knows its results take about 1 KB each: 8,000 of them would not fit.
+    nbtasks.pmap(kilobyte, range(8000), name="roomy", processes=1, progress=False)
+    said = capfd.readouterr().err
+    assert "job 'roomy' will hold about" in said and "nbtasks.imap(...)" in said, said
+    nbtasks.pmap(kilobyte, range(8000), name="roomy", processes=1, progress=False)
+    assert "nbtasks.imap" not in capfd.readouterr().err, "said once"
