@@ -25,7 +25,6 @@ import struct
 import threading
 import uuid
 import zlib
-from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
@@ -35,7 +34,7 @@ from .. import codec
 from ..blobs import Blobs, Part, configured, open_blobs
 from ..codec import Raw
 from ..errors import PayloadLost, PayloadRejected
-from ..trust import INPUT, MAGIC, TAG, Signer
+from ..trust import INPUT, Signer
 
 ZSTD, REF = b"NBZ1", b"NBR1"
 PICKLE = b"\x80"  # how every pickle nbtasks makes begins (protocol 2 and later)
@@ -48,7 +47,7 @@ SEGMENT_MAX = 64 << 20  # bytes per segment written at once
 _HEAD = struct.Struct("<BB32sQQH")  # check, flags, digest, offset, length, length of the root's name
 SHA256, CRC32 = 1, 2  # the checks
 RAW = 1  # a flag: the bytes are a bytes result itself, not a pickle (see codec.Raw)
-GROUP, GROUP_REFS = 1000, 16  # items, and references among them, unsealed at a time by unseal_ahead
+GROUP = 1000  # values unsealed at a time by unseal_all
 PARALLEL = 8 << 20  # bytes each thread reads and checks at a time, when a batch holds more
 SAMPLE = 64 << 10  # a larger pickle is compressed whole only if its start compresses
 
@@ -182,45 +181,20 @@ def unseal(signer: Signer, job: str, kind: bytes, items: Sequence[tuple[int, byt
     return out
 
 
-def unseal_ahead(
+def unseal_all(
     signer: Signer, job: str, kind: bytes, indices: Sequence[int], stored: Iterable[bytes | None]
 ) -> Iterator[list[Opened]]:
-    """`unseal` for a long read, a list at a time: plain pickles (unsigned, uncompressed)
-    pass through as they are, and groups holding references to bytes outside Redis are
-    read by another thread while the caller loads the lists before. Raises the first
+    """`unseal` for a long read, GROUP values at a time: plain pickles (unsigned,
+    uncompressed) pass through as they are, with no per-item work. Raises the first
     PayloadRejected other than PayloadLost (a signature that fails)."""
-    ahead: deque[concurrent.futures.Future[list[Opened]] | list[Opened]] = deque()
     at = 0
     it = iter(stored)
     while batch := list(itertools.islice(it, GROUP)):
         mine, at = indices[at : at + len(batch)], at + len(batch)
         if not signer.enabled and all(v is None or v[:1] == PICKLE for v in batch):
-            ahead.append(list(batch))  # (no per-item work: a finished job of small results)
+            yield list(batch)  # (a finished job of small results)
         else:
-            for group in _groups(list(zip(mine, batch, strict=True))):
-                refers = any(v is not None and _refers(v) for _, v in group)
-                later = _reader().submit(unseal, signer, job, kind, group) if refers else None
-                ahead.append(later or _checked(unseal(signer, job, kind, group)))
-        while len(ahead) > 2:
-            yield _done(ahead.popleft())
-    while ahead:
-        yield _done(ahead.popleft())
-
-
-def _groups(items: list[tuple[int, bytes | None]]) -> Iterator[list[tuple[int, bytes | None]]]:
-    """`items` cut after every GROUP_REFS references (each may point at megabytes)."""
-    start, refs = 0, 0
-    for n, (_, value) in enumerate(items):
-        refs += value is not None and _refers(value)
-        if refs >= GROUP_REFS:
-            yield items[start : n + 1]
-            start, refs = n + 1, 0
-    if start < len(items):
-        yield items[start:]
-
-
-def _done(entry: concurrent.futures.Future[list[Opened]] | list[Opened]) -> list[Opened]:
-    return _checked(entry.result()) if isinstance(entry, concurrent.futures.Future) else entry
+            yield _checked(unseal(signer, job, kind, list(zip(mine, batch, strict=True))))
 
 
 def _checked(opened: list[Opened]) -> list[Opened]:
@@ -228,11 +202,6 @@ def _checked(opened: list[Opened]) -> list[Opened]:
         if isinstance(value, PayloadRejected) and not isinstance(value, PayloadLost):
             raise value
     return opened
-
-
-def _refers(stored: bytes) -> bool:
-    """Whether a stored value (signed or not) is a reference."""
-    return stored[:4] == REF or stored[len(MAGIC) + TAG : len(MAGIC) + TAG + 4] == REF
 
 
 def _fetch(
@@ -296,14 +265,6 @@ def _read(place: Blobs, refs: dict[int, Ref], positions: list[int]) -> list[byte
 
 
 _threads: concurrent.futures.ThreadPoolExecutor | None = None
-_ahead: concurrent.futures.ThreadPoolExecutor | None = None
-
-
-def _reader() -> concurrent.futures.ThreadPoolExecutor:
-    global _ahead
-    if _ahead is None:
-        _ahead = concurrent.futures.ThreadPoolExecutor(1, "nbtasks-read-ahead")
-    return _ahead
 
 
 def _pool() -> concurrent.futures.ThreadPoolExecutor:

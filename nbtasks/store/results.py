@@ -21,7 +21,7 @@ class ResultOps(StoreBase):
         None for one not recorded, PayloadLost for one whose bytes outside Redis are
         missing or altered; PayloadRejected raised at the first that fails its signature."""
         stored = self._hash_in_order(self.keys[job].results, indices)
-        for opened in payloads.unseal_ahead(self.signer, job, RESULT, indices, stored):
+        for opened in payloads.unseal_all(self.signer, job, RESULT, indices, stored):
             yield from cast("list[bytes | Raw | PayloadLost | None]", opened)  # (other rejections raise)
 
     def forget_results(self, job: str, indices: Sequence[int]) -> None:
