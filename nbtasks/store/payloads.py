@@ -18,6 +18,7 @@ segment. Either way such bytes are never unpickled.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import hashlib
 import itertools
 import os
@@ -142,15 +143,16 @@ def size(data: bytes | Raw) -> int:
 
 
 def _segments(chosen: list[int], envelopes: list[bytes]) -> list[list[int]]:
+    """`chosen` in runs of at most SEGMENT_MAX bytes (a larger payload: a run of its own)."""
     out: list[list[int]] = []
-    size = SEGMENT_MAX
+    size = 0
     for n in chosen:
-        if size + len(envelopes[n]) > SEGMENT_MAX and (not out or out[-1]):
+        if not out or size + len(envelopes[n]) > SEGMENT_MAX:
             out.append([])
             size = 0
         out[-1].append(n)
         size += len(envelopes[n])
-    return [segment for segment in out if segment]
+    return out
 
 
 def unseal(signer: Signer, job: str, kind: bytes, items: Sequence[tuple[int, bytes | None]]) -> list[Opened]:
@@ -223,8 +225,10 @@ def _fetch(
         place = open_blobs(root)
         chunks = _chunks(positions, refs)
         # Several threads read and check a large batch: reads and digests release the GIL.
-        checked = _pool().map(_read, [place] * len(chunks), [refs] * len(chunks), chunks) if len(chunks) > 1 else []
-        found = [data for chunk in checked for data in chunk] if chunks[1:] else _read(place, refs, positions)
+        if len(chunks) > 1:
+            found = [data for chunk in _pool().map(functools.partial(_read, place, refs), chunks) for data in chunk]
+        else:
+            found = _read(place, refs, positions)
         if mine and mine != root and any(isinstance(data, str) for data in found):
             again = [p for p, data in zip(positions, found, strict=True) if isinstance(data, str)]
             elsewhere = iter(_read(open_blobs(mine), refs, again))
@@ -279,8 +283,3 @@ def _inflate(envelope: bytes) -> bytes:
         data: bytes = _zstd()[1].decompress(envelope[len(ZSTD) :])
         return data
     return envelope
-
-
-def is_reference(stored: bytes) -> bool:
-    """Whether an unsigned stored value refers to bytes outside Redis."""
-    return stored[: len(REF)] == REF
