@@ -15,7 +15,7 @@ from . import blobs, codec, identity
 from .errors import ConfigError, JobMismatchError
 from .identity import Identity
 from .policy import Policy, RunPolicy
-from .store import APPENDABLE, BATCH, DISTINCT, FORMAT as STORE_FORMAT, JobRecord, Store, definition
+from .store import APPENDABLE, BATCH, DISTINCT, INDEXED, JobRecord, Store, definition
 
 MAX_NAME = 200
 INDEX_BATCH = 25_000  # inputs digested, looked up and stored at a time (about 20 MB of bookkeeping)
@@ -113,7 +113,7 @@ def define(
             f"Job '{name}' is a script's job (its inputs were added with `add`), so pmap cannot use it; "
             "choose another name=."
         )
-    if record is not None and record.format != STORE_FORMAT:
+    if record is not None and record.format not in INDEXED:
         _upgrade(store, name, record.total)
     digest = identity.list_digest(items)
     found = store.view(name, digest) if record is not None else None

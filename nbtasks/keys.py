@@ -6,7 +6,8 @@ Cluster and the Lua scripts (`lua`) may touch several of its keys.
     nbtasks:jobs                 set    names of every job (so status needs no KEYS)
     nbtasks:{job}:meta           hash   format, size, total, list, ready, func label and digests
     nbtasks:{job}:func           string the pickled function, stored again at every run
-    nbtasks:{job}:inputs         hash   index -> pickled input (each distinct input once)
+    nbtasks:{job}:inputs         hash   each distinct input once: small ones packed by 256 in "c<chunk>",
+                                        large ones under their index (see lua._CHUNKS)
     nbtasks:{job}:index:<n>      hash   digest of an input's value -> its index, in buckets (see lua.ADD)
     nbtasks:{job}:views          hash   digest of a call's list -> the index of each of its items
     nbtasks:{job}:complete       set    digests of lists whose every item has a result
@@ -15,7 +16,7 @@ Cluster and the Lua scripts (`lua`) may touch several of its keys.
     nbtasks:{job}:alive:<wid>    string set while a worker on another machine lives; expires
     nbtasks:{job}:workers        set    worker ids of the current run
     nbtasks:{job}:done           bitmap bit i set once item i has a recorded result
-    nbtasks:{job}:results        hash   index -> pickled result
+    nbtasks:{job}:results        hash   pickled results, as the inputs are (chunks packed once complete)
     nbtasks:{job}:failures       hash   index -> pickled final failure (cleared at each run)
     nbtasks:{job}:attempts       hash   index -> failed attempts in this run
     nbtasks:{job}:history        hash   index -> one line per failed attempt in this run
@@ -38,7 +39,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-FORMAT = "2"  # 1: one job per list of inputs; 2: a job's inputs are distinct, and lists are views
+# 1: one job per list of inputs; 2: a job's inputs are distinct, and lists are views;
+# 3: small inputs and results are packed in chunks (a job of format 2 is read as it is)
+FORMAT = "3"
+INDEXED = ("2", FORMAT)  # formats whose inputs are indexed by their digest
 REGISTRY = "nbtasks:jobs"
 STORE_ID = "nbtasks:store"
 

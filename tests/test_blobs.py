@@ -24,6 +24,7 @@ from nbtasks.store import JobKeys, payloads
 
 from .conftest import server_pids, wait_until
 from .s3server import moto_s3
+from .stored import payload, payloads as stored_payloads
 from .test_remote import places, service, where
 
 ONE_SERVER = True  # (see conftest): where payloads live is under test, not the server
@@ -59,7 +60,7 @@ def runs(log: Path) -> list[int]:
 
 
 def stored(r: redis.Redis, job: str, index: int) -> bytes:
-    return r.hget(JobKeys(job).results, index) or b""
+    return payload(r, JobKeys(job).results, index) or b""
 
 
 def blob_files(folder: Path) -> list[Path]:
@@ -144,7 +145,7 @@ def test_signed_references_cover_the_bytes(
     # The reference itself, pointed at the other item's bytes: its signature fails.
     nbtasks.pmap(counted, range(2), name="signed", processes=1, progress=False)
     k = JobKeys("signed")
-    r.hset(k.results, 0, r.hget(k.results, 1) or b"")
+    r.hset(k.results, 0, payload(r, k.results, 1) or b"")
     with pytest.raises(nbtasks.errors.PayloadRejected, match="signature does not match"):
         nbtasks.pmap(counted, range(2), name="signed", processes=1, progress=False)
 
@@ -255,7 +256,8 @@ def test_an_s3_compatible_store_keeps_them(r: redis.Redis, monkeypatch: pytest.M
 def test_large_inputs_leave_redis_too(r: redis.Redis, shared: Path) -> None:
     documents = [noise(i) for i in range(6)]
     assert nbtasks.pmap(len, documents, name="docs", processes=1, progress=False) == [300 << 10] * 6
-    assert all(len(v) < 1024 for v in r.hvals(JobKeys("docs").inputs)), "Redis holds references only"
+    held = stored_payloads(r, JobKeys("docs").inputs).values()
+    assert all(len(v) < 1024 for v in held), "Redis holds references only"
     assert nbtasks.pmap(len, documents, name="docs", processes=1, progress=False) == [300 << 10] * 6
 
 

@@ -17,6 +17,7 @@ import nbtasks
 from nbtasks.store import JobKeys
 
 from .conftest import RedisServer, wait_until, worker_pids
+from .stored import payloads
 from .test_pmap import SCRIPT, executions, square
 
 
@@ -141,9 +142,9 @@ def test_unreachable_redis_names_the_url_and_what_to_do(tmp_path: Path) -> None:
 
 def test_name_reused_with_other_inputs_runs_only_the_new_ones(r: redis.Redis) -> None:
     assert nbtasks.pmap(square, range(5), name="crawl", progress=False) == [0, 1, 4, 9, 16]
-    before = r.hgetall(JobKeys("crawl").results)
+    before = payloads(r, JobKeys("crawl").results)
     assert nbtasks.pmap(square, range(6), name="crawl", progress=False) == [0, 1, 4, 9, 16, 25]
-    after = r.hgetall(JobKeys("crawl").results)
+    after = payloads(r, JobKeys("crawl").results)
     assert len(after) == 6 and {k: after[k] for k in before} == before  # the five kept, one added
     assert nbtasks.pmap(square, range(6), name="crawl", fresh=True, progress=False) == [0, 1, 4, 9, 16, 25]
     assert nbtasks.pmap(square, [], name="crawl", progress=False) == []

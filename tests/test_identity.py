@@ -24,6 +24,7 @@ import nbtasks
 from nbtasks import codec, identity
 from nbtasks.store import JobKeys
 
+from .stored import payloads
 from .test_pmap import executions
 
 SCRIPTS = Path(__file__).parent / "scripts"
@@ -393,6 +394,56 @@ def test_a_named_job_of_the_earlier_store_format_keeps_its_results_and_runs_the_
     )
 
 
+def as_format_2(r: redis.Redis, name: str) -> None:
+    """Turn a stored job back into what store format 2 left: every input and result in a
+    field of its own, no chunks."""
+    keys = JobKeys(name)
+    for key in (keys.inputs, keys.results):
+        held = payloads(r, key)
+        r.delete(key)
+        if held:
+            r.hset(key, mapping=held)
+    r.hset(keys.meta, "format", "2")
+
+
+def test_jobs_of_store_format_2_are_read_as_they_are_and_grow_in_chunks(r: redis.Redis, tmp_path: Path) -> None:
+    log = tmp_path / "log"
+
+    def f(x: int) -> int:
+        record(log, x)
+        return 3 * x
+
+    run(log, f, range(600), name="crawl")
+    as_format_2(r, "crawl")
+    keys = JobKeys("crawl")
+    assert r.hlen(keys.results) == 600 and not r.hexists(keys.results, "c0")
+    results, ran = run(log, f, range(600), name="crawl")
+    assert results == [3 * i for i in range(600)] and not ran, "read back without running anything"
+    assert nbtasks.Job("crawl").result() == results
+    results, ran = run(log, f, range(900), name="crawl")
+    assert results == [3 * i for i in range(900)] and ran == Counter(range(600, 900))
+    assert r.hget(keys.meta, "format") == b"3"
+    assert len(payloads(r, keys.results)) == 900 and r.hlen(keys.results) < 900, "the new results are packed"
+    results, ran = run(log, f, reversed(range(900)), name="crawl")
+    assert results == [3 * i for i in reversed(range(900))] and not ran
+
+
+def test_small_inputs_and_results_are_packed_in_chunks_once_complete(r: redis.Redis) -> None:
+    items = [*range(600), "x" * 300]  # the last one too large for a chunk, and its result
+    results = pmap1(plus_one_or_twice, items)
+    assert results == [*range(1, 601), "x" * 600]
+    # 601 items: chunks 0 and 1 full, chunk 2 with 88 small ones; the large input and its
+    # result in a field of their own; a count of items per chunk in the inputs hash.
+    keys = JobKeys(f"plus_one_or_twice-{identity.identify(plus_one_or_twice).digest[:12]}")
+    assert sorted(r.hkeys(keys.results)) == [b"600", b"c0", b"c1", b"c2"]
+    assert sorted(r.hkeys(keys.inputs)) == [b"600", b"c0", b"c1", b"c2", b"n0", b"n1", b"n2"]
+    assert pmap1(plus_one_or_twice, reversed(items)) == results[::-1]
+
+
+def plus_one_or_twice(x: int | str) -> int | str:
+    return x * 2 if isinstance(x, str) else x + 1
+
+
 def test_an_unnamed_job_never_takes_the_name_another_identity_holds(r: redis.Redis) -> None:
     # Names carry 12 hex digits of the identity; should another identity hold that name,
     # the call takes a longer one rather than that job's results.
@@ -527,4 +578,4 @@ def test_equal_inputs_far_apart_in_a_long_new_list_run_once(r: redis.Redis, tmp_
     assert results == [x + 1 for x in half + half[::-1]]
     assert ran == Counter(half)  # each once
     (state,) = nbtasks.jobs()
-    assert state.total == len(half) and r.hlen(JobKeys(state.name).inputs) == len(half)
+    assert state.total == len(half) and len(payloads(r, JobKeys(state.name).inputs)) == len(half)

@@ -26,6 +26,7 @@ from nbtasks import server, trust
 from nbtasks.store import JobKeys
 
 from .conftest import RedisServer
+from .stored import drop, payload, payloads
 from .test_remote import places, service
 
 SECRET = "a test secret, long and random enough: 6f1c0e1d"
@@ -63,18 +64,18 @@ def test_payloads_are_signed_and_tampered_results_are_refused_unread(
     assert nbtasks.pmap(square, range(20), name="signed", progress=False) == [x * x for x in range(20)]
     nbtasks.pmap(square, range(20), name="other", progress=False)
     keys, other = JobKeys("signed"), JobKeys("other")
-    assert all(r.hget(keys.results, i).startswith(trust.MAGIC) for i in range(20))
-    assert r.get(keys.func).startswith(trust.MAGIC) and r.hget(keys.inputs, 0).startswith(trust.MAGIC)
-    assert SECRET.encode() not in b"".join(r.hvals(keys.results)), "the secret itself is never stored"
+    assert all(payload(r, keys.results, i).startswith(trust.MAGIC) for i in range(20))
+    assert r.get(keys.func).startswith(trust.MAGIC) and payload(r, keys.inputs, 0).startswith(trust.MAGIC)
+    assert SECRET.encode() not in b"".join(payloads(r, keys.results).values()), "the secret itself is never stored"
 
     marker = tmp_path / "pwned"
-    original = r.hget(keys.results, 3)
+    original = payload(r, keys.results, 3)
     forged_tag = trust.MAGIC + os.urandom(trust.TAG) + pickle.dumps(Marker(marker))
     tampered = {
         "a flipped bit": flip(original),
         "truncated": original[:-3],
-        "another item's result": r.hget(keys.results, 4),
-        "another job's result": r.hget(other.results, 3),
+        "another item's result": payload(r, keys.results, 4),
+        "another job's result": payload(r, other.results, 3),
         "an unsigned forged pickle": pickle.dumps(Marker(marker)),
         "a forged pickle with a made-up tag": forged_tag,
     }
@@ -94,16 +95,16 @@ def test_tampered_inputs_fail_once_without_running_or_retrying(r: redis.Redis, s
     keys = JobKeys("inputs")
     marker = tmp_path / "pwned"
     forged = {
-        1: flip(r.hget(keys.inputs, 1)),
-        2: r.hget(keys.inputs, 2)[:-2],
-        3: r.hget(keys.inputs, 8),  # replayed from another index
-        4: r.hget(JobKeys("elsewhere").inputs, 4),  # replayed from another job, same index
+        1: flip(payload(r, keys.inputs, 1)),
+        2: payload(r, keys.inputs, 2)[:-2],
+        3: payload(r, keys.inputs, 8),  # replayed from another index
+        4: payload(r, JobKeys("elsewhere").inputs, 4),  # replayed from another job, same index
         5: pickle.dumps(Marker(marker)),
     }
     for index, blob in forged.items():
         r.hset(keys.inputs, index, blob)
         r.setbit(keys.done, index, 0)  # as if these had not run yet
-        r.hdel(keys.results, index)
+        drop(r, keys.results, index)
 
     out = nbtasks.pmap(square, range(10), name="inputs", errors="return", retries=3, retry_delay=0.01, progress=False)
     assert not marker.exists(), "a forged input was unpickled"
@@ -149,7 +150,7 @@ def test_a_tampered_function_never_runs(r: redis.Redis, secret: str, tmp_path: P
     nbtasks.pmap(square, range(10), name="function", progress=False)
     keys = JobKeys("function")
     r.setbit(keys.done, 9, 0)
-    r.hdel(keys.results, 9)
+    drop(r, keys.results, 9)
     marker = tmp_path / "pwned"
     r.set(keys.func, trust.MAGIC + os.urandom(trust.TAG) + pickle.dumps(Marker(marker)))
     job = nbtasks.Job("function").retry_failed(progress=False)  # runs the stored function
@@ -388,6 +389,6 @@ def test_a_script_job_is_signed_too(r: redis.Redis, redis_server, secret: str, t
     assert crawl(tmp_path, redis_server.url, "add", str(tmp_path / "lines.txt")).returncode == 0
     assert crawl(tmp_path, redis_server.url, "add", "-", stdin="d\n").returncode == 0
     keys = JobKeys("crawl")
-    assert all(r.hget(keys.inputs, i).startswith(trust.MAGIC) for i in range(4))
+    assert all(payload(r, keys.inputs, i).startswith(trust.MAGIC) for i in range(4))
     run = crawl(tmp_path, redis_server.url, "run")
     assert run.returncode == 0 and "4 of 4 done, 0 failed" in run.stdout, run.stdout + run.stderr

@@ -15,7 +15,7 @@ results      operations that read a job back: results, failures, output
 operations   the Store, all of them together
 """
 
-from ..keys import FORMAT, PARTS, REGISTRY, JobKeys
+from ..keys import FORMAT, INDEXED, PARTS, REGISTRY, JobKeys
 from .base import StoreBase
 from .bits import BATCH, pending_indices
 from .connection import connect, forget, open_store, ride_out
@@ -30,6 +30,7 @@ __all__ = [
     "definition",
     "BATCH",
     "FORMAT",
+    "INDEXED",
     "PARTS",
     "REGISTRY",
     "Counts",

@@ -8,7 +8,7 @@ import functools
 import inspect
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import cached_property
 from typing import Any, TypeVar
 
@@ -21,6 +21,7 @@ from ..errors import BlobsUnavailable, ConnectionLost, PayloadRejected, RedisUna
 from ..keys import REGISTRY, STORE_ID, KeyCache
 from ..trust import INPUT, Signer
 from . import lua, payloads
+from .bits import BATCH, open_chunk
 from .client import as_client
 from .urls import safe_url
 
@@ -50,6 +51,7 @@ class StoreBase:
         self._read_buckets = self.client.register_script(lua.READ_BUCKETS)
         self._set_counts = self.client.register_script(lua.SET_COUNTS)
         self._drop_idle = self.client.register_script(lua.DROP_IDLE)
+        self._forget = self.client.register_script(lua.FORGET)
 
     def check(self, loading_wait: float = 60.0, restart_wait: float = 3.0) -> None:
         """Raise RedisUnavailable, saying what to do, unless the server answers. A server
@@ -112,6 +114,26 @@ class StoreBase:
             pipe.hincrby(k.meta, "blob_bytes", written)
             pipe.execute()
         return sealed
+
+    def _items(self, key: str, indices: Sequence[int]) -> Iterator[bytes | None]:
+        """The payloads of `indices` in a job's inputs or results hash, in their order, in
+        pipelined batches: each from its own field, else from its chunk (see lua._CHUNKS)."""
+        pipe = self.client.pipeline(transaction=False)
+        step, total = 1000, len(indices)
+        for start in range(0, total, BATCH):
+            batch = indices[start : min(start + BATCH, total)]
+            for sub in range(0, len(batch), step):
+                pipe.hmget(key, list(batch[sub : sub + step]))
+            chunks = sorted({i // lua.CHUNK for i in batch})
+            pipe.hmget(key, [f"c{k}" for k in chunks])
+            *own, packed = pipe.execute()
+            opened = {k: open_chunk(blob) for k, blob in zip(chunks, packed, strict=True) if blob is not None}
+            found = (value for values in own for value in values)
+            for i, value in zip(batch, found, strict=True):
+                if value is None and opened:
+                    slots = opened.get(i // lua.CHUNK)
+                    value = slots[i % lua.CHUNK] if slots is not None else None
+                yield value
 
     def _open_inputs(self, job: str, items: Sequence[tuple[int, bytes | None]]) -> list[bytes | PayloadRejected]:
         """Inputs as pickles; one that may not be loaded comes as its PayloadRejected."""

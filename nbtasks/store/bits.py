@@ -8,6 +8,8 @@ from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
+from .lua import CHUNK
+
 BATCH = 10_000  # items per pipelined round trip when storing or gathering
 BATCH_BYTES = 16 << 20  # bytes of inputs or results per round trip (one command, one buffer)
 
@@ -108,3 +110,15 @@ def byte_batches(count: int, payload: Callable[[int], bytes]) -> Iterator[tuple[
 def chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def open_chunk(blob: bytes | None) -> list[bytes | None]:
+    """The payload in each slot of a chunk (see lua._CHUNKS), None where there is none."""
+    slots: list[bytes | None] = [None] * CHUNK
+    if blob:
+        pos = CHUNK
+        for j, n in enumerate(blob[:CHUNK]):
+            if n:
+                slots[j] = blob[pos : pos + n]
+                pos += n
+    return slots

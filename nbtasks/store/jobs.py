@@ -176,11 +176,13 @@ class JobOps(StoreBase):
 
     def held(self, job: str) -> tuple[int, int]:
         """What deleting the job deletes: its inputs and its results, for every list."""
+        k = self.keys[job]
         pipe = self.client.pipeline(transaction=False)
-        pipe.hlen(self.keys[job].inputs)
-        pipe.bitcount(self.keys[job].done)
-        inputs, results = pipe.execute()
-        return int(inputs), int(results)
+        pipe.hget(k.meta, "ix_count")  # (the inputs hash holds chunks: its length counts fields)
+        pipe.hlen(k.inputs)
+        pipe.bitcount(k.done)
+        indexed, fields, results = pipe.execute()
+        return int(indexed if indexed is not None else fields), int(results)
 
     def function(self, job: str) -> bytes | None:
         """The job's pickled function (PayloadRejected if its signature fails)."""

@@ -6,12 +6,55 @@ Times come from the server's clock (TIME), so workers on several machines agree.
 
 _NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
 
+CHUNK = 256  # items per chunk: indices [k * CHUNK, (k + 1) * CHUNK) share field "c<k>"
+SMALL = 256  # payloads shorter than this are kept in chunks; longer ones in a field of their own
+
+# Small inputs and results are kept in chunks rather than a hash field each (a field costs
+# about 70 bytes besides its value): field "c<k>" of the job's inputs or results holds
+# CHUNK bytes of lengths (0: no payload in that slot), then the payloads in slot order.
+# The inputs hash counts the items of each chunk in field "n<k>", so that a chunk whose
+# items all have a result is compacted at once (see RECORD). Fields named by an index
+# hold one payload each: large ones, and every payload of a job stored in format 2.
+_CHUNKS = f"""
+local CHUNK, SMALL = {CHUNK}, {SMALL}
+local function open_chunk(blob)
+  local slots = {{}}
+  if not blob then return slots end
+  local pos = CHUNK + 1
+  for j = 1, CHUNK do
+    local n = string.byte(blob, j)
+    if n > 0 then
+      slots[j] = string.sub(blob, pos, pos + n - 1)
+      pos = pos + n
+    end
+  end
+  return slots
+end
+local function close_chunk(slots)
+  local lengths, data = {{}}, {{}}
+  for j = 1, CHUNK do
+    local p = slots[j]
+    if p then
+      lengths[j] = #p
+      data[#data + 1] = p
+    else
+      lengths[j] = 0
+    end
+  end
+  return string.char(unpack(lengths)) .. table.concat(data)
+end
+local function put_chunk(key, k, slots)
+  if next(slots) then redis.call('HSET', key, 'c' .. k, close_chunk(slots)) else redis.call('HDEL', key, 'c' .. k) end
+end
+"""
+
 # KEYS owner queue claims inputs workers counts delayed
 # ARGV token count wid
 # Take up to `count` items for a worker, first moving retries that are due back to the
 # head of the queue.
 CLAIM = (
     _NOW
+    + _CHUNKS
     + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return false end
 local due = redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', now, 'LIMIT', 0, 1000)
@@ -29,19 +72,47 @@ for _, i in ipairs(idx) do
 end
 redis.call('HSET', KEYS[3], unpack(claimed))
 redis.call('HINCRBY', KEYS[6], 'running', #idx)
-return {idx, redis.call('HMGET', KEYS[4], unpack(idx))}
+local inputs, opened = redis.call('HMGET', KEYS[4], unpack(idx)), {}
+for n, i in ipairs(idx) do
+  if not inputs[n] then
+    local index = tonumber(i)
+    local k = math.floor(index / CHUNK)
+    if not opened[k] then opened[k] = open_chunk(redis.call('HGET', KEYS[4], 'c' .. k)) end
+    inputs[n] = opened[k][index - k * CHUNK + 1] or false
+  end
+end
+return {idx, inputs}
 """
 )
 
-# KEYS done results failures counts claims attempts history delayed meta finished
+# KEYS done results failures counts claims attempts history delayed meta finished inputs
 # ARGV retries base_delay_ms, then per item: index kind payload jitter line
 # kind: '1' a result, 'r' a failure that may be retried, '0' a final failure.
 # Idempotent: a result is stored only if its done bit was not set, so counters never
 # double count when an item ran twice. A retry waits in the delayed set, not in a
-# sleeping worker, with exponential backoff (jitter comes from the caller).
+# sleeping worker, with exponential backoff (jitter comes from the caller). A chunk whose
+# items all have a result gets its small results packed into one field (see _CHUNKS).
 RECORD = (
     _NOW
+    + _CHUNKS
     + """
+local function compact(key, k)
+  local names = {}
+  for j = 1, CHUNK do names[j] = k * CHUNK + j - 1 end
+  local found, slots, moved = redis.call('HMGET', key, unpack(names)), nil, {}
+  for j = 1, CHUNK do
+    local p = found[j]
+    if p and #p < SMALL then
+      slots = slots or open_chunk(redis.call('HGET', key, 'c' .. k))
+      slots[j] = p
+      moved[#moved + 1] = names[j]
+    end
+  end
+  if slots then
+    put_chunk(key, k, slots)
+    redis.call('HDEL', key, unpack(moved))
+  end
+end
 local retries, base = tonumber(ARGV[1]), tonumber(ARGV[2])
 local done, failed = 0, 0
 local ok, settled, failures = {}, {}, {}
@@ -67,7 +138,21 @@ if #ok > 0 then
       if replaced then failed = failed - redis.call('HDEL', KEYS[3], ARGV[i]) end
     end
   end
-  if #fields > 0 then redis.call('HSET', KEYS[2], unpack(fields)) end
+  if #fields > 0 then
+    redis.call('HSET', KEYS[2], unpack(fields))
+    local seen, chunks = {}, {}
+    for f = 1, #fields, 2 do
+      local k = math.floor(tonumber(fields[f]) / CHUNK)
+      if not seen[k] then seen[k], chunks[#chunks + 1] = true, k end
+    end
+    for _, k in ipairs(chunks) do
+      local items = tonumber(redis.call('HGET', KEYS[11], 'n' .. k) or 0)
+      local first = k * CHUNK / 8
+      if items > 0 and redis.call('BITCOUNT', KEYS[1], first, first + CHUNK / 8 - 1) >= items then
+        compact(KEYS[2], k)
+      end
+    end
+  end
 end
 for _, i in ipairs(failures) do
   local idx, kind = ARGV[i], ARGV[i + 1]
@@ -242,13 +327,15 @@ return out
 """
 
 # KEYS meta inputs   ARGV prefix, then per input: digest index entry payload
-# Store inputs not held yet: the payload at its index (none for ''), then the digest
+# Store inputs not held yet: the payload at its index (none for ''; a small one in its
+# chunk, see _CHUNKS), then the digest
 # pointing to it (`entry`: the index, signed with a secret). An input held already
 # (another caller stored it meanwhile) keeps its index. Returns each input's entry.
 # Buckets split first, as if every input were new, so that the new entries land in
 # buckets of INDEX_LOAD entries on average and no bucket ever gets large.
 ADD = (
     _BUCKET
+    + _CHUNKS
     + f"""
 local count = tonumber(redis.call('HGET', KEYS[1], 'ix_count')) or 0
 while count + (#ARGV - 1) / 4 > {INDEX_LOAD} * (2 ^ level + split) do
@@ -278,7 +365,7 @@ for i = 2, #ARGV, 4 do
     group[#group + 1] = i
   end
 end
-local entries, inputs = {{}}, {{}}
+local entries, inputs, chunks = {{}}, {{}}, {{}}
 for _, key in ipairs(order) do
   local group, names = groups[key], {{}}
   for n, i in ipairs(group) do names[n] = ARGV[i] end
@@ -289,11 +376,30 @@ for _, key in ipairs(order) do
     else
       entries[ARGV[i]] = ARGV[i + 2]
       fields[#fields + 1], fields[#fields + 2] = ARGV[i], ARGV[i + 2]
-      if ARGV[i + 3] ~= '' then inputs[#inputs + 1], inputs[#inputs + 2] = ARGV[i + 1], ARGV[i + 3] end
+      if ARGV[i + 3] ~= '' then
+        local index = tonumber(ARGV[i + 1])
+        local k = math.floor(index / CHUNK)
+        if not chunks[k] then chunks[k] = {{}} end
+        chunks[k][index - k * CHUNK + 1] = ARGV[i + 3]
+      end
       count = count + 1
     end
   end
   if #fields > 0 then redis.call('HSET', key, unpack(fields)) end
+end
+for k, new in pairs(chunks) do
+  local slots, count = nil, 0
+  for j, payload in pairs(new) do
+    count = count + 1
+    if #payload < SMALL then
+      slots = slots or open_chunk(redis.call('HGET', KEYS[2], 'c' .. k))
+      slots[j] = payload
+    else
+      inputs[#inputs + 1], inputs[#inputs + 2] = k * CHUNK + j - 1, payload
+    end
+  end
+  if slots then put_chunk(KEYS[2], k, slots) end
+  redis.call('HINCRBY', KEYS[2], 'n' .. k, count)
 end
 for at = 1, #inputs, 1000 do
   redis.call('HSET', KEYS[2], unpack(inputs, at, math.min(at + 999, #inputs)))
@@ -305,6 +411,33 @@ return out
 """
 )
 
+
+# KEYS done results   ARGV indices
+# Drop results that cannot be read back (see PayloadLost), from their chunks too: their
+# items run again.
+FORGET = (
+    _CHUNKS
+    + """
+local chunks = {}
+for _, i in ipairs(ARGV) do
+  redis.call('SETBIT', KEYS[1], i, 0)
+  redis.call('HDEL', KEYS[2], i)
+  local index = tonumber(i)
+  local k = math.floor(index / CHUNK)
+  if not chunks[k] then chunks[k] = {} end
+  chunks[k][#chunks[k] + 1] = index - k * CHUNK + 1
+end
+for k, slots in pairs(chunks) do
+  local blob = redis.call('HGET', KEYS[2], 'c' .. k)
+  if blob then
+    local held = open_chunk(blob)
+    for _, j in ipairs(slots) do held[j] = nil end
+    put_chunk(KEYS[2], k, held)
+  end
+end
+return #ARGV
+"""
+)
 
 # KEYS owner cancel meta   ARGV token now
 # Release the job if it is still ours: its workers see the owner gone and leave.

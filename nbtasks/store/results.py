@@ -12,7 +12,6 @@ from ..output import KEEP, Output, OutputLine
 from ..trust import FAILURE, RESULT
 from . import payloads
 from .base import StoreBase
-from .bits import BATCH
 
 
 class ResultOps(StoreBase):
@@ -20,18 +19,15 @@ class ResultOps(StoreBase):
         """The result pickles (or Raw bytes, see codec.Raw) of `indices`, in their order, read in pipelined batches;
         None for one not recorded, PayloadLost for one whose bytes outside Redis are
         missing or altered; PayloadRejected raised at the first that fails its signature."""
-        stored = self._hash_in_order(self.keys[job].results, indices)
+        stored = self._items(self.keys[job].results, indices)
         for opened in payloads.unseal_all(self.signer, job, RESULT, indices, stored):
             yield from cast("list[bytes | Raw | PayloadLost | None]", opened)  # (other rejections raise)
 
     def forget_results(self, job: str, indices: Sequence[int]) -> None:
         """Drop results that cannot be read back (see PayloadLost): their items run again."""
-        k = self.keys[job]
-        pipe = self.client.pipeline(transaction=True)
-        for index in indices:
-            pipe.setbit(k.done, index, 0)
-        pipe.hdel(k.results, *indices)
-        pipe.execute()
+        if indices:
+            k = self.keys[job]
+            self._forget(keys=[k.done, k.results], args=list(indices))
 
     def failures(self, job: str) -> dict[int, bytes]:
         raw = self.client.hgetall(self.keys[job].failures).items()
@@ -40,18 +36,9 @@ class ResultOps(StoreBase):
     def inputs(self, job: str, indices: list[int]) -> list[bytes | PayloadRejected | None]:
         """Inputs by index (to show with failures); one whose signature fails comes as
         the PayloadRejected error."""
-        stored = self.client.hmget(self.keys[job].inputs, indices) if indices else []
+        stored = list(self._items(self.keys[job].inputs, indices))
         opened = self._open_inputs(job, list(zip(indices, stored, strict=True)))
         return [p if s is not None else None for p, s in zip(opened, stored, strict=True)]
-
-    def _hash_in_order(self, key: str, indices: Sequence[int]) -> Iterator[bytes | None]:
-        pipe = self.client.pipeline(transaction=False)
-        step, total = 1000, len(indices)
-        for start in range(0, total, BATCH):
-            for sub in range(start, min(start + BATCH, total), step):
-                pipe.hmget(key, list(indices[sub : min(sub + step, total)]))
-            for values in pipe.execute():
-                yield from values
 
     def append_output(self, job: str, wid: str, lines: list[tuple[int, str, str]]) -> None:
         """Lines tasks wrote (item, stream, text); the job keeps the last KEEP."""

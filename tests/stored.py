@@ -1,0 +1,37 @@
+"""Reading a job's stored inputs and results as Redis holds them: each in a field of its
+own, or packed in its chunk (see nbtasks.store.lua._CHUNKS)."""
+
+from __future__ import annotations
+
+import redis
+
+from nbtasks.store.bits import open_chunk
+from nbtasks.store.lua import CHUNK
+
+
+def payload(r: redis.Redis, key: str, index: int) -> bytes | None:
+    """What the hash `key` holds for item `index`."""
+    own = r.hget(key, index)
+    return own if own is not None else open_chunk(r.hget(key, f"c{index // CHUNK}"))[index % CHUNK]
+
+
+def payloads(r: redis.Redis, key: str) -> dict[int, bytes]:
+    """Every item's payload the hash `key` holds."""
+    out: dict[int, bytes] = {}
+    for name, value in r.hgetall(key).items():
+        if name.startswith(b"c"):
+            k = int(name[1:])
+            out.update({k * CHUNK + j: p for j, p in enumerate(open_chunk(value)) if p is not None})
+    out.update({int(name): value for name, value in r.hgetall(key).items() if name.isdigit()})
+    return out
+
+
+def drop(r: redis.Redis, key: str, index: int) -> None:
+    """Delete item `index`'s payload from the hash `key`, from its chunk too."""
+    r.hdel(key, index)
+    name = f"c{index // CHUNK}"
+    slots = open_chunk(r.hget(key, name))
+    if slots[index % CHUNK] is not None:
+        slots[index % CHUNK] = None
+        packed = bytes(len(p or b"") for p in slots) + b"".join(p for p in slots if p is not None)
+        r.hset(key, name, packed)
