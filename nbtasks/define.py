@@ -124,7 +124,7 @@ def define(
     stored = _store_function(store, name, func, payload, ident, policy, DISTINCT)
     if found is None:
         spec = JobSpec(name, _index(store, name, items, head), False, stored, list_digest=digest)
-        store.save_view(name, digest, array("I", spec.positions), spec.total)
+        store.save_view(name, digest, spec.positions, spec.total)
         complete = False
     else:
         positions, distinct, complete = found

@@ -17,6 +17,7 @@ from .bits import BATCH, batches, by_bucket, byte_batches, done_and_pending, pac
 from .records import JobRecord, decoded
 
 COMPACT_MIN = 32 << 20  # an append-only file smaller than this is not worth rewriting
+RANGE = b"r"  # a view of consecutive indices: this, then its start and stop (not 4 bytes per item)
 
 
 class JobOps(StoreBase):
@@ -96,9 +97,9 @@ class JobOps(StoreBase):
     def upgraded(self, job: str, size: int) -> None:
         self.client.hset(self.keys[job].meta, mapping={"size": size, "format": FORMAT})
 
-    def view(self, job: str, list_digest: str) -> tuple[array[int], int, bool] | None:
-        """The indices of a list of inputs stored before, how many are distinct, and
-        whether each had a result when last looked."""
+    def view(self, job: str, list_digest: str) -> tuple[Sequence[int], int, bool] | None:
+        """The indices of a list of inputs stored before (a range when consecutive), how
+        many are distinct, and whether each had a result when last looked."""
         pipe = self.client.pipeline(transaction=False)
         pipe.hget(self.keys[job].views, list_digest)
         pipe.sismember(self.keys[job].complete, list_digest)
@@ -110,11 +111,25 @@ class JobOps(StoreBase):
         if packed[:start] != list_digest.encode():
             raise PayloadRejected(job, -2, "a list's view was stored under another list")
         distinct = int.from_bytes(packed[start : start + 4], "little")
-        return unpack(packed[start + 4 :]), distinct, bool(complete)
+        held = packed[start + 4 :]
+        if len(held) == len(RANGE) + 8 and held.startswith(RANGE):
+            return (
+                range(int.from_bytes(held[1:5], "little"), int.from_bytes(held[5:], "little")),
+                distinct,
+                bool(complete),
+            )
+        return unpack(held), distinct, bool(complete)
 
-    def save_view(self, job: str, list_digest: str, indices: array[int], distinct: int) -> None:
+    def save_view(self, job: str, list_digest: str, indices: Sequence[int], distinct: int) -> None:
         # The list's digest inside the signed bytes too: no view can be moved to another list.
-        data = list_digest.encode() + distinct.to_bytes(4, "little") + pack(indices)
+        # Consecutive indices (a new job's list) are kept as their range: 9 bytes, not 4 per item.
+        first = indices[0] if len(indices) else 0
+        consecutive = range(first, first + len(indices))
+        if isinstance(indices, range) and indices.step == 1 or array("I", consecutive) == indices:
+            held = RANGE + consecutive.start.to_bytes(4, "little") + consecutive.stop.to_bytes(4, "little")
+        else:
+            held = pack(indices)
+        data = list_digest.encode() + distinct.to_bytes(4, "little") + held
         self.client.hset(self.keys[job].views, list_digest, self.signer.sign(job, -2, VIEW, data))
 
     def mark_complete(self, job: str, list_digest: str, complete: bool = True) -> None:
