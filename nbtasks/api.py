@@ -5,7 +5,7 @@ gather it. No Redis calls of their own: they wire the steps of `define`, `run`,
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sized
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, Unpack, overload
 
 from . import backends, codec, define, identity, interrupt
@@ -172,7 +172,8 @@ def pmap(
     retry_on = retry_on if isinstance(retry_on, tuple) else (retry_on,)
     choice = backends.choose(func, backend)
     policy = Policy(retries, retry_delay, retry_on, timeout, parse_rate(rate), errors, choice, keep=cfg.keep)
-    inputs = list(items)
+    # A generator is read a batch at a time as its inputs are stored, never held whole.
+    inputs = list(items) if isinstance(iterable, Sized) else define.Stream.of(items)
     if not inputs and not background:
         return []  # nothing to run: no server, no workers
     ident = identity.identify(func)
@@ -182,7 +183,8 @@ def pmap(
     dump = functools.partial(_if_it_can_travel, to_bytes) if cfg.processes == 0 else to_bytes
     # (Safe to repeat: it is what the same call again would do. So is reading results.)
     step = functools.partial(define.define, store, func, dump, ident, inputs, name=name, fresh=fresh, policy=policy)
-    spec = ride_out(store, step, cfg.outage_limit)
+    # (A stream cannot be read twice: an outage while it is stored stops the call.)
+    spec = step() if isinstance(inputs, define.Stream) else ride_out(store, step, cfg.outage_limit)
     del step, inputs  # the store has them; don't hold them through the run
     expire_once(store)  # (after this call's job is marked used: it never expires itself)
     if background:

@@ -4,9 +4,11 @@ Gathering the results back is `gather`'s."""
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import sys
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
@@ -19,6 +21,26 @@ from .store import APPENDABLE, BATCH, DISTINCT, INDEXED, JobRecord, Store, defin
 
 MAX_NAME = 200
 INDEX_BATCH = 25_000  # inputs digested, looked up and stored at a time (about 20 MB of bookkeeping)
+
+
+@dataclass
+class Stream:
+    """Inputs that come from an iterator with no length (a generator): read and stored a
+    batch at a time, never held whole. `head`: the first batch, read already."""
+
+    head: list[Any]
+    rest: Iterator[Any]
+
+    @classmethod
+    def of(cls, items: Iterator[Any]) -> list[Any] | Stream:
+        """A list when the iterator holds one batch or less, else a Stream."""
+        head = list(itertools.islice(items, INDEX_BATCH))
+        return head if len(head) < INDEX_BATCH else cls(head, items)
+
+    def batches(self) -> Iterator[list[Any]]:
+        yield self.head
+        while batch := list(itertools.islice(self.rest, INDEX_BATCH)):
+            yield batch
 
 
 @dataclass(frozen=True)
@@ -90,7 +112,7 @@ def define(
     func: Callable[..., Any],
     dump: Callable[[], bytes | None],
     ident: Identity,
-    items: list[Any],
+    items: list[Any] | Stream,
     *,
     name: str | None,
     fresh: bool,
@@ -103,6 +125,9 @@ def define(
     Without a name, the job is the function's identity: the same function (code, what
     it reads) finds its results again, whatever list they came in, and an edited one gets
     a new job. With a name, the job survives edits: finished results are kept.
+
+    A Stream's inputs are digested and stored a batch at a time; its list is known by the
+    digest of its inputs' digests, made as they go (a list's own digest would need it whole).
     """
     name, record = (name, store.meta(name)) if name is not None else _unnamed(store, func, ident)
     if record is not None and fresh:
@@ -115,15 +140,18 @@ def define(
         )
     if record is not None and record.format not in INDEXED:
         _upgrade(store, name, record.total)
-    digest = identity.list_digest(items)
-    found = store.view(name, digest) if record is not None else None
-    head = _digests(items[:INDEX_BATCH]) if found is None else []  # checked before anything is stored
+    lazy = isinstance(items, Stream)
+    digest = "" if isinstance(items, Stream) else identity.list_digest(items)
+    found = store.view(name, digest) if record is not None and not lazy else None
+    head = _digests(_head(items)) if found is None else []  # checked before anything is stored
     # A list whose every result is stored runs nothing: no need to store the function
     # (a large captured array would be written again for nothing).
     payload = None if found is not None and found[2] else dump()
     stored = _store_function(store, name, func, payload, ident, policy, DISTINCT)
     if found is None:
-        spec = JobSpec(name, _index(store, name, items, head), False, stored, list_digest=digest)
+        indexed, of_inputs = _index(store, name, items, head)
+        digest = digest or of_inputs
+        spec = JobSpec(name, indexed, False, stored, list_digest=digest)
         store.save_view(name, digest, spec.positions, spec.total)
         complete = False
     else:
@@ -150,31 +178,46 @@ def _unnamed(store: Store, func: Callable[..., Any], ident: Identity) -> tuple[s
     return name, store.meta(name)
 
 
-def _index(store: Store, name: str, items: list[Any], head: list[bytes]) -> array[int]:
+def _head(items: list[Any] | Stream) -> list[Any]:
+    return items.head if isinstance(items, Stream) else items[:INDEX_BATCH]
+
+
+def _index(store: Store, name: str, items: list[Any] | Stream, head: list[bytes]) -> tuple[array[int], str]:
     """The index in the job of each item, storing those the job does not hold yet, each
     distinct one once; a batch at a time, so that no per-item structure but the result
-    is held for the whole list. `head`: the digests of the first batch.
+    is held for the whole list. `head`: the digests of the first batch. Also a digest of
+    the inputs' digests in order: a Stream's list digest.
 
     lua.ADD finds the inputs held already, atomically, so two callers storing the same
     inputs at once share them. Look-ups first only spare sending those inputs again: a
     job that held nothing when the call began is not looked up."""
     looked_up = store.holds_inputs(name)
     positions = array("I")
-    for start in range(0, len(items), INDEX_BATCH):
-        digests = head if start == 0 else _digests(items[start : start + INDEX_BATCH], start)
+    whole = hashlib.sha256(b"nbtasks stream\n")
+    batches = items.batches() if isinstance(items, Stream) else _slices(items)
+    start = 0
+    for batch in batches:
+        digests = head if start == 0 else _digests(batch, start)
+        whole.update(b"".join(digests))
         found = store.lookup(name, digests) if looked_up else [None] * len(digests)
         new: dict[bytes, int] = {}  # digest -> where it first stands in the batch
         for offset, (digest, index) in enumerate(zip(digests, found, strict=True)):
             if index is None:
                 new.setdefault(digest, offset)
-        firsts = [start + offset for offset in new.values()]
+        firsts = list(new.values())
 
-        def payload(j: int, firsts: list[int] = firsts) -> bytes:
-            return codec.dump_input(items[firsts[j]], firsts[j])
+        def payload(j: int, firsts: list[int] = firsts, batch: list[Any] = batch, start: int = start) -> bytes:
+            return codec.dump_input(batch[firsts[j]], start + firsts[j])
 
         added = dict(zip(new, store.add_inputs(name, list(new), payload), strict=True))
         positions.extend(index if index is not None else added[d] for d, index in zip(digests, found, strict=True))
-    return positions
+        start += len(batch)
+    return positions, "s" + whole.hexdigest()
+
+
+def _slices(items: list[Any]) -> Iterator[list[Any]]:
+    for start in range(0, len(items), INDEX_BATCH):
+        yield items[start : start + INDEX_BATCH]
 
 
 def _digests(items: list[Any], start: int = 0) -> list[bytes]:

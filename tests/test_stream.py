@@ -7,13 +7,15 @@ from __future__ import annotations
 import os
 import random
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
 import nbtasks
-from nbtasks import gather
+from nbtasks import define, gather
+from nbtasks.store import JobKeys
 
 ONE_SERVER = True  # (see conftest): reading back while a run records, not the server, is under test
 
@@ -116,3 +118,27 @@ def test_a_call_whose_results_would_not_fit_says_so_once_and_points_to_imap(
     assert "job 'roomy' will hold about" in said and "nbtasks.imap(...)" in said, said
     nbtasks.pmap(kilobyte, range(8000), name="roomy", processes=1, progress=False)
     assert "nbtasks.imap" not in capfd.readouterr().err, "said once"
+
+
+def test_a_generator_is_stored_a_batch_at_a_time_and_resumes(r: redis.Redis, gate: Path) -> None:
+    n, batch = 60_000, define.INDEX_BATCH
+    stored_when: dict[int, int] = {}
+
+    def inputs() -> Iterator[int]:
+        for i in range(n):
+            if i % 1000 == 0:  # how many inputs the job held when the caller read item i
+                stored_when[i] = int(r.hget(JobKeys("gen").meta, "ix_count") or 0)
+            yield i
+
+    assert list(nbtasks.imap(noop, inputs(), name="gen", processes=2, progress=False)) == list(range(n))
+    # Item i was read once the batches before its own were stored: never the whole list at once.
+    assert all(held >= (i // batch) * batch for i, held in stored_when.items())
+    assert stored_when[n - 1000] < n
+    gate.touch()
+    # Again, from a new generator of the same inputs: nothing runs, the results are read back.
+    again = nbtasks.imap(gated, (i for i in range(n)), name="gen", processes=1, progress=False)
+    assert list(again) == list(range(n)) and runs(gate.parent / "runs") == []
+
+
+def noop(i: int) -> int:
+    return i

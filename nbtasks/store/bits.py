@@ -107,10 +107,6 @@ def byte_batches(count: int, payload: Callable[[int], bytes]) -> Iterator[tuple[
         yield start, batch
 
 
-def chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
 
 def open_chunk(blob: bytes | None) -> list[bytes | None]:
     """The payload in each slot of a chunk (see lua._CHUNKS), None where there is none."""

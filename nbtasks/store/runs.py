@@ -13,7 +13,7 @@ from ..errors import PayloadRejected
 from ..keys import RUN_STATE
 from ..trust import FAILURE, RESULT
 from .base import StoreBase
-from .bits import BATCH, BATCH_BYTES, chunks, done_and_pending
+from .bits import BATCH, BATCH_BYTES, batches, done_and_pending
 from .records import Counts, JobRecord, Outcome, decoded
 
 RATE_WINDOW_MS = 50  # a rate limit grants the turns that fall within this much time
@@ -41,7 +41,7 @@ class RunOps(StoreBase):
         total, bitmap = len(indices), bitmap or b""
         waiting = {int(i) for i in [*failed, *delayed]} if resume else set()
         known, without = done_and_pending(bitmap, indices)
-        pending = [i for i in without if i not in waiting]  # (the one list of them: a million ints, 36 MB)
+        pending = (i for i in without if i not in waiting)  # (pushed a batch at a time: 10 million ints are 360 MB)
         claims = [k.claims(w.decode()) for w in wids]
         if resume:
             pipe.delete(k.queue, *claims)
@@ -51,8 +51,8 @@ class RunOps(StoreBase):
             pipe.hdel(k.meta, "ended")
         pipe.hset(k.meta, "total", total)  # what the last item's record compares with
         pipe.execute()
-        for chunk in chunks(pending, BATCH):
-            pipe.rpush(k.queue, *chunk)
+        for _, batch in batches(pending, BATCH):
+            pipe.rpush(k.queue, *batch)
             pipe.execute()
         # Bits set since the bitmap was read are items recorded meanwhile: counted too.
         seen = int.from_bytes(bitmap, "big").bit_count()
