@@ -182,7 +182,7 @@ def _head(items: list[Any] | Stream) -> list[Any]:
     return items.head if isinstance(items, Stream) else items[:INDEX_BATCH]
 
 
-def _index(store: Store, name: str, items: list[Any] | Stream, head: list[bytes]) -> tuple[array[int], str]:
+def _index(store: Store, name: str, items: list[Any] | Stream, head: list[bytes]) -> tuple[Sequence[int], str]:
     """The index in the job of each item, storing those the job does not hold yet, each
     distinct one once; a batch at a time, so that no per-item structure but the result
     is held for the whole list. `head`: the digests of the first batch. Also a digest of
@@ -195,7 +195,7 @@ def _index(store: Store, name: str, items: list[Any] | Stream, head: list[bytes]
     positions = array("I")
     whole = hashlib.sha256(b"nbtasks stream\n")
     batches = items.batches() if isinstance(items, Stream) else _slices(items)
-    start = 0
+    start, consecutive = 0, True
     for batch in batches:
         digests = head if start == 0 else _digests(batch, start)
         whole.update(b"".join(digests))
@@ -211,8 +211,10 @@ def _index(store: Store, name: str, items: list[Any] | Stream, head: list[bytes]
 
         added = dict(zip(new, store.add_inputs(name, list(new), payload), strict=True))
         positions.extend(index if index is not None else added[d] for d, index in zip(digests, found, strict=True))
+        consecutive = consecutive and positions[start:] == array("I", range(positions[0] + start, positions[-1] + 1))
         start += len(batch)
-    return positions, "s" + whole.hexdigest()
+    # A new job's list: its range, rather than 4 bytes per item held through the run
+    return (range(positions[0], positions[0] + start) if consecutive and start else positions), "s" + whole.hexdigest()
 
 
 def _slices(items: list[Any]) -> Iterator[list[Any]]:

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import itertools
 import time
+from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
@@ -16,6 +18,7 @@ from .store import Store
 
 POLL = 0.05  # seconds between looks at what has been recorded, while nothing new is
 FETCH = 1000  # results read at a time
+WINDOW = 50_000  # positions looked at per look
 
 
 def in_order(store: Store, spec: JobSpec, running: Callable[[], bool], errors: str = "raise") -> Iterator[Any]:
@@ -36,34 +39,44 @@ def as_completed(
 def _stream(
     store: Store, spec: JobSpec, running: Callable[[], bool], errors: str, ordered: bool
 ) -> Iterator[tuple[int, Any]]:
+    """Memory stays bounded whatever the list's length: in order, a cursor; as they come,
+    the positions of a window of WINDOW not yielded yet, in list order (workers take items
+    in about that order, so those recorded first are near its start)."""
     positions = spec.positions
-    left = list(range(len(positions)))  # positions not yielded yet, in order
-    while left:
+    total = len(positions)
+    cursor = yielded = 0  # positions from `cursor` on not looked at yet
+    front = array("I")  # positions looked at and not yielded yet (as they come)
+    while yielded < total:
         live = running()  # (asked before looking: a run that ends meanwhile is seen next time)
         bitmap, failed = store.done_and_failed(spec.name)
-        ready: list[int] = []
-        for p in left:
+
+        def settled(p: int, bitmap: bytes = bitmap, size: int = len(bitmap), failed: set[int] = failed) -> bool:
             index = positions[p]
-            if (index >> 3 < len(bitmap) and bitmap[index >> 3] & (0x80 >> (index & 7))) or index in failed:
-                ready.append(p)
-            elif ordered:
-                break
+            return bool(index >> 3 < size and bitmap[index >> 3] & (0x80 >> (index & 7))) or index in failed
+
+        ready: list[int] = []
+        if ordered:
+            while cursor < total and len(ready) < WINDOW and settled(cursor):
+                ready.append(cursor)
+                cursor += 1
+        else:
+            more = range(cursor, min(total, cursor + WINDOW - len(front)))
+            cursor = more.stop
+            waiting = array("I")
+            for p in itertools.chain(front, more):
+                (ready if settled(p) else waiting).append(p)
+            front = waiting
         if not ready:
             if not live:
                 raise JobCancelled(
-                    f"Job '{spec.name}' stopped with {len(positions) - len(left)} of {len(positions)} results "
-                    "streamed; the same call again resumes it."
+                    f"Job '{spec.name}' stopped with {yielded} of {total} results streamed; "
+                    "the same call again resumes it."
                 )
             time.sleep(POLL)
             continue
-        left = left[len(ready) :] if ordered else _without(left, ready)
+        yielded += len(ready)
         for start in range(0, len(ready), FETCH):
             yield from _values(store, spec, ready[start : start + FETCH], failed, errors)
-
-
-def _without(left: list[int], ready: list[int]) -> list[int]:
-    taken = set(ready)
-    return [p for p in left if p not in taken]
 
 
 def _values(store: Store, spec: JobSpec, ready: list[int], failed: set[int], errors: str) -> Iterator[tuple[int, Any]]:

@@ -107,7 +107,6 @@ def byte_batches(count: int, payload: Callable[[int], bytes]) -> Iterator[tuple[
         yield start, batch
 
 
-
 def open_chunk(blob: bytes | None) -> list[bytes | None]:
     """The payload in each slot of a chunk (see lua._CHUNKS), None where there is none."""
     slots: list[bytes | None] = [None] * CHUNK
