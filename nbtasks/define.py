@@ -20,6 +20,9 @@ from .policy import Policy, RunPolicy
 from .store import APPENDABLE, BATCH, DISTINCT, INDEXED, JobRecord, Store, definition
 
 MAX_NAME = 200
+# Bytes of an input's digest a new job's index keeps: 96 bits keep collisions out of reach
+# (a billion inputs: 6e-12) at 4 bytes an item less than all 16 (which older jobs keep).
+INDEX_DIGEST = 12
 INDEX_BATCH = 25_000  # inputs digested, looked up and stored at a time (about 20 MB of bookkeeping)
 
 
@@ -143,13 +146,14 @@ def define(
     lazy = isinstance(items, Stream)
     digest = "" if isinstance(items, Stream) else identity.list_digest(items)
     found = store.view(name, digest) if record is not None and not lazy else None
-    head = _digests(_head(items)) if found is None else []  # checked before anything is stored
+    width = record.index_digest if record is not None else INDEX_DIGEST
+    head = _digests(_head(items), 0, width) if found is None else []  # checked before anything is stored
     # A list whose every result is stored runs nothing: no need to store the function
     # (a large captured array would be written again for nothing).
     payload = None if found is not None and found[2] else dump()
-    stored = _store_function(store, name, func, payload, ident, policy, DISTINCT)
+    stored = _store_function(store, name, func, payload, ident, policy, DISTINCT, width)
     if found is None:
-        indexed, of_inputs = _index(store, name, items, head)
+        indexed, of_inputs = _index(store, name, items, head, width)
         digest = digest or of_inputs
         spec = JobSpec(name, indexed, False, stored, list_digest=digest)
         store.save_view(name, digest, spec.positions, spec.total)
@@ -182,10 +186,13 @@ def _head(items: list[Any] | Stream) -> list[Any]:
     return items.head if isinstance(items, Stream) else items[:INDEX_BATCH]
 
 
-def _index(store: Store, name: str, items: list[Any] | Stream, head: list[bytes]) -> tuple[Sequence[int], str]:
+def _index(
+    store: Store, name: str, items: list[Any] | Stream, head: list[bytes], width: int
+) -> tuple[Sequence[int], str]:
     """The index in the job of each item, storing those the job does not hold yet, each
     distinct one once; a batch at a time, so that no per-item structure but the result
-    is held for the whole list. `head`: the digests of the first batch. Also a digest of
+    is held for the whole list. `head`: the digests of the first batch; `width`: their
+    length in the job's index. Also a digest of
     the inputs' digests in order: a Stream's list digest.
 
     lua.ADD finds the inputs held already, atomically, so two callers storing the same
@@ -197,7 +204,7 @@ def _index(store: Store, name: str, items: list[Any] | Stream, head: list[bytes]
     batches = items.batches() if isinstance(items, Stream) else _slices(items)
     start, consecutive = 0, True
     for batch in batches:
-        digests = head if start == 0 else _digests(batch, start)
+        digests = head if start == 0 else _digests(batch, start, width)
         whole.update(b"".join(digests))
         found = store.lookup(name, digests) if looked_up else [None] * len(digests)
         new: dict[bytes, int] = {}  # digest -> where it first stands in the batch
@@ -222,13 +229,14 @@ def _slices(items: list[Any]) -> Iterator[list[Any]]:
         yield items[start : start + INDEX_BATCH]
 
 
-def _digests(items: list[Any], start: int = 0) -> list[bytes]:
-    """The digest of each input; NotPicklableError for one nothing can pickle."""
+def _digests(items: list[Any], start: int, width: int) -> list[bytes]:
+    """The digest of each input, its first `width` bytes; NotPicklableError for one
+    nothing can pickle."""
     out = []
     walker = identity.Walker()
     for position, item in enumerate(items, start):
         try:
-            out.append(identity.input_digest(item, walker))
+            out.append(identity.input_digest(item, walker)[:width])
         except identity.Unpicklable:
             codec.dump_input(item, position)  # raises NotPicklableError, naming the item
             raise
@@ -283,6 +291,7 @@ def _store_function(
     ident: Identity,
     policy: Policy,
     inputs: str,
+    index_digest: int | None = None,
 ) -> RunPolicy:
     """Store the function (unless None: nothing will run), its identity, the policy and
     the kind of its inputs in the job's metadata; return the policy as stored. Both are
@@ -301,6 +310,7 @@ def _store_function(
         policy=stored,
         inputs=inputs,
         blobs=place,
+        index_digest=index_digest,
     )
     store.define(name, fields, func_payload)
     return stored

@@ -33,5 +33,5 @@ def drop(r: redis.Redis, key: str, index: int) -> None:
     slots = open_chunk(r.hget(key, name))
     if slots[index % CHUNK] is not None:
         slots[index % CHUNK] = None
-        packed = bytes(len(p or b"") for p in slots) + b"".join(p for p in slots if p is not None)
+        packed = bytes([0, *(len(p or b"") for p in slots)]) + b"".join(p for p in slots if p is not None)
         r.hset(key, name, packed)

@@ -21,7 +21,7 @@ import pytest
 import redis
 
 import nbtasks
-from nbtasks import codec, identity
+from nbtasks import codec, define, identity
 from nbtasks.store import JobKeys
 
 from .stored import payloads
@@ -396,7 +396,7 @@ def test_a_named_job_of_the_earlier_store_format_keeps_its_results_and_runs_the_
 
 def as_format_2(r: redis.Redis, name: str) -> None:
     """Turn a stored job back into what store format 2 left: every input and result in a
-    field of its own, no chunks."""
+    field of its own, no chunks, and no word of its index's digests (all 16 bytes then)."""
     keys = JobKeys(name)
     for key in (keys.inputs, keys.results):
         held = payloads(r, key)
@@ -404,16 +404,21 @@ def as_format_2(r: redis.Redis, name: str) -> None:
         if held:
             r.hset(key, mapping=held)
     r.hset(keys.meta, "format", "2")
+    r.hdel(keys.meta, "ix_digest")
 
 
-def test_jobs_of_store_format_2_are_read_as_they_are_and_grow_in_chunks(r: redis.Redis, tmp_path: Path) -> None:
+def test_jobs_of_store_format_2_are_read_as_they_are_and_grow_in_chunks(
+    r: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     log = tmp_path / "log"
 
     def f(x: int) -> int:
         record(log, x)
         return 3 * x
 
-    run(log, f, range(600), name="crawl")
+    with monkeypatch.context() as patched:
+        patched.setattr(define, "INDEX_DIGEST", 16)  # as format 2 indexed its inputs
+        run(log, f, range(600), name="crawl")
     as_format_2(r, "crawl")
     keys = JobKeys("crawl")
     assert r.hlen(keys.results) == 600 and not r.hexists(keys.results, "c0")

@@ -111,9 +111,9 @@ def open_chunk(blob: bytes | None) -> list[bytes | None]:
     """The payload in each slot of a chunk (see lua._CHUNKS), None where there is none."""
     slots: list[bytes | None] = [None] * CHUNK
     if blob:
-        pos = CHUNK
-        for j, n in enumerate(blob[:CHUNK]):
+        bare, pos = blob[0] == 1, CHUNK + 1
+        for j, n in enumerate(blob[1 : CHUNK + 1]):
             if n:
-                slots[j] = blob[pos : pos + n]
+                slots[j] = b"\x80\x05" + blob[pos : pos + n] + b"." if bare else blob[pos : pos + n]
                 pos += n
     return slots

@@ -10,38 +10,50 @@ CHUNK = 256  # items per chunk: indices [k * CHUNK, (k + 1) * CHUNK) share field
 SMALL = 256  # payloads shorter than this are kept in chunks; longer ones in a field of their own
 
 # Small inputs and results are kept in chunks rather than a hash field each (a field costs
-# about 70 bytes besides its value): field "c<k>" of the job's inputs or results holds
-# CHUNK bytes of lengths (0: no payload in that slot), then the payloads in slot order.
-# The inputs hash counts the items of each chunk in field "n<k>", so that a chunk whose
-# items all have a result is compacted at once (see RECORD). Fields named by an index
-# hold one payload each: large ones, and every payload of a job stored in format 2.
+# about 70 bytes besides its value): field "c<k>" of the job's inputs or results holds a
+# flag, CHUNK bytes of lengths (0: no payload in that slot), then the payloads in slot
+# order. Flag 1: each payload is a pickle kept without the 3 bytes every pickle of
+# protocol 5 begins and ends with (most of a small int's 5 to 8). The inputs hash counts
+# the items of each chunk in field "n<k>", so that a chunk whose items all have a result
+# is packed at once (see RECORD). Fields named by an index hold one payload each: large
+# ones, and every payload of a job stored in format 2.
 _CHUNKS = f"""
-local CHUNK, SMALL = {CHUNK}, {SMALL}
+local CHUNK, SMALL, HEAD, STOP = {CHUNK}, {SMALL}, '\\128\\5', '.'
 local function open_chunk(blob)
   local slots = {{}}
   if not blob then return slots end
-  local pos = CHUNK + 1
+  local bare, pos = string.byte(blob, 1) == 1, CHUNK + 2
   for j = 1, CHUNK do
-    local n = string.byte(blob, j)
+    local n = string.byte(blob, j + 1)
     if n > 0 then
-      slots[j] = string.sub(blob, pos, pos + n - 1)
+      local p = string.sub(blob, pos, pos + n - 1)
+      slots[j] = bare and (HEAD .. p .. STOP) or p
       pos = pos + n
     end
   end
   return slots
 end
 local function close_chunk(slots)
+  local bare = 1
+  for j = 1, CHUNK do
+    local p = slots[j]
+    if p and (#p < 4 or string.sub(p, 1, 2) ~= HEAD or string.sub(p, -1) ~= STOP) then
+      bare = 0
+      break
+    end
+  end
   local lengths, data = {{}}, {{}}
   for j = 1, CHUNK do
     local p = slots[j]
     if p then
+      if bare == 1 then p = string.sub(p, 3, -2) end
       lengths[j] = #p
       data[#data + 1] = p
     else
       lengths[j] = 0
     end
   end
-  return string.char(unpack(lengths)) .. table.concat(data)
+  return string.char(bare, unpack(lengths)) .. table.concat(data)
 end
 local function put_chunk(key, k, slots)
   if next(slots) then redis.call('HSET', key, 'c' .. k, close_chunk(slots)) else redis.call('HDEL', key, 'c' .. k) end

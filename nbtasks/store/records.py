@@ -21,6 +21,8 @@ become numbers, flags and the policy. Its field names:
     workers                      live workers of the current run, as its caller counts them
     blobs         where its caller keeps large payloads (a folder or URL; none: all in Redis)
     blob_bytes    bytes of its large payloads written there
+    ix_digest     bytes of each input's digest its index keeps (none: 16)
+    ix_level, ix_split, ix_count  where the index's buckets stand (see lua.ADD)
 """
 
 from __future__ import annotations
@@ -90,6 +92,7 @@ class JobRecord:
     workers: int = 0
     blobs: str | None = None
     blob_bytes: int = 0
+    index_digest: int = 16
 
     @property
     def last_used(self) -> float | None:
@@ -135,14 +138,24 @@ class JobRecord:
             workers=int(meta.get("workers") or 0),
             blobs=meta.get("blobs") or None,
             blob_bytes=int(meta.get("blob_bytes") or 0),
+            index_digest=int(meta.get("ix_digest") or 16),
         )
 
 
 def definition(
-    *, code: str, parts: dict[str, str], function: str, python: str, policy: RunPolicy, inputs: str, blobs: str
+    *,
+    code: str,
+    parts: dict[str, str],
+    function: str,
+    python: str,
+    policy: RunPolicy,
+    inputs: str,
+    blobs: str,
+    index_digest: int | None = None,
 ) -> dict[str, str]:
     """The metadata fields a call stores about its job's function (see `JobRecord`)."""
     return {
+        **({"ix_digest": str(index_digest)} if index_digest is not None else {}),
         "blobs": blobs,
         "code": code,
         "parts": json.dumps(parts),
