@@ -28,6 +28,7 @@ import redis
 
 from nbtasks import server
 from nbtasks.store import JobKeys
+from nbtasks.store.bits import open_chunk
 
 CALLER = """
 import json, os, random, sys, time
@@ -61,6 +62,7 @@ class Report:
     wrong: int  # results that are not f(i), or that no logged execution produced
     recorded_twice: int  # counter increments beyond the items with a done bit
     results_without_bit: int  # stored results whose done bit is not set, or the reverse
+    packed: int  # results the store holds packed in chunks (see nbtasks.store.lua._CHUNKS)
     executions: int
     duplicate_executions: int  # executions beyond one per item (at least once: allowed)
 
@@ -142,6 +144,17 @@ def _kill_a_worker() -> bool:
     return True
 
 
+def stored_results(client: redis.Redis, key: str) -> tuple[int, int]:
+    """How many results the hash `key` holds: in all, and of those, packed in chunks."""
+    own = packed = 0
+    for name, value in client.hscan_iter(key):
+        if name.startswith(b"c"):
+            packed += sum(p is not None for p in open_chunk(value))
+        else:
+            own += 1
+    return own + packed, packed
+
+
 def _check(
     client: redis.Redis, n: int, log: Path, out: Path, seconds: float, counts: Counter[str], errors: list[str]
 ) -> Report:
@@ -157,7 +170,8 @@ def _check(
     k = JobKeys("chaos")
     bits = int(client.bitcount(k.done))
     recorded_twice = int(client.hget(k.counts, "done") or 0) - bits
-    results_without_bit = int(client.hlen(k.results)) - bits
+    stored, packed = stored_results(client, k.results)
+    results_without_bit = stored - bits
     return Report(
         tasks=n,
         seconds=round(seconds, 1),
@@ -170,6 +184,7 @@ def _check(
         wrong=wrong,
         recorded_twice=recorded_twice,
         results_without_bit=results_without_bit,
+        packed=packed,
         executions=executions,
         duplicate_executions=executions - len(runs),
     )

@@ -246,23 +246,52 @@ def async_http_workload(url: str, n: int, repeat: int) -> list[Row]:
 
 
 def noop_workload(url: str, n: int, repeat: int) -> list[Row]:
+    """What a notebook user picks today for a map of many tiny tasks, each with 2 workers
+    and its own defaults (joblib batches automatically; mpire and the executor get
+    chunksize=1000, as the issue that set the target did)."""
+    from joblib import Parallel, delayed
+    from mpire import WorkerPool
     from tqdm.contrib.concurrent import process_map
 
+    spawn = multiprocessing.get_context("spawn")
+
     def pool_map() -> None:
-        with multiprocessing.get_context("spawn").Pool(2) as pool:
+        with spawn.Pool(2) as pool:
             pool.map(noop, range(n))
 
     def executor_map() -> None:
-        with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as ex:
-            list(ex.map(noop, range(n)))
+        with ProcessPoolExecutor(2, mp_context=spawn) as ex:
+            list(ex.map(noop, range(n), chunksize=1000))
+
+    def joblib_map() -> None:
+        Parallel(n_jobs=2)(delayed(noop)(i) for i in range(n))
+
+    def mpire_map() -> None:
+        with WorkerPool(n_jobs=2, start_method="spawn") as pool:
+            pool.map(noop, range(n), chunk_size=1000, progress_bar=False)
 
     timings = [
         ("tqdm process_map defaults", best(lambda: process_map(noop, range(n), max_workers=2, disable=True), 1)),
-        ("ProcessPoolExecutor(2).map", best(executor_map, 1)),
+        ("joblib Parallel(n_jobs=2)", best(joblib_map, repeat)),
+        ("mpire WorkerPool(2), chunk_size=1000", best(mpire_map, repeat)),
+        ("ProcessPoolExecutor(2), chunksize=1000", best(executor_map, repeat)),
         ("multiprocessing.Pool(2).map (not durable)", best(pool_map, repeat)),
         *cold_and_warm(pmap_call(noop, range(n), url), repeat),
     ]
     return rows(f"{n:,} no-op tasks", n, timings)
+
+
+def redis_memory_workload(url: str, n: int) -> list[Row]:
+    """Redis memory a finished job of `n` small ints takes: what deleting it frees."""
+    client = redis.Redis.from_url(url)
+    nbtasks.pmap(noop, range(n), name="memory", redis=url, fresh=True, progress=False)
+    before = int(client.info("memory")["used_memory"])
+    nbtasks.reset("memory", redis=url)
+    freed = before - int(client.info("memory")["used_memory"])
+    client.close()
+    tool = f"nbtasks: {freed / n:.1f} bytes of Redis per item (x: to 40)"
+    row: Row = {"workload": f"a finished job of {n:,} small ints", "tool": tool}
+    return [{**row, "seconds": 0, "items_per_s": 0, "ratio": round(freed / n / 40, 2), "bytes": freed}]
 
 
 def finished_workload(url: str, n: int, repeat: int) -> list[Row]:
@@ -416,6 +445,7 @@ def main() -> None:
             *finished_workload(url, 100_000 // scale, args.repeat),
             *small_workload(url, args.repeat),
             *memory_workload(url, 1_000_000 // scale),
+            *redis_memory_workload(url, 200_000 // scale),
         ]
         scale_rows = scaling(url, 10_000 // scale)
     print(f"\n{'workload':42} {'tool':58} {'wall s':>8} {'items/s':>10} {'x ref':>7}")
