@@ -8,7 +8,9 @@ import hashlib
 import itertools
 import sys
 from array import array
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
@@ -197,31 +199,46 @@ def _index(
 
     lua.ADD finds the inputs held already, atomically, so two callers storing the same
     inputs at once share them. Look-ups first only spare sending those inputs again: a
-    job that held nothing when the call began is not looked up."""
+    job that held nothing when the call began is not looked up. A batch is stored by a
+    thread while the next one is digested (the server's work and ours overlap)."""
     looked_up = store.holds_inputs(name)
     positions = array("I")
     whole = hashlib.sha256(b"nbtasks stream\n")
     batches = items.batches() if isinstance(items, Stream) else _slices(items)
-    start, consecutive = 0, True
-    for batch in batches:
-        digests = head if start == 0 else _digests(batch, start, width)
-        whole.update(b"".join(digests))
-        found = store.lookup(name, digests) if looked_up else [None] * len(digests)
-        new: dict[bytes, int] = {}  # digest -> where it first stands in the batch
-        for offset, (digest, index) in enumerate(zip(digests, found, strict=True)):
-            if index is None:
-                new.setdefault(digest, offset)
-        firsts = list(new.values())
+    sending: deque[tuple[Future[list[int]], list[bytes], list[int | None], list[bytes]]] = deque()
 
-        def payload(j: int, firsts: list[int] = firsts, batch: list[Any] = batch, start: int = start) -> bytes:
-            return codec.dump_input(batch[firsts[j]], start + firsts[j])
-
-        added = dict(zip(new, store.add_inputs(name, list(new), payload), strict=True))
+    def settle() -> None:  # the oldest batch sent: its positions, in list order
+        future, digests, found, new = sending.popleft()
+        added = dict(zip(new, future.result(), strict=True))
         positions.extend(index if index is not None else added[d] for d, index in zip(digests, found, strict=True))
-        consecutive = consecutive and positions[start:] == array("I", range(positions[0] + start, positions[-1] + 1))
-        start += len(batch)
-    # A new job's list: its range, rather than 4 bytes per item held through the run
-    return (range(positions[0], positions[0] + start) if consecutive and start else positions), "s" + whole.hexdigest()
+
+    start = 0
+    with ThreadPoolExecutor(1, thread_name_prefix="nbtasks-store") as sender:
+        for batch in batches:
+            digests = head if start == 0 else _digests(batch, start, width)
+            whole.update(b"".join(digests))
+            found: list[int | None] = store.lookup(name, digests) if looked_up else [None] * len(digests)
+            new: dict[bytes, int] = {}  # digest -> where it first stands in the batch
+            for offset, (digest, index) in enumerate(zip(digests, found, strict=True)):
+                if index is None:
+                    new.setdefault(digest, offset)
+            firsts = list(new.values())
+
+            def payload(j: int, firsts: list[int] = firsts, batch: list[Any] = batch, start: int = start) -> bytes:
+                return codec.dump_input(batch[firsts[j]], start + firsts[j])
+
+            calls = store.prepare_inputs(name, list(new), payload)
+            expect = len(items) if isinstance(items, list) else INDEX_BATCH
+            sending.append((sender.submit(store.send_inputs, name, calls, expect), digests, found, list(new)))
+            if len(sending) > 1:
+                settle()
+            start += len(batch)
+        while sending:
+            settle()
+    # A new job's list: its range, rather than 4 bytes per item held through the run.
+    if start and positions == array("I", range(positions[0], positions[0] + start)):
+        return range(positions[0], positions[0] + start), "s" + whole.hexdigest()
+    return positions, "s" + whole.hexdigest()
 
 
 def _slices(items: list[Any]) -> Iterator[list[Any]]:

@@ -91,14 +91,14 @@ def by_bucket(digests: list[bytes], level: int, split: int) -> dict[int, list[in
     return buckets
 
 
-def byte_batches(count: int, payload: Callable[[int], bytes]) -> Iterator[tuple[int, list[bytes]]]:
+def byte_batches(count: int, payload: Callable[[int], bytes], most: int = BATCH) -> Iterator[tuple[int, list[bytes]]]:
     """(first position, payloads) of the `count` payloads, made as they are needed, in
-    batches of at most BATCH and about BATCH_BYTES."""
+    batches of at most `most` and about BATCH_BYTES."""
     batch: list[bytes] = []
     size = start = 0
     for i in range(count):
         data = payload(i)
-        if batch and (len(batch) == BATCH or size + len(data) > BATCH_BYTES):
+        if batch and (len(batch) == most or size + len(data) > BATCH_BYTES):
             yield start, batch
             batch, size, start = [], 0, i
         batch.append(data)

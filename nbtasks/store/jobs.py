@@ -17,6 +17,8 @@ from .bits import BATCH, batches, by_bucket, byte_batches, done_and_pending, pac
 from .records import JobRecord, decoded
 
 COMPACT_MIN = 32 << 20  # an append-only file smaller than this is not worth rewriting
+INPUT_BATCH = 25_000  # inputs per lua.ADD call: each call reads and writes every bucket it touches
+Prepared = tuple[list[bytes], list[bytes | int]]  # one lua.ADD call: the digests, and its arguments
 RANGE = b"r"  # a view of consecutive indices: this, then its start and stop (not 4 bytes per item)
 
 
@@ -50,33 +52,42 @@ class JobOps(StoreBase):
         """Store new inputs, given their digests and how to serialize the i-th (called as
         they are stored, so that they are never all in memory); the index of each. One
         that another caller stored meanwhile keeps the index it got there."""
+        return self.send_inputs(job, self.prepare_inputs(job, digests, payload))
+
+    def prepare_inputs(self, job: str, digests: list[bytes], payload: Callable[[int], bytes]) -> list[Prepared]:
+        """The first half of `add_inputs`: indices reserved, payloads sealed, the calls
+        of lua.ADD made ready (so that a thread may send them while the next are made)."""
         if not digests:
             return []
+        first = int(self.client.hincrby(self.keys[job].meta, "size", len(digests))) - len(digests)
+        calls: list[Prepared] = []
+        for start, batch in byte_batches(len(digests), payload, INPUT_BATCH):
+            mine = digests[start : start + len(batch)]
+            sealed = self._seal(job, INPUT, [(first + start + offset, data) for offset, data in enumerate(batch)])
+            tags = self._tags(job, mine, range(first + start, first + start + len(batch)))
+            calls.append((mine, [first + start, len(mine[0]), b"", b"".join(mine), tags, *sealed]))
+        return calls
+
+    def send_inputs(self, job: str, calls: list[Prepared], expect: int = 0) -> list[int]:
+        """The second half of `add_inputs`: store the inputs; the index of each. An empty
+        index is made for `expect` inputs at once (the caller's whole list)."""
         k = self.keys[job]
         out: list[int] = []
-        for start, batch in byte_batches(len(digests), payload):
-            first = int(self.client.hincrby(k.meta, "size", len(batch))) - len(batch)
-            sealed = self._seal(job, INPUT, [(first + offset, data) for offset, data in enumerate(batch)])
-            args: list[bytes | int] = []
-            for offset, data in enumerate(sealed):
-                index, digest = first + offset, digests[start + offset]
-                args += (digest, index, self._index_entry(job, digest, index), data)
-            held = self._add(keys=[k.meta, k.inputs], args=[k.index, *args])
-            mine = digests[start : start + len(batch)]
-            out += [self._index_of(job, d, e) for d, e in zip(mine, held, strict=True)]
+        for digests, args in calls:
+            held = self._add(keys=[k.meta, k.inputs], args=[k.index, expect, *args])
+            out += [self._index_of(job, d, e) for d, e in zip(digests, held, strict=True)]
         return out
 
     def holds_inputs(self, job: str) -> bool:
         """Whether the job's index holds any input yet."""
         return bool(self.client.hexists(self.keys[job].meta, "ix_count"))
 
-    def _index_entry(self, job: str, digest: bytes, index: int) -> bytes:
-        """What the index holds for an input: its index, and with a secret a signature
-        that binds it to the input's digest (so that no one can point an input at
-        another's result)."""
+    def _tags(self, job: str, digests: Sequence[bytes], indices: Sequence[int]) -> bytes:
+        """With a secret, the signature of each index entry (its digest, bound to its index,
+        so that no one can point an input at another's result), packed; else nothing."""
         if not self.signer.enabled:
-            return b"%d" % index
-        return b"%d:" % index + self.signer.sign(job, index, INDEX, digest)
+            return b""
+        return b"".join(self.signer.sign(job, i, INDEX, d) for d, i in zip(digests, indices, strict=True))
 
     def _index_of(self, job: str, digest: bytes, entry: bytes) -> int:
         number, _, signed = entry.partition(b":")
@@ -88,11 +99,13 @@ class JobOps(StoreBase):
     def index_inputs(self, job: str, entries: dict[bytes, int]) -> None:
         """Note the digests of inputs stored by an earlier nbtasks (see job.upgrade)."""
         k = self.keys[job]
-        args: list[bytes | int] = []
-        for digest, index in entries.items():
-            args += (digest, index, self._index_entry(job, digest, index), b"")
-        for start in range(0, len(args), 4 * BATCH):
-            self._add(keys=[k.meta, k.inputs], args=[k.index, *args[start : start + 4 * BATCH]])
+        items = list(entries.items())
+        for start in range(0, len(items), BATCH):
+            digests, indices = zip(*items[start : start + BATCH], strict=True)
+            packed = b"".join(i.to_bytes(4, "big") for i in indices)
+            tags = self._tags(job, digests, indices)
+            head: list[bytes | str | int] = [k.index, len(entries), 0, len(digests[0]), packed, b"".join(digests), tags]
+            self._add(keys=[k.meta, k.inputs], args=head + [b""] * len(digests))
 
     def upgraded(self, job: str, size: int) -> None:
         self.client.hset(self.keys[job].meta, mapping={"size": size, "format": FORMAT})

@@ -33,6 +33,23 @@ local function open_chunk(blob)
   end
   return slots
 end
+-- One slot's payload (nil if none), without reading the others: a claim of a few items
+-- of a chunk need not split all of it. `at` caches each chunk's offsets.
+local function slot(blob, j, at)
+  if not blob then return nil end
+  local offsets = at[blob]
+  if not offsets then
+    offsets = {{CHUNK + 2}}
+    local lengths = {{string.byte(blob, 2, CHUNK + 1)}}
+    for i = 1, CHUNK do offsets[i + 1] = offsets[i] + lengths[i] end
+    at[blob] = offsets
+  end
+  local from, to = offsets[j], offsets[j + 1]
+  if from == to then return nil end
+  local p = string.sub(blob, from, to - 1)
+  if string.byte(blob, 1) == 1 then return HEAD .. p .. STOP end
+  return p
+end
 local function close_chunk(slots)
   local bare = 1
   for j = 1, CHUNK do
@@ -77,20 +94,20 @@ end
 local idx = redis.call('LPOP', KEYS[2], ARGV[2])
 if not idx then return {} end
 redis.call('SADD', KEYS[5], ARGV[3])
-local claimed = {}
+local claimed, at = {}, string.format('%d', now)  -- (a number would be formatted once per item)
 for _, i in ipairs(idx) do
   claimed[#claimed + 1] = i
-  claimed[#claimed + 1] = now
+  claimed[#claimed + 1] = at
 end
 redis.call('HSET', KEYS[3], unpack(claimed))
 redis.call('HINCRBY', KEYS[6], 'running', #idx)
-local inputs, opened = redis.call('HMGET', KEYS[4], unpack(idx)), {}
+local inputs, chunks, at = redis.call('HMGET', KEYS[4], unpack(idx)), {}, {}
 for n, i in ipairs(idx) do
   if not inputs[n] then
     local index = tonumber(i)
     local k = math.floor(index / CHUNK)
-    if not opened[k] then opened[k] = open_chunk(redis.call('HGET', KEYS[4], 'c' .. k)) end
-    inputs[n] = opened[k][index - k * CHUNK + 1] or false
+    if chunks[k] == nil then chunks[k] = redis.call('HGET', KEYS[4], 'c' .. k) end
+    inputs[n] = slot(chunks[k], index - k * CHUNK + 1, at) or false
   end
 end
 return {idx, inputs}
@@ -98,8 +115,8 @@ return {idx, inputs}
 )
 
 # KEYS done results failures counts claims attempts history delayed meta finished inputs
-# ARGV retries base_delay_ms, then per item: index kind payload jitter line
-# kind: '1' a result, 'r' a failure that may be retried, '0' a final failure.
+# ARGV retries base_delay_ms results, then per result: index payload; then per failure:
+# index kind payload jitter line (kind 'r': may be retried, '0': final).
 # Idempotent: a result is stored only if its done bit was not set, so counters never
 # double count when an item ran twice. A retry waits in the delayed set, not in a
 # sleeping worker, with exponential backoff (jitter comes from the caller). A chunk whose
@@ -128,9 +145,14 @@ end
 local retries, base = tonumber(ARGV[1]), tonumber(ARGV[2])
 local done, failed = 0, 0
 local ok, settled, failures = {}, {}, {}
-for i = 3, #ARGV, 5 do
+local first_failure = 4 + 2 * tonumber(ARGV[3])
+for i = 4, first_failure - 1, 2 do
   settled[#settled + 1] = ARGV[i]
-  if ARGV[i + 1] == '1' then ok[#ok + 1] = i else failures[#failures + 1] = i end
+  ok[#ok + 1] = i
+end
+for i = first_failure, #ARGV, 5 do
+  settled[#settled + 1] = ARGV[i]
+  failures[#failures + 1] = i
 end
 -- Results first, a whole batch per command: flip their bits in one BITFIELD and store
 -- the results whose bit was clear in one HSET (a command per item cost more than the
@@ -144,7 +166,7 @@ if #ok > 0 then
   local replaced = redis.call('HLEN', KEYS[3]) > 0
   for k, i in ipairs(ok) do
     if before[k] == 0 then
-      fields[#fields + 1], fields[#fields + 2] = ARGV[i], ARGV[i + 2]
+      fields[#fields + 1], fields[#fields + 2] = ARGV[i], ARGV[i + 1]
       done = done + 1
       -- a late success of an item recorded as failed replaces the failure
       if replaced then failed = failed - redis.call('HDEL', KEYS[3], ARGV[i]) end
@@ -308,11 +330,11 @@ return {done, failed}
 # `ix_split` in the job's meta say where a digest lives; every key is under the job's
 # hash tag (ARGV[1] is the buckets' prefix).
 _BUCKET = """
-local function bucket(digest, level, split)
+local function bucket(digest, size, split)  -- (size: 2 ^ level)
   local a, b, c, d = string.byte(digest, 1, 4)
   local h = ((a * 256 + b) * 256 + c) * 256 + d
-  local at = h % (2 ^ level)
-  if at < split then at = h % (2 ^ (level + 1)) end
+  local at = h % size
+  if at < split then at = h % (size * 2) end
   return at
 end
 local level, split = 0, 0
@@ -338,23 +360,35 @@ end
 return out
 """
 
-# KEYS meta inputs   ARGV prefix, then per input: digest index entry payload
+# KEYS meta inputs
+# ARGV prefix expect first width indices digests tags, then per input: its payload
+# The inputs come packed, as four arguments per input would cost more to send than to
+# store: `digests` holds each input's digest (`width` bytes), `indices` each one's index
+# (4 bytes, big-endian; '': first, first + 1...), `tags` each one's signature (all of one
+# length; '': no secret).
 # Store inputs not held yet: the payload at its index (none for ''; a small one in its
-# chunk, see _CHUNKS), then the digest
-# pointing to it (`entry`: the index, signed with a secret). An input held already
-# (another caller stored it meanwhile) keeps its index. Returns each input's entry.
+# chunk, see _CHUNKS), then the digest pointing to it (its entry: the index, then ':'
+# and its signature with a secret). An input held already (another caller stored it
+# meanwhile) keeps its index. Returns each input's entry.
 # Buckets split first, as if every input were new, so that the new entries land in
-# buckets of INDEX_LOAD entries on average and no bucket ever gets large.
+# buckets of INDEX_LOAD entries on average and no bucket ever gets large. An empty index
+# is sized at once for `expect` inputs (the caller's whole list): its buckets are empty,
+# so splitting them moves nothing, where later splits would move what earlier calls added.
 ADD = (
     _BUCKET
     + _CHUNKS
     + f"""
+local first, width, indices, digests, tags = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], ARGV[6], ARGV[7]
+local n = #ARGV - 7
+local tag = #tags / n
 local count = tonumber(redis.call('HGET', KEYS[1], 'ix_count')) or 0
-while count + (#ARGV - 1) / 4 > {INDEX_LOAD} * (2 ^ level + split) do
-  local from, to = ARGV[1] .. split, ARGV[1] .. (split + 2 ^ level)
+local adding, size = n, 2 ^ level
+if count == 0 then adding = math.max(adding, tonumber(ARGV[2])) end
+while count + adding > {INDEX_LOAD} * (size + split) do
+  local from, to = ARGV[1] .. split, ARGV[1] .. (split + size)
   local all, moved, names = redis.call('HGETALL', from), {{}}, {{}}
   for j = 1, #all, 2 do
-    if bucket(all[j], level + 1, 0) ~= split then
+    if bucket(all[j], size * 2, 0) ~= split then
       moved[#moved + 1], moved[#moved + 2] = all[j], all[j + 1]
       names[#names + 1] = all[j]
     end
@@ -364,35 +398,50 @@ while count + (#ARGV - 1) / 4 > {INDEX_LOAD} * (2 ^ level + split) do
     redis.call('HDEL', from, unpack(names))
   end
   split = split + 1
-  if split == 2 ^ level then level, split = level + 1, 0 end
+  if split == size then level, split, size = level + 1, 0, size * 2 end
 end
 -- The inputs by bucket (the first of equal digests only), looked up a bucket at a time.
-local groups, order, first = {{}}, {{}}, {{}}
-for i = 2, #ARGV, 4 do
-  if not first[ARGV[i]] then
-    first[ARGV[i]] = i
-    local key = ARGV[1] .. bucket(ARGV[i], level, split)
-    if not groups[key] then groups[key] = {{}}; order[#order + 1] = key end
-    local group = groups[key]
-    group[#group + 1] = i
+local ds, groups, order, first_of = {{}}, {{}}, {{}}, {{}}
+for j = 1, n do
+  local d = string.sub(digests, (j - 1) * width + 1, j * width)
+  ds[j] = d
+  if not first_of[d] then
+    first_of[d] = j
+    local at = bucket(d, size, split)
+    local group = groups[at]
+    if not group then
+      group = {{}}
+      groups[at] = group
+      order[#order + 1] = at
+    end
+    group[#group + 1] = j
   end
 end
+local function index_of(j)
+  if indices == '' then return first + j - 1 end
+  local a, b, c, d = string.byte(indices, 4 * j - 3, 4 * j)
+  return ((a * 256 + b) * 256 + c) * 256 + d
+end
 local entries, inputs, chunks = {{}}, {{}}, {{}}
-for _, key in ipairs(order) do
-  local group, names = groups[key], {{}}
-  for n, i in ipairs(group) do names[n] = ARGV[i] end
+for _, at in ipairs(order) do
+  local key, group, names = ARGV[1] .. at, groups[at], {{}}
+  for m, j in ipairs(group) do names[m] = ds[j] end
   local held, fields = redis.call('HMGET', key, unpack(names)), {{}}
-  for n, i in ipairs(group) do
-    if held[n] then
-      entries[ARGV[i]] = held[n]
+  for m, j in ipairs(group) do
+    local d = ds[j]
+    if held[m] then
+      entries[d] = held[m]
     else
-      entries[ARGV[i]] = ARGV[i + 2]
-      fields[#fields + 1], fields[#fields + 2] = ARGV[i], ARGV[i + 2]
-      if ARGV[i + 3] ~= '' then
-        local index = tonumber(ARGV[i + 1])
+      local index = index_of(j)
+      local entry = string.format('%d', index)
+      if tag > 0 then entry = entry .. ':' .. string.sub(tags, (j - 1) * tag + 1, j * tag) end
+      entries[d] = entry
+      fields[#fields + 1], fields[#fields + 2] = d, entry
+      local payload = ARGV[7 + j]
+      if payload ~= '' then
         local k = math.floor(index / CHUNK)
         if not chunks[k] then chunks[k] = {{}} end
-        chunks[k][index - k * CHUNK + 1] = ARGV[i + 3]
+        chunks[k][index - k * CHUNK + 1] = payload
       end
       count = count + 1
     end
@@ -400,9 +449,9 @@ for _, key in ipairs(order) do
   if #fields > 0 then redis.call('HSET', key, unpack(fields)) end
 end
 for k, new in pairs(chunks) do
-  local slots, count = nil, 0
+  local slots, items = nil, 0
   for j, payload in pairs(new) do
-    count = count + 1
+    items = items + 1
     if #payload < SMALL then
       slots = slots or open_chunk(redis.call('HGET', KEYS[2], 'c' .. k))
       slots[j] = payload
@@ -411,13 +460,13 @@ for k, new in pairs(chunks) do
     end
   end
   if slots then put_chunk(KEYS[2], k, slots) end
-  redis.call('HINCRBY', KEYS[2], 'n' .. k, count)
+  redis.call('HINCRBY', KEYS[2], 'n' .. k, items)
 end
 for at = 1, #inputs, 1000 do
   redis.call('HSET', KEYS[2], unpack(inputs, at, math.min(at + 999, #inputs)))
 end
 local out = {{}}
-for i = 2, #ARGV, 4 do out[#out + 1] = entries[ARGV[i]] end
+for j = 1, n do out[j] = entries[ds[j]] end
 redis.call('HSET', KEYS[1], 'ix_level', level, 'ix_split', split, 'ix_count', count)
 return out
 """

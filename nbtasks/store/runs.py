@@ -132,19 +132,32 @@ class RunOps(StoreBase):
         keys += [k.meta, k.finished, k.inputs]
         outcomes = list(outcomes)
         # Results sealed (compressed, large ones kept outside Redis); failures signed only.
-        sealed = iter(self._seal(job, RESULT, [(o.index, o.payload) for o in outcomes if o.kind == "1"]))
+        results = [o for o in outcomes if o.kind == "1"]
+        sealed = self._seal(job, RESULT, [(o.index, o.payload) for o in results])
         sign = self.signer.sign
-        args: list[Any] = []
+        failures = [
+            (o.index, o.kind, sign(job, o.index, FAILURE, codec.pickled(o.payload)), random.uniform(0.75, 1.25), o.line)
+            for o in outcomes
+            if o.kind != "1"
+        ]
+        # Calls of about BATCH_BYTES at most: results first, then failures.
+        calls: list[tuple[list[Any], list[Any]]] = [([], [])]
         size = 0
-        for o in outcomes:
-            payload = next(sealed) if o.kind == "1" else sign(job, o.index, FAILURE, codec.pickled(o.payload))
-            if args and size + len(payload) > BATCH_BYTES:
-                self._record(keys=keys, args=[retries, delay * 1000, *args])
-                args, size = [], 0
-            args += (o.index, o.kind, payload, random.uniform(0.75, 1.25), o.line)
+        for index, payload in zip((o.index for o in results), sealed, strict=True):
+            if size + len(payload) > BATCH_BYTES and (calls[-1][0] or calls[-1][1]):
+                calls.append(([], []))
+                size = 0
+            calls[-1][0].extend((index, payload))
             size += len(payload)
-        if args:
-            self._record(keys=keys, args=[retries, delay * 1000, *args])
+        for failure in failures:
+            if size + len(failure[2]) > BATCH_BYTES and (calls[-1][0] or calls[-1][1]):
+                calls.append(([], []))
+                size = 0
+            calls[-1][1].extend(failure)
+            size += len(failure[2])
+        for ok, failed in calls:
+            if ok or failed:
+                self._record(keys=keys, args=[retries, delay * 1000, len(ok) // 2, *ok, *failed])
 
     def requeue(self, job: str, wid: str) -> int:
         """Give a stopped worker's unfinished items back to the queue; how many went back."""

@@ -39,6 +39,7 @@ class Worker:
 
     CLAIM_MAX = 1000  # items per claim; also bounds a Lua call's argument count
     AHEAD = 8  # items claimed beyond the free slots when items are short (see _claim_loop)
+    AHEAD_TIME = 0.02  # seconds of very short items claimed beyond the free slots (see _wanted)
     SHORT = 0.05  # seconds: items that take less, on average, are short
     GATHER = 0.005  # seconds the recorder waits for more outcomes of short items
     WATCH_INTERVAL = 0.25  # seconds between checks that the caller still owns the job
@@ -243,9 +244,12 @@ class Worker:
         under a rate limit, whose turns are taken as items start."""
         if rate or self.item_time > self.SHORT:
             return free
-        if free == 0 and waiting > self.AHEAD // 2:
+        # Very short items: about AHEAD_TIME of them (a claim per thousand no-ops, not per 200).
+        ahead = self.AHEAD if self.item_time == float("inf") else int(self.AHEAD_TIME / max(self.item_time, 1e-6))
+        ahead = min(max(ahead, self.AHEAD), self.CLAIM_MAX)
+        if free == 0 and waiting > ahead // 2:
             return 0  # enough waits here: claim when it runs low
-        return free + self.AHEAD - waiting
+        return min(free + ahead - waiting, self.CLAIM_MAX)
 
     def _start(self, waiting: deque[Task], free: int) -> int:
         """Hand up to `free` waiting items to the backend; how many."""
