@@ -16,7 +16,7 @@ Cluster and the Lua scripts (`lua`) may touch several of its keys.
     nbtasks:{job}:alive:<wid>    string set while a worker on another machine lives; expires
     nbtasks:{job}:workers        set    worker ids of the current run
     nbtasks:{job}:done           bitmap bit i set once item i has a recorded result
-    nbtasks:{job}:results        hash   pickled results, as the inputs are (chunks packed once complete)
+    nbtasks:{job}:results        hash   pickled results, kept as the inputs are
     nbtasks:{job}:failures       hash   index -> pickled final failure (cleared at each run)
     nbtasks:{job}:attempts       hash   index -> failed attempts in this run
     nbtasks:{job}:history        hash   index -> one line per failed attempt in this run

@@ -433,15 +433,15 @@ def test_jobs_of_store_format_2_are_read_as_they_are_and_grow_in_chunks(
     assert results == [3 * i for i in reversed(range(900))] and not ran
 
 
-def test_small_inputs_and_results_are_packed_in_chunks_once_complete(r: redis.Redis) -> None:
+def test_small_inputs_and_results_are_packed_in_chunks(r: redis.Redis) -> None:
     items = [*range(600), "x" * 300]  # the last one too large for a chunk, and its result
     results = pmap1(plus_one_or_twice, items)
     assert results == [*range(1, 601), "x" * 600]
     # 601 items: chunks 0 and 1 full, chunk 2 with 88 small ones; the large input and its
-    # result in a field of their own; a count of items per chunk in the inputs hash.
+    # result in a field of their own.
     keys = JobKeys(f"plus_one_or_twice-{identity.identify(plus_one_or_twice).digest[:12]}")
     assert sorted(r.hkeys(keys.results)) == [b"600", b"c0", b"c1", b"c2"]
-    assert sorted(r.hkeys(keys.inputs)) == [b"600", b"c0", b"c1", b"c2", b"n0", b"n1", b"n2"]
+    assert sorted(r.hkeys(keys.inputs)) == [b"600", b"c0", b"c1", b"c2"]
     assert pmap1(plus_one_or_twice, reversed(items)) == results[::-1]
 
 

@@ -13,10 +13,10 @@ SMALL = 256  # payloads shorter than this are kept in chunks; longer ones in a f
 # about 70 bytes besides its value): field "c<k>" of the job's inputs or results holds a
 # flag, CHUNK bytes of lengths (0: no payload in that slot), then the payloads in slot
 # order. Flag 1: each payload is a pickle kept without the 3 bytes every pickle of
-# protocol 5 begins and ends with (most of a small int's 5 to 8). The inputs hash counts
-# the items of each chunk in field "n<k>", so that a chunk whose items all have a result
-# is packed at once (see RECORD). Fields named by an index hold one payload each: large
-# ones, and every payload of a job stored in format 2.
+# protocol 5 begins and ends with (most of a small int's 5 to 8). A chunk is read and
+# written whole by each call that adds to it (ADD, RECORD): a few hundred bytes to a few
+# KB, where a field per item would cost a hash entry each. Fields named by an index hold
+# one payload each: large ones, and every payload of a job stored in format 2.
 _CHUNKS = f"""
 local CHUNK, SMALL, HEAD, STOP = {CHUNK}, {SMALL}, '\\128\\5', '.'
 local function open_chunk(blob)
@@ -114,34 +114,16 @@ return {idx, inputs}
 """
 )
 
-# KEYS done results failures counts claims attempts history delayed meta finished inputs
+# KEYS done results failures counts claims attempts history delayed meta finished
 # ARGV retries base_delay_ms results, then per result: index payload; then per failure:
 # index kind payload jitter line (kind 'r': may be retried, '0': final).
 # Idempotent: a result is stored only if its done bit was not set, so counters never
 # double count when an item ran twice. A retry waits in the delayed set, not in a
-# sleeping worker, with exponential backoff (jitter comes from the caller). A chunk whose
-# items all have a result gets its small results packed into one field (see _CHUNKS).
+# sleeping worker, with exponential backoff (jitter comes from the caller).
 RECORD = (
     _NOW
     + _CHUNKS
     + """
-local function compact(key, k)
-  local names = {}
-  for j = 1, CHUNK do names[j] = k * CHUNK + j - 1 end
-  local found, slots, moved = redis.call('HMGET', key, unpack(names)), nil, {}
-  for j = 1, CHUNK do
-    local p = found[j]
-    if p and #p < SMALL then
-      slots = slots or open_chunk(redis.call('HGET', key, 'c' .. k))
-      slots[j] = p
-      moved[#moved + 1] = names[j]
-    end
-  end
-  if slots then
-    put_chunk(key, k, slots)
-    redis.call('HDEL', key, unpack(moved))
-  end
-end
 local retries, base = tonumber(ARGV[1]), tonumber(ARGV[2])
 local done, failed = 0, 0
 local ok, settled, failures = {}, {}, {}
@@ -154,38 +136,37 @@ for i = first_failure, #ARGV, 5 do
   settled[#settled + 1] = ARGV[i]
   failures[#failures + 1] = i
 end
--- Results first, a whole batch per command: flip their bits in one BITFIELD and store
--- the results whose bit was clear in one HSET (a command per item cost more than the
--- rest of the work together).
+-- Results first, a whole batch per command: flip their bits in one BITFIELD, and store
+-- the results whose bit was clear, small ones in their chunks (each chunk read and
+-- written once), large ones in one HSET (a command per item cost more than the rest).
 if #ok > 0 then
-  local ops, fields = {}, {}
+  local ops, fields, chunks = {}, {}, {}
   for _, i in ipairs(ok) do
     ops[#ops + 1], ops[#ops + 2], ops[#ops + 3], ops[#ops + 4] = 'SET', 'u1', '#' .. ARGV[i], 1
   end
   local before = redis.call('BITFIELD', KEYS[1], unpack(ops))
   local replaced = redis.call('HLEN', KEYS[3]) > 0
-  for k, i in ipairs(ok) do
-    if before[k] == 0 then
-      fields[#fields + 1], fields[#fields + 2] = ARGV[i], ARGV[i + 1]
+  for n, i in ipairs(ok) do
+    if before[n] == 0 then
+      local payload = ARGV[i + 1]
+      if #payload < SMALL then
+        local index = tonumber(ARGV[i])
+        local k = math.floor(index / CHUNK)
+        if not chunks[k] then chunks[k] = {} end
+        chunks[k][index - k * CHUNK + 1] = payload
+      else
+        fields[#fields + 1], fields[#fields + 2] = ARGV[i], payload
+      end
       done = done + 1
       -- a late success of an item recorded as failed replaces the failure
       if replaced then failed = failed - redis.call('HDEL', KEYS[3], ARGV[i]) end
     end
   end
-  if #fields > 0 then
-    redis.call('HSET', KEYS[2], unpack(fields))
-    local seen, chunks = {}, {}
-    for f = 1, #fields, 2 do
-      local k = math.floor(tonumber(fields[f]) / CHUNK)
-      if not seen[k] then seen[k], chunks[#chunks + 1] = true, k end
-    end
-    for _, k in ipairs(chunks) do
-      local items = tonumber(redis.call('HGET', KEYS[11], 'n' .. k) or 0)
-      local first = k * CHUNK / 8
-      if items > 0 and redis.call('BITCOUNT', KEYS[1], first, first + CHUNK / 8 - 1) >= items then
-        compact(KEYS[2], k)
-      end
-    end
+  if #fields > 0 then redis.call('HSET', KEYS[2], unpack(fields)) end
+  for k, new in pairs(chunks) do
+    local slots = open_chunk(redis.call('HGET', KEYS[2], 'c' .. k))
+    for j, payload in pairs(new) do slots[j] = payload end
+    put_chunk(KEYS[2], k, slots)
   end
 end
 for _, i in ipairs(failures) do
@@ -449,9 +430,8 @@ for _, at in ipairs(order) do
   if #fields > 0 then redis.call('HSET', key, unpack(fields)) end
 end
 for k, new in pairs(chunks) do
-  local slots, items = nil, 0
+  local slots = nil
   for j, payload in pairs(new) do
-    items = items + 1
     if #payload < SMALL then
       slots = slots or open_chunk(redis.call('HGET', KEYS[2], 'c' .. k))
       slots[j] = payload
@@ -460,7 +440,6 @@ for k, new in pairs(chunks) do
     end
   end
   if slots then put_chunk(KEYS[2], k, slots) end
-  redis.call('HINCRBY', KEYS[2], 'n' .. k, items)
 end
 for at = 1, #inputs, 1000 do
   redis.call('HSET', KEYS[2], unpack(inputs, at, math.min(at + 999, #inputs)))

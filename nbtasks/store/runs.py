@@ -129,7 +129,7 @@ class RunOps(StoreBase):
         waits `delay` x 2^(attempt-1) s, jittered."""
         k = self.keys[job]
         keys = [k.done, k.results, k.failures, k.counts, k.claims(wid), k.attempts, k.history, k.delayed]
-        keys += [k.meta, k.finished, k.inputs]
+        keys += [k.meta, k.finished]
         outcomes = list(outcomes)
         # Results sealed (compressed, large ones kept outside Redis); failures signed only.
         results = [o for o in outcomes if o.kind == "1"]
