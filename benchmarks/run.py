@@ -291,7 +291,57 @@ def redis_memory_workload(url: str, n: int) -> list[Row]:
     client.close()
     tool = f"nbtasks: {freed / n:.1f} bytes of Redis per item (x: to 40)"
     row: Row = {"workload": f"a finished job of {n:,} small ints", "tool": tool}
-    return [{**row, "seconds": 0, "items_per_s": 0, "ratio": round(freed / n / 40, 2), "bytes": freed}]
+    budget = f"Redis per item, {n:,} small ints: {freed / n:.1f} B / 40 B"
+    return [
+        {**row, "seconds": 0, "items_per_s": 0, "ratio": round(freed / n / 40, 2), "bytes": freed, "budget": budget}
+    ]
+
+
+def millions_workload(n: int) -> list[Row]:
+    """`n` no-ops from a generator through imap (benchmarks/bench_millions.py)."""
+    from bench_millions import measure
+
+    m = measure(n)
+    workload = f"{n:,} no-ops from a generator through imap"
+    base: Row = {"workload": workload, "seconds": round(m["seconds"], 1), "items_per_s": round(n / m["seconds"])}
+    caller, peak = m["caller_growth"] / 1e6, m["redis_peak"] / 1e6
+    return [
+        {**base, "tool": f"nbtasks.imap, end to end (first result after {m['first']:.0f} s)", "ratio": 0},
+        {
+            **base,
+            "tool": f"caller's peak memory growth: {caller:.0f} MB (x: to 300 MB)",
+            "ratio": round(caller / 300, 2),
+            "budget": f"caller's memory, {n:,} through imap: {caller:.0f} MB / 300 MB",
+        },
+        {
+            **base,
+            "tool": f"Redis peak memory: {peak:.0f} MB (x: to 1 GB)",
+            "ratio": round(peak / 1000, 2),
+            "budget": f"Redis memory, {n:,} through imap: {peak:.0f} MB / 1,000 MB",
+        },
+    ]
+
+
+def noop_budgets(results: list[Row]) -> list[Row]:
+    """The no-op targets as budgets: 15x faster than process_map, within 2x of joblib."""
+    workload = next(str(r["workload"]) for r in results if str(r["workload"]).endswith("no-op tasks"))
+    noops = {str(r["tool"]): float(r["seconds"]) for r in results if r["workload"] == workload}
+    ours = min(t for tool, t in noops.items() if tool.startswith("nbtasks"))
+    out: list[Row] = []
+    for peer, times, label in (("tqdm process_map defaults", 1 / 15, "process_map / 15"), ("joblib", 2, "2 x joblib")):
+        theirs = next(t for tool, t in noops.items() if tool.startswith(peer)) * times
+        budget = f"{workload}: {ours:.2f} s / {theirs:.2f} s ({label})"
+        out.append(
+            {
+                "workload": "budgets",
+                "tool": budget,
+                "seconds": 0,
+                "items_per_s": 0,
+                "ratio": round(ours / theirs, 2),
+                "budget": budget,
+            }
+        )
+    return out
 
 
 def finished_workload(url: str, n: int, repeat: int) -> list[Row]:
@@ -418,7 +468,19 @@ def chart(results: list[Row], scale: list[Row], path: Path) -> None:
     ax.set_ylabel("items/s (10,000 waits of 50 ms)", fontsize=8)
     ax.set_title("scaling", fontsize=9)
     ax.legend()
-    for unused in flat[len(workloads) + 1 :]:
+    budgets = [r for r in results if "budget" in r]
+    if budgets:  # each target of the issue on per-item costs: measured / target
+        ax = flat[len(workloads) + 1]
+        ratios = [float(r["ratio"]) for r in budgets]  # type: ignore[arg-type]
+        colors = ["tab:green" if ratio <= 1 else "tab:red" for ratio in ratios]
+        ax.barh([str(r["budget"]) for r in budgets], ratios, color=colors)
+        ax.axvline(1.0, color="black", linewidth=0.8)
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_title("targets: measured / target (met at 1 or less)", fontsize=9)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.invert_yaxis()
+    for unused in flat[len(workloads) + 1 + bool(budgets) :]:
         unused.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -429,6 +491,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="a tenth of the sizes, for a smoke run")
     parser.add_argument("--replot", action="store_true", help="only draw the chart again from results.json")
+    parser.add_argument("--millions", type=int, default=10_000_000, help="items through imap (0: skip; minutes)")
     args = parser.parse_args()
     if args.replot:
         saved = json.loads((OUT / "results.json").read_text())
@@ -447,7 +510,10 @@ def main() -> None:
             *memory_workload(url, 1_000_000 // scale),
             *redis_memory_workload(url, 200_000 // scale),
         ]
+        results += noop_budgets(results)
         scale_rows = scaling(url, 10_000 // scale)
+    if args.millions:  # (on a server of its own: its memory is measured)
+        results += millions_workload(args.millions // scale)
     print(f"\n{'workload':42} {'tool':58} {'wall s':>8} {'items/s':>10} {'x ref':>7}")
     for r in results:
         print(f"{r['workload']!s:42} {r['tool']!s:58} {r['seconds']:>8} {r['items_per_s']:>10,} {r['ratio']:>7}")

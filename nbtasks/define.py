@@ -146,7 +146,7 @@ def define(
     if record is not None and record.format not in INDEXED:
         _upgrade(store, name, record.total)
     lazy = isinstance(items, Stream)
-    digest = "" if isinstance(items, Stream) else identity.list_digest(items)
+    digest = "" if isinstance(items, Stream) else identity.list_digest(items)  # (a Stream: made as it is read)
     found = store.view(name, digest) if record is not None and not lazy else None
     width = record.index_digest if record is not None else INDEX_DIGEST
     head = _digests(_head(items), 0, width) if found is None else []  # checked before anything is stored
@@ -194,8 +194,8 @@ def _index(
     """The index in the job of each item, storing those the job does not hold yet, each
     distinct one once; a batch at a time, so that no per-item structure but the result
     is held for the whole list. `head`: the digests of the first batch; `width`: their
-    length in the job's index. Also a digest of
-    the inputs' digests in order: a Stream's list digest.
+    length in the job's index. Also a digest of the inputs' digests in order (a Stream's
+    list digest).
 
     lua.ADD finds the inputs held already, atomically, so two callers storing the same
     inputs at once share them. Look-ups first only spare sending those inputs again: a

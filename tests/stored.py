@@ -26,6 +26,24 @@ def payloads(r: redis.Redis, key: str) -> dict[int, bytes]:
     return out
 
 
+def put(r: redis.Redis, key: str, index: int, blob: bytes) -> None:
+    """Replace item `index`'s payload where the hash `key` keeps it: in its chunk, else in
+    a field of its own (as someone with write access to Redis could)."""
+    name = f"c{index // CHUNK}"
+    slots = open_chunk(r.hget(key, name))
+    if slots[index % CHUNK] is None:
+        r.hset(key, index, blob)
+        return
+    slots[index % CHUNK] = blob
+    r.hset(key, name, _packed(slots))
+
+
+def _packed(slots: list[bytes | None]) -> bytes:
+    """A chunk of `slots`, each kept as it is (flag 0); a slot may hold up to 255 bytes."""
+    assert all(len(p) < 256 for p in slots if p is not None), "too large for a chunk"
+    return bytes([0, *(len(p or b"") for p in slots)]) + b"".join(p for p in slots if p is not None)
+
+
 def drop(r: redis.Redis, key: str, index: int) -> None:
     """Delete item `index`'s payload from the hash `key`, from its chunk too."""
     r.hdel(key, index)
@@ -33,5 +51,4 @@ def drop(r: redis.Redis, key: str, index: int) -> None:
     slots = open_chunk(r.hget(key, name))
     if slots[index % CHUNK] is not None:
         slots[index % CHUNK] = None
-        packed = bytes([0, *(len(p or b"") for p in slots)]) + b"".join(p for p in slots if p is not None)
-        r.hset(key, name, packed)
+        r.hset(key, name, _packed(slots))

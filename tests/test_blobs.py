@@ -24,7 +24,7 @@ from nbtasks.store import JobKeys, payloads
 
 from .conftest import server_pids, wait_until
 from .s3server import moto_s3
-from .stored import payload, payloads as stored_payloads
+from .stored import payload, payloads as stored_payloads, put
 from .test_remote import places, service, where
 
 ONE_SERVER = True  # (see conftest): where payloads live is under test, not the server
@@ -145,7 +145,7 @@ def test_signed_references_cover_the_bytes(
     # The reference itself, pointed at the other item's bytes: its signature fails.
     nbtasks.pmap(counted, range(2), name="signed", processes=1, progress=False)
     k = JobKeys("signed")
-    r.hset(k.results, 0, payload(r, k.results, 1) or b"")
+    put(r, k.results, 0, payload(r, k.results, 1) or b"")
     with pytest.raises(nbtasks.errors.PayloadRejected, match="signature does not match"):
         nbtasks.pmap(counted, range(2), name="signed", processes=1, progress=False)
 

@@ -26,7 +26,7 @@ from nbtasks import server, trust
 from nbtasks.store import JobKeys
 
 from .conftest import RedisServer
-from .stored import drop, payload, payloads
+from .stored import drop, payload, payloads, put
 from .test_remote import places, service
 
 SECRET = "a test secret, long and random enough: 6f1c0e1d"
@@ -80,12 +80,12 @@ def test_payloads_are_signed_and_tampered_results_are_refused_unread(
         "a forged pickle with a made-up tag": forged_tag,
     }
     for what, blob in tampered.items():
-        r.hset(keys.results, 3, blob)
+        put(r, keys.results, 3, blob)
         with pytest.raises(nbtasks.PayloadRejected, match=r"job 'signed' \(item 3\)") as caught:
             nbtasks.pmap(square, range(20), name="signed", progress=False)
         assert caught.value.index == 3, what
         assert not marker.exists(), f"{what}: the forged pickle ran"
-    r.hset(keys.results, 3, original)
+    put(r, keys.results, 3, original)
     assert nbtasks.pmap(square, range(20), name="signed", progress=False)[3] == 9
 
 
@@ -102,7 +102,7 @@ def test_tampered_inputs_fail_once_without_running_or_retrying(r: redis.Redis, s
         5: pickle.dumps(Marker(marker)),
     }
     for index, blob in forged.items():
-        r.hset(keys.inputs, index, blob)
+        put(r, keys.inputs, index, blob)
         r.setbit(keys.done, index, 0)  # as if these had not run yet
         drop(r, keys.results, index)
 

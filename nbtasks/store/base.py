@@ -116,24 +116,25 @@ class StoreBase:
         return sealed
 
     def _items(self, key: str, indices: Sequence[int]) -> Iterator[bytes | None]:
-        """The payloads of `indices` in a job's inputs or results hash, in their order, in
-        pipelined batches: each from its own field, else from its chunk (see lua._CHUNKS)."""
-        pipe = self.client.pipeline(transaction=False)
+        """The payloads of `indices` in a job's inputs or results hash, in their order, a
+        batch at a time: from their chunks (see lua._CHUNKS), then, for those not found
+        there, from fields of their own (large payloads, and jobs of store format 2)."""
         step, total = 1000, len(indices)
         for start in range(0, total, BATCH):
             batch = indices[start : min(start + BATCH, total)]
-            for sub in range(0, len(batch), step):
-                pipe.hmget(key, list(batch[sub : sub + step]))
             chunks = sorted({i // lua.CHUNK for i in batch})
-            pipe.hmget(key, [f"c{k}" for k in chunks])
-            *own, packed = pipe.execute()
-            opened = {k: open_chunk(blob) for k, blob in zip(chunks, packed, strict=True) if blob is not None}
-            found = (value for values in own for value in values)
-            for i, value in zip(batch, found, strict=True):
-                if value is None and opened:
-                    slots = opened.get(i // lua.CHUNK)
-                    value = slots[i % lua.CHUNK] if slots is not None else None
-                yield value
+            packed = self.client.hmget(key, [f"c{k}" for k in chunks])
+            opened = {k: open_chunk(blob) for k, blob in zip(chunks, packed, strict=True)}
+            values = [opened[i // lua.CHUNK][i % lua.CHUNK] for i in batch]
+            missing = [n for n, value in enumerate(values) if value is None]
+            if missing:
+                pipe = self.client.pipeline(transaction=False)
+                for sub in range(0, len(missing), step):
+                    pipe.hmget(key, [batch[n] for n in missing[sub : sub + step]])
+                found = (value for values in pipe.execute() for value in values)
+                for n, value in zip(missing, found, strict=True):
+                    values[n] = value
+            yield from values
 
     def _open_inputs(self, job: str, items: Sequence[tuple[int, bytes | None]]) -> list[bytes | PayloadRejected]:
         """Inputs as pickles; one that may not be loaded comes as its PayloadRejected."""
