@@ -28,7 +28,7 @@ import redis
 
 from nbtasks import server
 from nbtasks.store import JobKeys
-from nbtasks.store.bits import open_chunk
+from nbtasks.store.chunks import open_chunk
 
 CALLER = """
 import json, os, random, sys, time
@@ -62,7 +62,7 @@ class Report:
     wrong: int  # results that are not f(i), or that no logged execution produced
     recorded_twice: int  # counter increments beyond the items with a done bit
     results_without_bit: int  # stored results whose done bit is not set, or the reverse
-    packed: int  # results the store holds packed in chunks (see nbtasks.store.lua._CHUNKS)
+    packed: int  # results the store holds packed in chunks (see nbtasks.store.chunks)
     executions: int
     duplicate_executions: int  # executions beyond one per item (at least once: allowed)
 

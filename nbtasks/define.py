@@ -197,7 +197,7 @@ def _index(
     length in the job's index. Also a digest of the inputs' digests in order (a Stream's
     list digest).
 
-    lua.ADD finds the inputs held already, atomically, so two callers storing the same
+    index.ADD finds the inputs held already, atomically, so two callers storing the same
     inputs at once share them. Look-ups first only spare sending those inputs again: a
     job that held nothing when the call began is not looked up. A batch is stored by a
     thread while the next one is digested (the server's work and ours overlap)."""

@@ -7,8 +7,8 @@ Cluster and the Lua scripts (`lua`) may touch several of its keys.
     nbtasks:{job}:meta           hash   format, size, total, list, ready, func label and digests
     nbtasks:{job}:func           string the pickled function, stored again at every run
     nbtasks:{job}:inputs         hash   each distinct input once: small ones packed by 256 in "c<chunk>",
-                                        large ones under their index (see lua._CHUNKS)
-    nbtasks:{job}:index:<n>      hash   digest of an input's value -> its index, in buckets (see lua.ADD)
+                                        large ones under their index (see store.chunks)
+    nbtasks:{job}:index:<n>      hash   digest of an input's value -> its index, in buckets (see index.ADD)
     nbtasks:{job}:views          hash   digest of a call's list -> the index of each of its items
     nbtasks:{job}:complete       set    digests of lists whose every item has a result
     nbtasks:{job}:queue          list   indices waiting for a worker

@@ -1,12 +1,11 @@
 """Reading a job's stored inputs and results as Redis holds them: each in a field of its
-own, or packed in its chunk (see nbtasks.store.lua._CHUNKS)."""
+own, or packed in its chunk (see nbtasks.store.chunks)."""
 
 from __future__ import annotations
 
 import redis
 
-from nbtasks.store.bits import open_chunk
-from nbtasks.store.lua import CHUNK
+from nbtasks.store.chunks import CHUNK, open_chunk
 
 
 def payload(r: redis.Redis, key: str, index: int) -> bytes | None:

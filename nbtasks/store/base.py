@@ -20,8 +20,9 @@ from ..codec import Raw
 from ..errors import BlobsUnavailable, ConnectionLost, PayloadRejected, RedisUnavailable, WritesRefused
 from ..keys import REGISTRY, STORE_ID, KeyCache
 from ..trust import INPUT, Signer
-from . import lua, payloads
-from .bits import BATCH, open_chunk
+from . import index, lua, payloads
+from .bits import BATCH
+from .chunks import CHUNK, open_chunk
 from .client import as_client
 from .urls import safe_url
 
@@ -47,8 +48,8 @@ class StoreBase:
         self._take = self.client.register_script(lua.TAKE)
         self._release = self.client.register_script(lua.RELEASE)
         self._grow = self.client.register_script(lua.GROW)
-        self._add = self.client.register_script(lua.ADD)
-        self._read_buckets = self.client.register_script(lua.READ_BUCKETS)
+        self._add = self.client.register_script(index.ADD)
+        self._read_buckets = self.client.register_script(index.READ_BUCKETS)
         self._set_counts = self.client.register_script(lua.SET_COUNTS)
         self._drop_idle = self.client.register_script(lua.DROP_IDLE)
         self._forget = self.client.register_script(lua.FORGET)
@@ -117,15 +118,15 @@ class StoreBase:
 
     def _items(self, key: str, indices: Sequence[int]) -> Iterator[bytes | None]:
         """The payloads of `indices` in a job's inputs or results hash, in their order, a
-        batch at a time: from their chunks (see lua._CHUNKS), then, for those not found
+        batch at a time: from their chunks (see store.chunks), then, for those not found
         there, from fields of their own (large payloads, and jobs of store format 2)."""
         step, total = 1000, len(indices)
         for start in range(0, total, BATCH):
             batch = indices[start : min(start + BATCH, total)]
-            chunks = sorted({i // lua.CHUNK for i in batch})
+            chunks = sorted({i // CHUNK for i in batch})
             packed = self.client.hmget(key, [f"c{k}" for k in chunks])
             opened = {k: open_chunk(blob) for k, blob in zip(chunks, packed, strict=True)}
-            values = [opened[i // lua.CHUNK][i % lua.CHUNK] for i in batch]
+            values = [opened[i // CHUNK][i % CHUNK] for i in batch]
             missing = [n for n, value in enumerate(values) if value is None]
             if missing:
                 pipe = self.client.pipeline(transaction=False)

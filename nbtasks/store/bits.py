@@ -8,8 +8,6 @@ from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from .lua import CHUNK
-
 BATCH = 10_000  # items per pipelined round trip when storing or gathering
 BATCH_BYTES = 16 << 20  # bytes of inputs or results per round trip (one command, one buffer)
 
@@ -82,7 +80,7 @@ def batches(items: Iterable[Any], size: int) -> Iterator[tuple[int, list[Any]]]:
 
 
 def by_bucket(digests: list[bytes], level: int, split: int) -> dict[int, list[int]]:
-    """The positions of `digests` by the index bucket each lives in (as lua.ADD places them)."""
+    """The positions of `digests` by the index bucket each lives in (as index.ADD places them)."""
     buckets: dict[int, list[int]] = {}
     for i, digest in enumerate(digests):
         h = int.from_bytes(digest[:4], "big")
@@ -105,15 +103,3 @@ def byte_batches(count: int, payload: Callable[[int], bytes], most: int = BATCH)
         size += len(data)
     if batch:
         yield start, batch
-
-
-def open_chunk(blob: bytes | None) -> list[bytes | None]:
-    """The payload in each slot of a chunk (see lua._CHUNKS), None where there is none."""
-    slots: list[bytes | None] = [None] * CHUNK
-    if blob:
-        bare, pos = blob[0] == 1, CHUNK + 1
-        for j, n in enumerate(blob[1 : CHUNK + 1]):
-            if n:
-                slots[j] = b"\x80\x05" + blob[pos : pos + n] + b"." if bare else blob[pos : pos + n]
-                pos += n
-    return slots

@@ -17,8 +17,8 @@ from .bits import BATCH, batches, by_bucket, byte_batches, done_and_pending, pac
 from .records import JobRecord, decoded
 
 COMPACT_MIN = 32 << 20  # an append-only file smaller than this is not worth rewriting
-INPUT_BATCH = 25_000  # inputs per lua.ADD call: each call reads and writes every bucket it touches
-Prepared = tuple[list[bytes], list[bytes | int]]  # one lua.ADD call: the digests, and its arguments
+INPUT_BATCH = 25_000  # inputs per index.ADD call: each call reads and writes every bucket it touches
+Prepared = tuple[list[bytes], list[bytes | int]]  # one index.ADD call: the digests, and its arguments
 RANGE = b"r"  # a view of consecutive indices: this, then its start and stop (not 4 bytes per item)
 
 
@@ -35,7 +35,7 @@ class JobOps(StoreBase):
         level, split, count = self.client.hmget(k.meta, "ix_level", "ix_split", "ix_count")
         if not count:
             return [None] * len(digests)  # a job with no inputs yet
-        # Each digest's bucket, as lua.ADD places it. Should a bucket split meanwhile, a
+        # Each digest's bucket, as index.ADD places it. Should a bucket split meanwhile, a
         # digest is not found here and ADD finds it: never two indices for one input.
         buckets = by_bucket(digests, int(level or 0), int(split or 0))
         args: list[str | bytes | int] = [k.index]
@@ -56,7 +56,7 @@ class JobOps(StoreBase):
 
     def prepare_inputs(self, job: str, digests: list[bytes], payload: Callable[[int], bytes]) -> list[Prepared]:
         """The first half of `add_inputs`: indices reserved, payloads sealed, the calls
-        of lua.ADD made ready (so that a thread may send them while the next are made)."""
+        of index.ADD made ready (so that a thread may send them while the next are made)."""
         if not digests:
             return []
         first = int(self.client.hincrby(self.keys[job].meta, "size", len(digests))) - len(digests)

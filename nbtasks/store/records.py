@@ -22,7 +22,7 @@ become numbers, flags and the policy. Its field names:
     blobs         where its caller keeps large payloads (a folder or URL; none: all in Redis)
     blob_bytes    bytes of its large payloads written there
     ix_digest     bytes of each input's digest its index keeps (none: 16)
-    ix_level, ix_split, ix_count  where the index's buckets stand (see lua.ADD)
+    ix_level, ix_split, ix_count  where the index's buckets stand (see index.ADD)
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ class JobRecord:
     started: float | None = None
     ended: float | None = None
     used: float | None = None
-    index_buckets: int = 0  # how many hashes the index of its inputs is split in (see lua.ADD)
+    index_buckets: int = 0  # how many hashes the index of its inputs is split in (see index.ADD)
     done_at_start: int | None = None
     workers: int = 0
     blobs: str | None = None

@@ -38,8 +38,7 @@ class Worker:
     code in `exit_code`; the process has one way out (see `__main__`)."""
 
     CLAIM_MAX = 1000  # items per claim; also bounds a Lua call's argument count
-    AHEAD = 8  # items claimed beyond the free slots when items are short (see _claim_loop)
-    AHEAD_TIME = 0.02  # seconds of very short items claimed beyond the free slots (see _wanted)
+    AHEAD, AHEAD_TIME = 8, 0.02  # short items claimed beyond the free slots: at least 8, about 20 ms of them
     SHORT = 0.05  # seconds: items that take less, on average, are short
     GATHER = 0.005  # seconds the recorder waits for more outcomes of short items
     WATCH_INTERVAL = 0.25  # seconds between checks that the caller still owns the job
@@ -237,15 +236,12 @@ class Worker:
         return free
 
     def _wanted(self, free: int, waiting: int, rate: bool) -> int:
-        """How many items to claim now. Short items (at low concurrency above all) would
-        each wait for a round trip to Redis, and pay for one: a few more are claimed in
-        one go, before slots free. Not for long items, which one process would then hoard
-        while others idle (and those claimed ahead go back once items turn long), nor
-        under a rate limit, whose turns are taken as items start."""
+        """How many items to claim now: short ones, more than the free slots (each would pay a
+        round trip); not long ones, which one process would hoard while others idle (those
+        claimed ahead go back once items turn long), nor under a rate limit (turns start items)."""
         if rate or self.item_time > self.SHORT:
             return free
-        # Very short items: about AHEAD_TIME of them (a claim per thousand no-ops, not per 200).
-        ahead = self.AHEAD if self.item_time == float("inf") else int(self.AHEAD_TIME / max(self.item_time, 1e-6))
+        ahead = int(self.AHEAD_TIME / max(self.item_time, 1e-6))  # (inf before the first ends: 0)
         ahead = min(max(ahead, self.AHEAD), self.CLAIM_MAX)
         if free == 0 and waiting > ahead // 2:
             return 0  # enough waits here: claim when it runs low
@@ -323,11 +319,11 @@ class Worker:
                 batch.append(self.outcomes.get_nowait())
             stop = None in batch  # the run is over (see run)
             batch = [outcome for outcome in batch if outcome is not None]
-            retries, delay = self.policy.retries, self.policy.retry_delay
             self._send_output()  # an item's lines are stored before its result
             if batch:
                 try:
-                    self._retrying(self.store.record, self.job, self.wid, batch, retries, delay)
+                    policy = self.policy
+                    self._retrying(self.store.record, self.job, self.wid, batch, policy.retries, policy.retry_delay)
                 except BlobsUnavailable as exc:  # every worker would fail the same way: the caller says why
                     self._fatal(str(exc))
                     return
