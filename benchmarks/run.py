@@ -477,7 +477,7 @@ def chart(results: list[Row], scale: list[Row], path: Path) -> None:
         ax.axvline(1.0, color="black", linewidth=0.8)
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.set_title("targets: measured / target (met at 1 or less)", fontsize=9)
+        ax.set_title("targets: measured / target (<= 1: met)", fontsize=9)
         ax.tick_params(axis="y", labelsize=7)
         ax.invert_yaxis()
     for unused in flat[len(workloads) + 1 + bool(budgets) :]:
