@@ -146,7 +146,7 @@ def define(
     if record is not None and record.format not in INDEXED:
         _upgrade(store, name, record.total)
     lazy = isinstance(items, Stream)
-    digest = "" if isinstance(items, Stream) else identity.list_digest(items)  # (a Stream: made as it is read)
+    digest = "" if isinstance(items, Stream) else identity.list_digest(items)  # (a Stream's: made as it is read)
     found = store.view(name, digest) if record is not None and not lazy else None
     width = record.index_digest if record is not None else INDEX_DIGEST
     head = _digests(_head(items), 0, width) if found is None else []  # checked before anything is stored
@@ -213,6 +213,7 @@ def _index(
         positions.extend(index if index is not None else added[d] for d, index in zip(digests, found, strict=True))
 
     start = 0
+    expect = len(items) if isinstance(items, list) else INDEX_BATCH  # (how large a new index is made)
     with ThreadPoolExecutor(1, thread_name_prefix="nbtasks-store") as sender:
         for batch in batches:
             digests = head if start == 0 else _digests(batch, start, width)
@@ -228,7 +229,6 @@ def _index(
                 return codec.dump_input(batch[firsts[j]], start + firsts[j])
 
             calls = store.prepare_inputs(name, list(new), payload)
-            expect = len(items) if isinstance(items, list) else INDEX_BATCH
             sending.append((sender.submit(store.send_inputs, name, calls, expect), digests, found, list(new)))
             if len(sending) > 1:
                 settle()

@@ -442,6 +442,8 @@ def test_small_inputs_and_results_are_packed_in_chunks(r: redis.Redis) -> None:
     keys = JobKeys(f"plus_one_or_twice-{identity.identify(plus_one_or_twice).digest[:12]}")
     assert sorted(r.hkeys(keys.results)) == [b"600", b"c0", b"c1", b"c2"]
     assert sorted(r.hkeys(keys.inputs)) == [b"600", b"c0", b"c1", b"c2"]
+    # The list's indices are consecutive: its view holds their range, not 4 bytes per item.
+    assert [len(view) for view in r.hvals(keys.views)] == [len(r.hkeys(keys.views)[0]) + 4 + 9]
     assert pmap1(plus_one_or_twice, reversed(items)) == results[::-1]
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 CHUNK = 256  # items per chunk: indices [k * CHUNK, (k + 1) * CHUNK) share field "c<k>"
 SMALL = 256  # payloads shorter than this are kept in chunks; longer ones in a field of their own
 
-# (open_chunk, close_chunk, put_chunk and slot, in Lua)
+# (open_chunk, slot, close_chunk, put_chunk, place, store_placed and read_items, in Lua)
 LUA = f"""
 local CHUNK, SMALL, HEAD, STOP = {CHUNK}, {SMALL}, '\\128\\5', '.'
 local function open_chunk(blob)
@@ -75,6 +75,47 @@ local function close_chunk(slots)
 end
 local function put_chunk(key, k, slots)
   if next(slots) then redis.call('HSET', key, 'c' .. k, close_chunk(slots)) else redis.call('HDEL', key, 'c' .. k) end
+end
+-- Gather a payload for `store_placed`: a small one under its chunk and slot, a large one
+-- as a field of its own.
+local function place(chunks, fields, index, payload)
+  if #payload < SMALL then
+    local k = math.floor(index / CHUNK)
+    if not chunks[k] then chunks[k] = {{}} end
+    chunks[k][index - k * CHUNK + 1] = payload
+  else
+    fields[#fields + 1], fields[#fields + 2] = index, payload
+  end
+end
+-- Write what `place` gathered into the hash `key`: each chunk read and written once.
+local function store_placed(key, chunks, fields)
+  for k, new in pairs(chunks) do
+    local slots = open_chunk(redis.call('HGET', key, 'c' .. k))
+    for j, payload in pairs(new) do slots[j] = payload end
+    put_chunk(key, k, slots)
+  end
+  for at = 1, #fields, 1000 do
+    redis.call('HSET', key, unpack(fields, at, math.min(at + 999, #fields)))
+  end
+end
+-- The payloads of `items` (indices, as strings) in the hash `key`, in their order (false
+-- for none): from their chunks, then from fields of their own for those not found there.
+local function read_items(key, items)
+  local out, chunks, at, missing = {{}}, {{}}, {{}}, {{}}
+  for n, i in ipairs(items) do
+    local index = tonumber(i)
+    local k = math.floor(index / CHUNK)
+    if chunks[k] == nil then chunks[k] = redis.call('HGET', key, 'c' .. k) end
+    out[n] = slot(chunks[k], index - k * CHUNK + 1, at) or false
+    if not out[n] then missing[#missing + 1] = n end
+  end
+  if #missing > 0 then
+    local names = {{}}
+    for m, n in ipairs(missing) do names[m] = items[n] end
+    local own = redis.call('HMGET', key, unpack(names))
+    for m, n in ipairs(missing) do out[n] = own[m] end
+  end
+  return out
 end
 """
 

@@ -104,7 +104,7 @@ local function index_of(j)
   local a, b, c, d = string.byte(indices, 4 * j - 3, 4 * j)
   return ((a * 256 + b) * 256 + c) * 256 + d
 end
-local entries, inputs, chunks = {{}}, {{}}, {{}}
+local entries, chunks, inputs = {{}}, {{}}, {{}}
 for _, at in ipairs(order) do
   local key, group, names = ARGV[1] .. at, groups[at], {{}}
   for m, j in ipairs(group) do names[m] = ds[j] end
@@ -119,32 +119,13 @@ for _, at in ipairs(order) do
       if tag > 0 then entry = entry .. ':' .. string.sub(tags, (j - 1) * tag + 1, j * tag) end
       entries[d] = entry
       fields[#fields + 1], fields[#fields + 2] = d, entry
-      local payload = ARGV[7 + j]
-      if payload ~= '' then
-        local k = math.floor(index / CHUNK)
-        if not chunks[k] then chunks[k] = {{}} end
-        chunks[k][index - k * CHUNK + 1] = payload
-      end
+      if ARGV[7 + j] ~= '' then place(chunks, inputs, index, ARGV[7 + j]) end
       count = count + 1
     end
   end
   if #fields > 0 then redis.call('HSET', key, unpack(fields)) end
 end
-for k, new in pairs(chunks) do
-  local slots = nil
-  for j, payload in pairs(new) do
-    if #payload < SMALL then
-      slots = slots or open_chunk(redis.call('HGET', KEYS[2], 'c' .. k))
-      slots[j] = payload
-    else
-      inputs[#inputs + 1], inputs[#inputs + 2] = k * CHUNK + j - 1, payload
-    end
-  end
-  if slots then put_chunk(KEYS[2], k, slots) end
-end
-for at = 1, #inputs, 1000 do
-  redis.call('HSET', KEYS[2], unpack(inputs, at, math.min(at + 999, #inputs)))
-end
+store_placed(KEYS[2], chunks, inputs)
 local out = {{}}
 for j = 1, n do out[j] = entries[ds[j]] end
 redis.call('HSET', KEYS[1], 'ix_level', level, 'ix_split', split, 'ix_count', count)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from array import array
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -135,11 +134,10 @@ class JobOps(StoreBase):
 
     def save_view(self, job: str, list_digest: str, indices: Sequence[int], distinct: int) -> None:
         # The list's digest inside the signed bytes too: no view can be moved to another list.
-        # Consecutive indices (a new job's list) are kept as their range: 9 bytes, not 4 per item.
-        first = indices[0] if len(indices) else 0
-        consecutive = range(first, first + len(indices))
-        if isinstance(indices, range) and indices.step == 1 or array("I", consecutive) == indices:
-            held = RANGE + consecutive.start.to_bytes(4, "little") + consecutive.stop.to_bytes(4, "little")
+        # A range (define gives a new job's consecutive indices so) is kept as itself: 9
+        # bytes, not 4 per item.
+        if isinstance(indices, range) and indices.step == 1:
+            held = RANGE + indices.start.to_bytes(4, "little") + indices.stop.to_bytes(4, "little")
         else:
             held = pack(indices)
         data = list_digest.encode() + distinct.to_bytes(4, "little") + held

@@ -27,23 +27,14 @@ end
 local idx = redis.call('LPOP', KEYS[2], ARGV[2])
 if not idx then return {} end
 redis.call('SADD', KEYS[5], ARGV[3])
-local claimed, at = {}, string.format('%d', now)  -- (a number would be formatted once per item)
+local claimed, stamp = {}, string.format('%d', now)  -- (a number would be formatted once per item)
 for _, i in ipairs(idx) do
   claimed[#claimed + 1] = i
-  claimed[#claimed + 1] = at
+  claimed[#claimed + 1] = stamp
 end
 redis.call('HSET', KEYS[3], unpack(claimed))
 redis.call('HINCRBY', KEYS[6], 'running', #idx)
-local inputs, chunks, at = redis.call('HMGET', KEYS[4], unpack(idx)), {}, {}
-for n, i in ipairs(idx) do
-  if not inputs[n] then
-    local index = tonumber(i)
-    local k = math.floor(index / CHUNK)
-    if chunks[k] == nil then chunks[k] = redis.call('HGET', KEYS[4], 'c' .. k) end
-    inputs[n] = slot(chunks[k], index - k * CHUNK + 1, at) or false
-  end
-end
-return {idx, inputs}
+return {idx, read_items(KEYS[4], idx)}
 """
 )
 
@@ -73,7 +64,7 @@ end
 -- the results whose bit was clear, small ones in their chunks (each chunk read and
 -- written once), large ones in one HSET (a command per item cost more than the rest).
 if #ok > 0 then
-  local ops, fields, chunks = {}, {}, {}
+  local ops, chunks, fields = {}, {}, {}
   for _, i in ipairs(ok) do
     ops[#ops + 1], ops[#ops + 2], ops[#ops + 3], ops[#ops + 4] = 'SET', 'u1', '#' .. ARGV[i], 1
   end
@@ -81,26 +72,13 @@ if #ok > 0 then
   local replaced = redis.call('HLEN', KEYS[3]) > 0
   for n, i in ipairs(ok) do
     if before[n] == 0 then
-      local payload = ARGV[i + 1]
-      if #payload < SMALL then
-        local index = tonumber(ARGV[i])
-        local k = math.floor(index / CHUNK)
-        if not chunks[k] then chunks[k] = {} end
-        chunks[k][index - k * CHUNK + 1] = payload
-      else
-        fields[#fields + 1], fields[#fields + 2] = ARGV[i], payload
-      end
+      place(chunks, fields, tonumber(ARGV[i]), ARGV[i + 1])
       done = done + 1
       -- a late success of an item recorded as failed replaces the failure
       if replaced then failed = failed - redis.call('HDEL', KEYS[3], ARGV[i]) end
     end
   end
-  if #fields > 0 then redis.call('HSET', KEYS[2], unpack(fields)) end
-  for k, new in pairs(chunks) do
-    local slots = open_chunk(redis.call('HGET', KEYS[2], 'c' .. k))
-    for j, payload in pairs(new) do slots[j] = payload end
-    put_chunk(KEYS[2], k, slots)
-  end
+  store_placed(KEYS[2], chunks, fields)
 end
 for _, i in ipairs(failures) do
   local idx, kind = ARGV[i], ARGV[i + 1]

@@ -140,21 +140,16 @@ class RunOps(StoreBase):
             for o in outcomes
             if o.kind != "1"
         ]
-        # Calls of about BATCH_BYTES at most: results first, then failures.
+        # Calls of about BATCH_BYTES at most, each with its results, then its failures.
         calls: list[tuple[list[Any], list[Any]]] = [([], [])]
         size = 0
-        for index, payload in zip((o.index for o in results), sealed, strict=True):
-            if size + len(payload) > BATCH_BYTES and (calls[-1][0] or calls[-1][1]):
+        parts = [(0, (o.index, p), p) for o, p in zip(results, sealed, strict=True)]
+        for part, args, payload in [*parts, *((1, f, f[2]) for f in failures)]:
+            if size + len(payload) > BATCH_BYTES and any(calls[-1]):
                 calls.append(([], []))
                 size = 0
-            calls[-1][0].extend((index, payload))
+            calls[-1][part].extend(args)
             size += len(payload)
-        for failure in failures:
-            if size + len(failure[2]) > BATCH_BYTES and (calls[-1][0] or calls[-1][1]):
-                calls.append(([], []))
-                size = 0
-            calls[-1][1].extend(failure)
-            size += len(failure[2])
         for ok, failed in calls:
             if ok or failed:
                 self._record(keys=keys, args=[retries, delay * 1000, len(ok) // 2, *ok, *failed])
