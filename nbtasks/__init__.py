@@ -25,6 +25,9 @@ _EXPORTS = {
     "reset": "job",
     "prune": "job",
     "JobStatus": "job_status",
+    "Limit": "limits",
+    "host": "limits",
+    "Backoff": "limits",
     "configure": "config",
     "Settings": "config",
     "ship": "codec",
@@ -80,6 +83,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors (they do not 
     )
     from .job import Job as Job, prune as prune, reset as reset
     from .job_status import JobStatus as JobStatus
+    from .limits import Backoff as Backoff, Limit as Limit, host as host
     from .output import Output as Output, OutputLine as OutputLine, logger as logger
     from .script import main as main, set_func as set_func, set_redis as set_redis
 

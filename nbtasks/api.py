@@ -15,6 +15,7 @@ from .errors import ConfigError, Failure, NotPicklableError
 from .gather import MissingResults, gather, load_failures, warn_if_too_large
 from .job import Job, dashboard, expire_once, say_if_heavy
 from .job_status import JobStatus, detail, snapshots, table
+from .limits import Limit
 from .policy import Policy, parse_rate
 from .pool.processes import remove_leftovers
 from .progress import in_notebook
@@ -41,6 +42,7 @@ class Options(TypedDict, total=False):
     retry_on: type[BaseException] | tuple[type[BaseException], ...]
     timeout: float | None
     rate: str | float | None
+    limit: Limit | None
     backend: str | None
     keep: str | float | None
     redis: str | redis.Redis | None
@@ -95,6 +97,7 @@ def pmap(
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
     timeout: float | None = None,
     rate: str | float | None = None,
+    limit: Limit | None = None,
     errors: str = "raise",
     backend: str | None = None,
     keep: str | float | None = None,
@@ -133,6 +136,10 @@ def pmap(
             process replaced.
         rate: at most this many calls, shared by every worker of the job, e.g.
             ``"50/s"``, ``"100/min"``, ``"1000/h"``.
+        limit: per-key limits, for polite crawls: ``nbtasks.Limit(concurrency=4,
+            rate="10/s")`` runs at most 4 items of one host at once and starts at most 10
+            per second, across every worker; other hosts' items run meanwhile. A task
+            that raises ``nbtasks.Backoff(seconds)`` pauses its host (see `Limit`).
         errors: ``"raise"`` (one TaskError once all is done) or ``"return"`` (failed
             positions of the list hold a `Failure`).
         backend: what runs the items in each worker process: ``"eventlet"`` (green
@@ -171,7 +178,9 @@ def pmap(
         raise ConfigError("background=True needs worker processes: pass processes=1 or more.")
     retry_on = retry_on if isinstance(retry_on, tuple) else (retry_on,)
     choice = backends.choose(func, backend)
-    policy = Policy(retries, retry_delay, retry_on, timeout, parse_rate(rate), errors, choice, keep=cfg.keep)
+    if limit is not None and not isinstance(limit, Limit):
+        raise ConfigError(f"limit= takes nbtasks.Limit(...), not {type(limit).__name__}.")
+    policy = Policy(retries, retry_delay, retry_on, timeout, parse_rate(rate), errors, choice, cfg.keep, limit)
     # A generator is read a batch at a time as its inputs are stored, never held whole.
     inputs = list(items) if isinstance(iterable, Sized) else define.Stream.of(items)
     if not inputs and not background:
@@ -179,7 +188,8 @@ def pmap(
     ident = identity.identify(func)
     store = connect(redis if redis is not None else cfg.redis_url)
     remove_leftovers()  # of callers killed earlier, whether or not this call runs anything
-    to_bytes = functools.partial(codec.dump_function, func, policy.retry_on)  # only when something may run
+    key = limit.key if limit is not None else None
+    to_bytes = functools.partial(codec.dump_function, func, policy.retry_on, key)  # only when something may run
     dump = functools.partial(_if_it_can_travel, to_bytes) if cfg.processes == 0 else to_bytes
     # (Safe to repeat: it is what the same call again would do. So is reading results.)
     step = functools.partial(define.define, store, func, dump, ident, inputs, name=name, fresh=fresh, policy=policy)

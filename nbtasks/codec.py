@@ -170,14 +170,19 @@ def _globals(data: bytes) -> Iterator[tuple[str, str]]:
         last = (last[1], pushed)
 
 
-def dump_function(func: Callable[..., Any], retry_on: tuple[type[BaseException], ...] = (Exception,)) -> bytes:
-    """Serialize the task function by value where needed, or say what cannot be sent.
+def dump_function(
+    func: Callable[..., Any],
+    retry_on: tuple[type[BaseException], ...] = (Exception,),
+    key: Callable[[Any], Any] | None = None,
+) -> bytes:
+    """Serialize the task function by value where needed, or say what cannot be sent;
+    with it go the exceptions it retries on and the key function of its `Limit`.
 
     cloudpickle renames the file of code it carries by value to "<dynamic-code>"; the
     real names, and the source of notebook cells (which exist only in this process),
     travel along so that remote tracebacks show the failing lines.
     """
-    functions = list(_functions(func))
+    functions = [*_functions(func), *(_functions(key) if key is not None else ())]
     files = {_code_key(f.__code__): f.__code__.co_filename for f in functions}
     submodules = submodules_used(f for f in functions if _by_value(f))
     cells = {
@@ -187,17 +192,21 @@ def dump_function(func: Callable[..., Any], retry_on: tuple[type[BaseException],
     }
     try:
         return _cloudpickle(
-            {"func": func, "files": files, "cells": cells, "retry_on": retry_on, "submodules": submodules}
+            {"func": func, "files": files, "cells": cells, "retry_on": retry_on, "submodules": submodules, "key": key}
         )
     except Exception as exc:
+        what = describe(func) if key is None else f"{describe(func)} (or its Limit's key, {describe(key)})"
         raise NotPicklableError(
-            f"Cannot send {describe(func)} to the worker processes: {type(exc).__name__}: {exc}. "
+            f"Cannot send {what} to the worker processes: {type(exc).__name__}: {exc}. "
             "Move what it captures (open files, locks, connections) inside the function."
         ) from exc
 
 
-def load_function(data: bytes) -> tuple[Callable[[Any], Any], tuple[type[BaseException], ...]]:
-    """The inverse of `dump_function`: the function and the exceptions it retries on."""
+def load_function(
+    data: bytes,
+) -> tuple[Callable[[Any], Any], tuple[type[BaseException], ...], Callable[[Any], Any] | None]:
+    """The inverse of `dump_function`: the function, the exceptions it retries on and
+    its key function (None without a Limit)."""
     payload = pickle.loads(data)
     for name in payload.get("submodules", ()):
         try:
@@ -207,10 +216,11 @@ def load_function(data: bytes) -> tuple[Callable[[Any], Any], tuple[type[BaseExc
     files: dict[tuple[str, int], str] = payload["files"]
     for name, entry in payload["cells"].items():
         linecache.cache.setdefault(name, entry)
-    for f in _functions(payload["func"]):
+    key = payload.get("key")
+    for f in [*_functions(payload["func"]), *(_functions(key) if key is not None else ())]:
         if f.__code__.co_filename == "<dynamic-code>":
             f.__code__ = _refile(f.__code__, files)
-    return payload["func"], payload["retry_on"]
+    return payload["func"], payload["retry_on"], key
 
 
 def _functions(root: object, limit: int = 200) -> Iterator[FunctionType]:

@@ -15,7 +15,7 @@ import ipywidgets as w
 from IPython.display import display
 
 from .errors import Failure, RedisUnavailable
-from .job_status import JobStatus, duration, size_text, snapshots, table
+from .job_status import JobStatus, duration, keys_text, size_text, snapshots, table
 from .store import Store
 
 
@@ -68,6 +68,8 @@ class JobRow:
             f"{s.pending} pending, {s.running} running; {s.workers} workers, {rate}{eta}; "
             f"age {duration(s.age)}, {size_text(s.size)} stored"
         )
+        if keys := keys_text(s):  # under per-key limits: the busiest keys, those backing off
+            self.numbers.value += "".join(f"<br>{html.escape(line)}" for line in keys.splitlines())
         self.cancel.disabled = s.state != "running"
         self.retry.disabled = s.state == "running" or s.done == s.total
         self.delete.disabled = s.state == "running"
@@ -175,4 +177,4 @@ class Dashboard:
 
 
 def _without_clock(s: JobStatus) -> tuple[Any, ...]:
-    return (s.name, s.total, s.done, s.failed, s.running, s.retrying, s.state, s.workers)
+    return (s.name, s.total, s.done, s.failed, s.running, s.retrying, s.state, s.workers, s.busiest, s.backing_off)

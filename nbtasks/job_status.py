@@ -31,6 +31,10 @@ class JobStatus:
     created: float
     taken_at: float
     size: int = 0  # about how many bytes it takes: the server's memory, and large payloads outside Redis
+    # Under per-key limits, while running: the busiest keys (key, running, waiting for the
+    # key) and the keys backing off (key, seconds left, backoffs in a row).
+    busiest: tuple[tuple[str, int, int], ...] = ()
+    backing_off: tuple[tuple[str, float, int], ...] = ()
 
     @property
     def pending(self) -> int:
@@ -84,6 +88,7 @@ def snapshots(store: Store, names: Sequence[str] | None = None, sizes: bool = Tr
             running, rate = 0, 0.0
         created = record.created if record.created is not None else now
         function = record.function or "?"
+        keys = store.key_states(record.name) if owned and record.policy.keyed else None
         out.append(
             JobStatus(
                 record.name,
@@ -99,6 +104,8 @@ def snapshots(store: Store, names: Sequence[str] | None = None, sizes: bool = Tr
                 created,
                 now,
                 next(taken),
+                tuple(keys.busiest) if keys else (),
+                tuple(keys.backing_off) if keys else (),
             )
         )
     return out
@@ -176,6 +183,8 @@ def detail(
     """One job in detail: its row, the workers that refused it, and its first failures
     with their tracebacks."""
     lines = [table([s], width)]
+    if keys := keys_text(s):
+        lines.append(keys)
     for who, why in (refusals or {}).items():
         lines.append(f"refused by a worker on {who}: {why}")
     if failures:
@@ -183,6 +192,19 @@ def detail(
         lines.append(f"\n{len(failures)} failed; {first}")
         for f in failures[:limit]:
             lines += ["", textwrap.fill(str(f), width) if width else str(f), f.traceback.rstrip()]
+    return "\n".join(lines)
+
+
+def keys_text(s: JobStatus) -> str:
+    """The keys of a job under per-key limits, in two lines: the busiest, and those backing
+    off ("" when it has none to show)."""
+    lines = []
+    if s.busiest:
+        busy = (f"{key} ({running} running, {waiting} waiting)" for key, running, waiting in s.busiest)
+        lines.append("busiest keys: " + ", ".join(busy))
+    if s.backing_off:
+        held = (f"{key} for {left:.1f} s ({count(n, 'backoff')} in a row)" for key, left, n in s.backing_off)
+        lines.append("backing off: " + ", ".join(held))
     return "\n".join(lines)
 
 

@@ -32,6 +32,7 @@ Cluster and the Lua scripts (`lua`) may touch several of its keys.
     nbtasks:{job}:finished       list   pushed when the last item settles: wakes the caller
     nbtasks:{job}:output         stream what tasks printed and logged: item, stream, text, worker
     nbtasks:{job}:blobs          set    "<place>\\0<folder>" of each folder holding its large payloads
+    nbtasks:{job}:keyed ... keystreak, held:<key>   per-key limits (see store.limits)
     nbtasks:store                string this store's id: the top folder of its jobs' large payloads
 """
 
@@ -49,7 +50,7 @@ STORE_ID = "nbtasks:store"
 PARTS = (
     "meta", "func", "inputs", "views", "complete", "queue", "workers", "done", "results", "failures",
     "attempts", "history", "delayed", "deaths", "rate", "counts", "owner", "cancel", "fatal", "finished", "refused",
-    "output", "blobs",
+    "output", "blobs", "keyed", "keyrun", "keywait", "keytat", "keyhold", "keystreak",
 )  # fmt: skip
 RUN_STATE = ("queue", "failures", "attempts", "history", "delayed", "deaths", "fatal", "cancel", "finished", "refused")
 
@@ -87,6 +88,12 @@ class JobKeys:
     refused: str
     output: str
     blobs: str
+    keyed: str
+    keyrun: str
+    keywait: str
+    keytat: str
+    keyhold: str
+    keystreak: str
 
     def claims(self, wid: str) -> str:
         return f"{self.prefix}claims:{wid}"
@@ -94,16 +101,21 @@ class JobKeys:
     def alive(self, wid: str) -> str:
         return f"{self.prefix}alive:{wid}"
 
+    def held(self, key: bytes) -> bytes:
+        """The list of items waiting for limit key `key` (as `store.limits` names it)."""
+        return f"{self.prefix}held:".encode() + key
+
     @property
     def index(self) -> str:
         """The prefix of the index's buckets: ``index:0``, ``index:1``..."""
         return f"{self.prefix}index:"
 
-    def all(self, wids: Iterable[bytes], buckets: int = 0) -> list[str]:
-        """Every key of the job, given the ids of its workers and its index's buckets."""
+    def all(self, wids: Iterable[bytes], buckets: int = 0, held: Iterable[bytes] = ()) -> list[str | bytes]:
+        """Every key of the job, given the ids of its workers, its index's buckets and the
+        limit keys with items waiting."""
         per_worker = [key for w in wids for key in (self.claims(w.decode()), self.alive(w.decode()))]
         index = [f"{self.index}{b}" for b in range(buckets)]
-        return [self.prefix + part for part in PARTS] + per_worker + index
+        return [self.prefix + part for part in PARTS] + per_worker + index + [self.held(key) for key in held]
 
 
 class KeyCache(dict[str, JobKeys]):

@@ -7,8 +7,12 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .limits import Limit
 
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$")
 _PER = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
@@ -40,6 +44,9 @@ class RunPolicy:
     backend: str = "eventlet"  # or "threads", "asyncio"
     errors: str = "raise"  # or "return"
     keep: float | None = None  # seconds the job is kept once unused (None: until deleted)
+    keyed: bool = False  # items run under a per-key Limit (its key function travels with the function)
+    key_concurrency: int | None = None  # items of one key at once
+    key_rate: float | None = None  # starts per second of one key
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -56,7 +63,7 @@ class RunPolicy:
 @dataclass(frozen=True)
 class Policy:
     """How a job treats failures and load, as the caller gives it: retries with backoff,
-    a timeout per attempt, a shared rate limit, whether failures raise or come back in
+    a timeout per attempt, a shared rate limit, per-key limits (`limits.Limit`), whether failures raise or come back in
     the list, which backend runs its items (see `nbtasks.backends`), and how long the job
     is kept once unused (seconds, see `config.parse_keep`)."""
 
@@ -68,6 +75,7 @@ class Policy:
     errors: str = "raise"
     backend: str = "eventlet"
     keep: float | None = None
+    limit: Limit | None = None
 
     def __post_init__(self) -> None:
         if self.retries < 0:
@@ -93,4 +101,7 @@ class Policy:
             backend=self.backend,
             errors=self.errors,
             keep=self.keep,
+            keyed=self.limit is not None,
+            key_concurrency=self.limit.concurrency if self.limit is not None else None,
+            key_rate=self.limit.per_second if self.limit is not None else None,
         )

@@ -22,6 +22,7 @@ from .backends.aio import LoopThread
 from .config import Settings
 from .define import JobSpec
 from .errors import ConnectionLost, JobCancelled, JobLost, PayloadRejected
+from .limits import BACKOFF_FIRST, Backoff
 from .pool.processes import WorkerPool
 from .pool.supervisor import Supervisor
 from .progress import Progress
@@ -257,9 +258,7 @@ class Run:
                     try:
                         if isinstance(payload, PayloadRejected):
                             raise payload  # never unpickled, never run
-                        value = func(codec.load(payload))
-                        if inspect.iscoroutine(value):  # an async def function
-                            value = _inline_loop().run(value)
+                        value = _call_inline(func, codec.load(payload))
                         data = codec.dump_result(value)
                     except Exception as exc:
                         outcomes.append(Outcome(index, "0", codec.failure_payload(exc), codec.failure_line(exc)))
@@ -270,3 +269,13 @@ class Run:
                 self.counts = self.store.poll(name, self.token, total, self.ttl)
                 self.bar.update(self.counts)
         return self.counts
+
+
+def _call_inline(func: Callable[[Any], Any], arg: Any) -> Any:
+    """`func(arg)` here; a task that asks to back off waits as asked and runs again."""
+    while True:
+        try:
+            value = func(arg)
+            return _inline_loop().run(value) if inspect.iscoroutine(value) else value  # (async def)
+        except Backoff as exc:
+            time.sleep(exc.seconds if exc.seconds is not None else BACKOFF_FIRST)

@@ -52,12 +52,12 @@ def set_func(func: Callable[[str], Any], *, name: str | None = None, **options: 
         func: called with one line (a string, without its line break).
         name: the job's name; by default the script's file name without ``.py``.
         options: as for `pmap`: processes, concurrency, retries, retry_delay,
-            retry_on, timeout, rate, backend.
+            retry_on, timeout, rate, limit, backend.
     """
     global _func, _name, _options
     if not callable(func):
         raise TypeError(f"set_func() takes a function, not {type(func).__name__}.")
-    allowed = {"processes", "concurrency", "retries", "retry_delay", "retry_on", "timeout", "rate", "backend"}
+    allowed = {"processes", "concurrency", "retries", "retry_delay", "retry_on", "timeout", "rate", "limit", "backend"}
     if unknown := set(options) - allowed:
         raise ConfigError(
             f"set_func() does not take {', '.join(sorted(unknown))}; it takes {', '.join(sorted(allowed))}."
@@ -131,6 +131,7 @@ def _policy() -> Policy:
         "return",
         backends.choose(_func, _options.get("backend")) if _func is not None else "eventlet",
         keep=settings().keep,
+        limit=_options.get("limit"),
     )
 
 
@@ -138,7 +139,8 @@ def _store_job(store: Store, name: str, lines: list[str]) -> define.JobSpec:
     """Store the function as it is now (and `lines` after the inputs held)."""
     assert _func is not None
     policy = _policy()
-    return define.append(store, name, _func, codec.dump_function(_func, policy.retry_on), lines, policy)
+    key = policy.limit.key if policy.limit is not None else None
+    return define.append(store, name, _func, codec.dump_function(_func, policy.retry_on, key), lines, policy)
 
 
 def _add(store: Store, name: str, files: list[str]) -> int:

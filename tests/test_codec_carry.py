@@ -85,7 +85,7 @@ def test_the_payload_names_the_submodules_and_a_failing_one_does_not_break_loadi
     payload = pickle.loads(codec.dump_function(work))
     assert payload["submodules"] == ["xml.etree", "xml.etree.ElementTree"]
     payload["submodules"] = ["xml.no_such_module", "xml.etree"]
-    func, _ = codec.load_function(cloudpickle.dumps(payload, protocol=codec.PROTOCOL))
+    func, _, _ = codec.load_function(cloudpickle.dumps(payload, protocol=codec.PROTOCOL))
     assert func(["<a/>"]) == ["a"]
 
 

@@ -53,6 +53,10 @@ class StoreBase:
         self._set_counts = self.client.register_script(lua.SET_COUNTS)
         self._drop_idle = self.client.register_script(lua.DROP_IDLE)
         self._forget = self.client.register_script(lua.FORGET)
+        self._claim_keyed = self.client.register_script(lua.CLAIM_KEYED)
+        self._admit = self.client.register_script(lua.ADMIT)
+        self._clear_keyed = self.client.register_script(lua.CLEAR_KEYED)
+        self._key_states = self.client.register_script(lua.KEY_STATES)
 
     def check(self, loading_wait: float = 60.0, restart_wait: float = 3.0) -> None:
         """Raise RedisUnavailable, saying what to do, unless the server answers. A server

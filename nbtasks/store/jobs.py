@@ -215,11 +215,11 @@ class JobOps(StoreBase):
         blob: bytes | None = self.client.get(self.keys[job].func)
         return self.signer.open(job, -1, FUNCTION, blob) if blob is not None else None
 
-    def _every_key(self, job: str) -> list[str]:
+    def _every_key(self, job: str) -> list[str | bytes]:
         k = self.keys[job]
         level, split = self.client.hmget(k.meta, "ix_level", "ix_split")
         buckets = 2 ** int(level or 0) + int(split or 0)
-        return k.all(self.client.smembers(k.workers), buckets)
+        return k.all(self.client.smembers(k.workers), buckets, self.client.zrange(k.keywait, 0, -1))
 
     def delete(self, job: str) -> int:
         """Delete the job and its large payloads; the bytes these took outside Redis."""
@@ -259,7 +259,7 @@ class JobOps(StoreBase):
         pipe = self.client.pipeline(transaction=False)
         counts = []
         for record in records:
-            keys = self.keys[record.name].all([], record.index_buckets)
+            keys = [key for key in self.keys[record.name].all([], record.index_buckets) if isinstance(key, str)]
             for key in keys:
                 pipe.memory_usage(key)
             counts.append(len(keys))

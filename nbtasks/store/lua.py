@@ -3,9 +3,11 @@ calls them with the keys of one job (one hash tag, so they are legal on a Cluste
 
 Times come from the server's clock (TIME), so workers on several machines agree. The
 scripts that store inputs and index them are `index`'s; how small payloads are packed,
-`chunks`'.
+`chunks`'; those of per-key limits, `limits`'.
 """
 
+from ..limits import BACKOFF_FIRST, BACKOFF_MAX
+from . import limits
 from .chunks import LUA as _CHUNKS
 
 _NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
@@ -39,20 +41,26 @@ return {idx, read_items(KEYS[4], idx)}
 )
 
 # KEYS done results failures counts claims attempts history delayed meta finished
-# ARGV retries base_delay_ms results, then per result: index payload; then per failure:
-# index kind payload jitter line (kind 'r': may be retried, '0': final).
+# ARGV retries base_delay_ms results prefix, then per result: index payload; then per
+# failure: index kind payload jitter line (kind 'r': may be retried, '0': final, 'b': a
+# backoff, whose payload is the pause in ms, or -1 for the key's own).
 # Idempotent: a result is stored only if its done bit was not set, so counters never
 # double count when an item ran twice. A retry waits in the delayed set, not in a
-# sleeping worker, with exponential backoff (jitter comes from the caller).
+# sleeping worker, with exponential backoff (jitter comes from the caller). A backoff
+# is no attempt: the item waits first in its key's list, and the key pauses (an item
+# without a key waits alone, in the delayed set).
 RECORD = (
     _NOW
     + _CHUNKS
+    + limits.RELEASE
+    + f"local BACKOFF_FIRST, BACKOFF_MAX = {BACKOFF_FIRST * 1000:.0f}, {BACKOFF_MAX * 1000:.0f}\n"
     + """
-local retries, base = tonumber(ARGV[1]), tonumber(ARGV[2])
-local done, failed = 0, 0
+local retries, base, P = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[4]
+local done, failed, held, backed = 0, 0, 0, {}
 local ok, settled, failures = {}, {}, {}
-local first_failure = 4 + 2 * tonumber(ARGV[3])
-for i = 4, first_failure - 1, 2 do
+local first_failure = 5 + 2 * tonumber(ARGV[3])
+local limited = keyed(P)
+for i = 5, first_failure - 1, 2 do
   settled[#settled + 1] = ARGV[i]
   ok[#ok + 1] = i
 end
@@ -82,7 +90,26 @@ if #ok > 0 then
 end
 for _, i in ipairs(failures) do
   local idx, kind = ARGV[i], ARGV[i + 1]
-  if redis.call('GETBIT', KEYS[1], idx) == 0 then
+  if kind == 'b' then
+    if redis.call('GETBIT', KEYS[1], idx) == 0 and redis.call('HEXISTS', KEYS[5], idx) == 1 then
+      local ms, key = tonumber(ARGV[i + 2]), limited and redis.call('HGET', P .. 'keyed', idx)
+      if key then
+        -- (items that were running when the key began to back off tell nothing new)
+        local before = tonumber(redis.call('HGET', P .. 'keyhold', key)) or 0
+        local streak = tonumber(redis.call('HGET', P .. 'keystreak', key)) or 0
+        if before <= now or streak == 0 then streak = redis.call('HINCRBY', P .. 'keystreak', key, 1) end
+        if ms < 0 then ms = math.min(BACKOFF_MAX, BACKOFF_FIRST * 2 ^ (streak - 1)) end
+        local hold = math.max(now + ms, before)
+        redis.call('HSET', P .. 'keyhold', key, string.format('%d', hold))
+        redis.call('LPUSH', P .. 'held:' .. key, idx)
+        redis.call('ZADD', P .. 'keywait', string.format('%d', hold), key)
+        held, backed[key] = held + 1, true
+      else
+        if ms < 0 then ms = BACKOFF_FIRST end
+        redis.call('ZADD', KEYS[8], now + ms, idx)
+      end
+    end
+  elseif redis.call('GETBIT', KEYS[1], idx) == 0 then
     local n = redis.call('HINCRBY', KEYS[6], idx, 1)
     redis.call('HSET', KEYS[7], idx, (redis.call('HGET', KEYS[7], idx) or '') .. ARGV[i + 4] .. '\\n')
     if kind == 'r' and n <= retries then
@@ -92,7 +119,22 @@ for _, i in ipairs(failures) do
     end
   end
 end
-settled = redis.call('HDEL', KEYS[5], unpack(settled))
+if limited then
+  -- (one by one: only a claim of this worker gives a slot back)
+  local n = 0
+  for j, i in ipairs(settled) do
+    if redis.call('HDEL', KEYS[5], i) == 1 then
+      n = n + 1
+      local key = release(P, i, now)
+      -- (a result ends the key's backoffs in a row, unless one came in the same batch)
+      if key and j <= #ok and not backed[key] then redis.call('HDEL', P .. 'keystreak', key) end
+    end
+  end
+  settled = n
+else
+  settled = redis.call('HDEL', KEYS[5], unpack(settled))
+end
+if held ~= 0 then redis.call('HINCRBY', KEYS[4], 'held', held) end
 if done ~= 0 then redis.call('HINCRBY', KEYS[4], 'done', done) end
 if failed ~= 0 then redis.call('HINCRBY', KEYS[4], 'failed', failed) end
 if settled ~= 0 then redis.call('HINCRBY', KEYS[4], 'running', -settled) end
@@ -129,12 +171,16 @@ return {owner, tonumber(c[1]) or 0, tonumber(c[2]) or 0, tonumber(c[3]) or 0, re
         redis.call('HGET', KEYS[4], 'epoch')}
 """
 
-# KEYS claims queue done counts
+# KEYS claims queue done counts   ARGV prefix
 # Put the unfinished claims of a worker that was stopped back at the head of the queue.
-REQUEUE = """
+REQUEUE = (
+    _NOW
+    + limits.RELEASE
+    + """
 local idx = redis.call('HKEYS', KEYS[1])
-local back = {}
+local back, limited = {}, keyed(ARGV[1])
 for _, i in ipairs(idx) do
+  if limited then release(ARGV[1], i, now) end
   if redis.call('GETBIT', KEYS[3], i) == 0 then back[#back + 1] = i end
 end
 redis.call('DEL', KEYS[1])
@@ -144,14 +190,20 @@ for s = 1, #back, 1000 do
 end
 return #back
 """
+)
 
-# KEYS claims queue done counts; ARGV indices
+# KEYS claims queue done counts; ARGV prefix, then indices
 # A worker gives back items it claimed and has not started (see worker._wanted).
-UNCLAIM = """
-local back, n = {}, 0
-for _, i in ipairs(ARGV) do
+UNCLAIM = (
+    _NOW
+    + limits.RELEASE
+    + """
+local back, n, limited = {}, 0, keyed(ARGV[1])
+for j = 2, #ARGV do
+  local i = ARGV[j]
   if redis.call('HDEL', KEYS[1], i) == 1 then
     n = n + 1
+    if limited then release(ARGV[1], i, now) end
     if redis.call('GETBIT', KEYS[3], i) == 0 then back[#back + 1] = i end
   end
 end
@@ -159,16 +211,21 @@ if n > 0 then redis.call('HINCRBY', KEYS[4], 'running', -n) end
 if #back > 0 then redis.call('LPUSH', KEYS[2], unpack(back)) end
 return #back
 """
+)
 
 # KEYS claims queue done counts deaths failures history attempts
-# ARGV culprit limit payload line
+# ARGV culprit limit payload line prefix
 # A worker died: its unfinished items go back to the head of the queue, except the one
 # it was executing, whose death is counted as a failed attempt; an item whose worker
-# died `limit` times is recorded as failed.
-BURY = """
+# died `limit` times is recorded as failed. The slots of its keys come back.
+BURY = (
+    _NOW
+    + limits.RELEASE
+    + """
 local idx = redis.call('HKEYS', KEYS[1])
-local failed = 0
+local failed, limited = 0, keyed(ARGV[5])
 for _, i in ipairs(idx) do
+  if limited then release(ARGV[5], i, now) end
   if redis.call('GETBIT', KEYS[3], i) == 0 then
     if i == ARGV[1] then
       redis.call('HINCRBY', KEYS[8], i, 1)
@@ -186,6 +243,7 @@ if #idx > 0 then redis.call('HINCRBY', KEYS[4], 'running', -#idx) end  -- never 
 if failed ~= 0 then redis.call('HINCRBY', KEYS[4], 'failed', failed) end
 return #idx
 """
+)
 
 # KEYS rate   ARGV interval_ms want window_ms
 # A rate limit shared by every worker of a job, on any machine: grant the items whose
@@ -273,3 +331,8 @@ if total < tonumber(ARGV[1]) then total = tonumber(ARGV[1]) end
 redis.call('HSET', KEYS[1], 'total', total, 'ready', '1')
 return total
 """
+
+CLAIM_KEYED = _NOW + _CHUNKS + limits.HELPERS + limits.CLAIM_KEYED
+ADMIT = _NOW + limits.HELPERS + limits.ADMIT
+CLEAR_KEYED = _NOW + limits.CLEAR
+KEY_STATES = _NOW + limits.KEY_STATES

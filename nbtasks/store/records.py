@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..codec import Raw
+from ..errors import PayloadRejected
 from ..policy import RunPolicy
 
 DISTINCT = "distinct"  # the inputs kind of a pmap job: each distinct input stored once
@@ -47,6 +48,27 @@ class Outcome:
     kind: str
     payload: bytes | Raw  # a pickle; a large bytes result may come as itself (see codec.Raw)
     line: str = ""
+
+
+@dataclass(frozen=True)
+class KeyedClaim:
+    """A claim under per-key limits: items that start (their key let them), items whose
+    key is to be found (see `Store.admit`), seconds until a waiting key may start one
+    (None: none is due), and how many items wait for their keys."""
+
+    started: list[tuple[int, bytes | PayloadRejected]]
+    fresh: list[tuple[int, bytes | PayloadRejected]]
+    wake: float | None
+    held: int
+
+
+@dataclass(frozen=True)
+class KeyStates:
+    """What status shows of a job's limit keys: the busiest (key, running, waiting) and
+    those backing off (key, seconds left, backoffs in a row)."""
+
+    busiest: list[tuple[str, int, int]]
+    backing_off: list[tuple[str, float, int]]
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """Store operations of a run: taking a job over, the queue and claims, recording
-outcomes, heartbeats of workers on other machines, the shared rate limit."""
+outcomes, heartbeats of workers on other machines, the shared rate limit and per-key
+limits (see `limits`)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from ..keys import RUN_STATE
 from ..trust import FAILURE, RESULT
 from .base import StoreBase
 from .bits import BATCH, BATCH_BYTES, batches, done_and_pending
-from .records import Counts, JobRecord, Outcome, decoded
+from .records import Counts, JobRecord, KeyedClaim, KeyStates, Outcome, decoded
 
 RATE_WINDOW_MS = 50  # a rate limit grants the turns that fall within this much time
 
@@ -51,6 +52,8 @@ class RunOps(StoreBase):
             pipe.hdel(k.meta, "ended")
         pipe.hset(k.meta, "total", total)  # what the last item's record compares with
         pipe.execute()
+        # Items waiting for their limit keys are queued again below, with the rest.
+        self._clear_keyed(keys=[k.counts], args=[k.prefix, 0 if resume else 1])
         for _, batch in batches(pending, BATCH):
             pipe.rpush(k.queue, *batch)
             pipe.execute()
@@ -136,7 +139,7 @@ class RunOps(StoreBase):
         sealed = self._seal(job, RESULT, [(o.index, o.payload) for o in results])
         sign = self.signer.sign
         failures = [
-            (o.index, o.kind, sign(job, o.index, FAILURE, codec.pickled(o.payload)), random.uniform(0.75, 1.25), o.line)
+            (o.index, o.kind, _failure(sign, job, o), random.uniform(0.75, 1.25), o.line)
             for o in outcomes
             if o.kind != "1"
         ]
@@ -152,17 +155,17 @@ class RunOps(StoreBase):
             size += len(payload)
         for ok, failed in calls:
             if ok or failed:
-                self._record(keys=keys, args=[retries, delay * 1000, len(ok) // 2, *ok, *failed])
+                self._record(keys=keys, args=[retries, delay * 1000, len(ok) // 2, k.prefix, *ok, *failed])
 
     def requeue(self, job: str, wid: str) -> int:
         """Give a stopped worker's unfinished items back to the queue; how many went back."""
         k = self.keys[job]
-        return int(self._requeue(keys=[k.claims(wid), k.queue, k.done, k.counts]))
+        return int(self._requeue(keys=[k.claims(wid), k.queue, k.done, k.counts], args=[k.prefix]))
 
     def unclaim(self, job: str, wid: str, indices: list[int]) -> int:
         """Give back items a worker claimed and has not started; how many went back."""
         k = self.keys[job]
-        return int(self._unclaim(keys=[k.claims(wid), k.queue, k.done, k.counts], args=indices))
+        return int(self._unclaim(keys=[k.claims(wid), k.queue, k.done, k.counts], args=[k.prefix, *indices]))
 
     def bury(self, job: str, wid: str, culprit: int, limit: int, payload: bytes, line: str) -> int:
         """A worker died executing `culprit` (-1: none): requeue its unfinished items,
@@ -171,7 +174,7 @@ class RunOps(StoreBase):
         k = self.keys[job]
         keys = [k.claims(wid), k.queue, k.done, k.counts, k.deaths, k.failures, k.history, k.attempts]
         signed = self.signer.sign(job, culprit, FAILURE, payload)
-        return int(self._bury(keys=keys, args=[culprit, limit, signed, line]))
+        return int(self._bury(keys=keys, args=[culprit, limit, signed, line, k.prefix]))
 
     def alive(self, job: str, wid: str, ttl: float) -> None:
         """A worker on another machine lives; said again before `ttl` seconds pass."""
@@ -211,19 +214,56 @@ class RunOps(StoreBase):
             pipe.hgetall(k.meta)
             pipe.llen(k.queue)
             pipe.zcard(k.delayed)
+            pipe.hget(k.counts, "held")
         replies = pipe.execute()
         out = []
         for i, job in enumerate(names):
-            token, meta, queued, delayed = replies[4 * i : 4 * i + 4]
+            token, meta, queued, delayed, held = replies[5 * i : 5 * i + 5]
             record = JobRecord.parse(job, decoded(meta))
             if token is not None and record is not None:
-                out.append((job, token.decode(), record, int(queued) + int(delayed)))
+                out.append((job, token.decode(), record, int(queued) + int(delayed) + int(held or 0)))
         return out
 
     def take_turns(self, job: str, want: int, per_second: float) -> tuple[int, float]:
         """Turns granted under the job's shared rate limit, or seconds to wait for one."""
         granted, wait_ms = self._take(keys=[self.keys[job].rate], args=[1000 / per_second, want, RATE_WINDOW_MS])
         return int(granted), int(wait_ms) / 1000
+
+    def claim_keyed(
+        self, job: str, token: str, wid: str, count: int, limits: tuple[int, float, float]
+    ) -> KeyedClaim | None:
+        """Under per-key limits (cap, ms between starts, ms early): take up to `count`
+        items in one round trip, those whose key let them start and new ones whose keys
+        are unknown yet (see `admit`); None once the caller let go."""
+        k = self.keys[job]
+        keys = [k.owner, k.queue, k.claims(wid), k.inputs, k.workers, k.counts, k.delayed]
+        reply = self._claim_keyed(keys=keys, args=[token, count, wid, k.prefix, *limits])
+        if reply is None:
+            return None
+        started, fresh, payloads, wake, held = reply
+        indices = [int(i) for i in [*started, *fresh]]
+        opened = self._open_inputs(job, list(zip(indices, payloads, strict=True)))
+        items = list(zip(indices, opened, strict=True))
+        return KeyedClaim(items[: len(started)], items[len(started) :], None if wake < 0 else wake / 1000, int(held))
+
+    def admit(self, job: str, wid: str, keyed: list[tuple[int, str]], limits: tuple[int, float, float]) -> set[int]:
+        """New items with their keys: those that may start now (their slots taken); the
+        others wait under their keys, no longer claimed."""
+        if not keyed:
+            return set()
+        k = self.keys[job]
+        args: list[Any] = [k.prefix, *limits]
+        for index, key in keyed:
+            args += [index, key]
+        return {int(i) for i in self._admit(keys=[k.claims(wid), k.counts], args=args)}
+
+    def key_states(self, job: str, top: int = 5) -> KeyStates:
+        """The busiest limit keys (running and waiting) and those backing off now."""
+        busy, holding = self._key_states(args=[self.keys[job].prefix, top])
+        return KeyStates(
+            [(key.decode(errors="replace"), int(r), int(w)) for key, r, w in busy],
+            [(key.decode(errors="replace"), int(ms) / 1000, int(streak)) for key, ms, streak in holding],
+        )
 
     def attempts(self, job: str, indices: list[int]) -> list[tuple[int, str]]:
         """Failed attempts and their one-line history, per index."""
@@ -242,3 +282,11 @@ class RunOps(StoreBase):
     def fatal(self, job: str) -> str | None:
         value = self.client.get(self.keys[job].fatal)
         return value.decode() if value is not None else None
+
+
+def _failure(sign: Callable[[str, int, bytes, bytes], bytes], job: str, outcome: Outcome) -> bytes:
+    """A failure's payload as RECORD takes it: signed; a backoff's is its pause in ms."""
+    if outcome.kind == "b":
+        assert isinstance(outcome.payload, bytes)
+        return outcome.payload
+    return sign(job, outcome.index, FAILURE, codec.pickled(outcome.payload))

@@ -22,6 +22,7 @@ class CannotRun(Exception):
 class Loaded:
     func: Callable[[Any], Any]
     retry_on: tuple[type[BaseException], ...]
+    key: Callable[[Any], Any] | None  # the key function of the job's Limit
     policy: RunPolicy
     logging: dict[str, Any]
 
@@ -41,10 +42,10 @@ def load(store: Store, job: str) -> Loaded:
     if payload is None:
         raise CannotRun("the job has no stored function (was it reset?).")
     try:
-        func, retry_on = codec.load_function(payload)
+        func, retry_on, key = codec.load_function(payload)
     except Exception as exc:
         raise CannotRun(
             f"the function could not be loaded here: {type(exc).__name__}: {exc}. Install what it needs "
             "where the workers run, or send your own module by value with nbtasks.ship(module)."
         ) from None
-    return Loaded(func, retry_on, record.policy, record.logging)
+    return Loaded(func, retry_on, key, record.policy, record.logging)

@@ -24,6 +24,7 @@ from ..policy import RunPolicy
 from ..pool.beacon import Beacon
 from ..pool.warm import Control
 from ..store import Outcome, Store
+from .gate import Gate, backed_off
 from .load import CannotRun, load
 
 T = TypeVar("T")
@@ -78,6 +79,7 @@ class Worker:
         self.recording = False
         self.policy = RunPolicy()
         self.retry_on: tuple[type[BaseException], ...] = (Exception,)
+        self.gate = Gate(store, job, wid, self._retrying, self.over)  # claims (under per-key limits, if any)
         self.collector = output.Collector()  # (main sets the one that stdout and logging feed)
         self.sending = threading.Lock()  # output goes out in the order it was written
 
@@ -170,6 +172,7 @@ class Worker:
             self._fatal(str(exc))
             return None
         self.policy, self.retry_on = loaded.policy, loaded.retry_on
+        self.gate.limit(loaded.key, loaded.policy)
         output.apply_logging(loaded.logging)
         return loaded.func
 
@@ -209,19 +212,20 @@ class Worker:
                 # Items turned long: those claimed ahead go back, for idle workers to take.
                 self._retrying(self.store.unclaim, self.job, self.wid, [t.index for t in waiting])
                 waiting.clear()
-            started = self._start(waiting, free)
-            want = self._wanted(free - started, len(waiting), bool(rate))
+            started, look = self._start(waiting, free), idle
+            want = self._wanted(free - started, len(waiting), bool(rate or self.gate.key))
             if want > 0:
                 # (On green threads the items just started run while this waits.)
-                items = self._retrying(self.store.claim, self.job, self.token, self.wid, want)
-                if items is None:  # the caller let go of the job
+                claimed = self.gate.claim(self.token, want, self.outcomes.put)
+                if claimed is None:  # the caller let go of the job
                     return
+                items, look = claimed
                 waiting.extend(self._runnable(items))
                 started += self._start(waiting, free - started)
             for _ in range(free - started):
                 self.slots.release()
             if not started:
-                self.over.wait(idle)
+                self.gate.pause(min(idle, look))
                 idle = min(idle * 2, 0.2)
                 continue
             idle = 0.01
@@ -238,7 +242,8 @@ class Worker:
     def _wanted(self, free: int, waiting: int, rate: bool) -> int:
         """How many items to claim now: short ones, more than the free slots (each would pay a
         round trip); not long ones, which one process would hoard while others idle (those
-        claimed ahead go back once items turn long), nor under a rate limit (turns start items)."""
+        claimed ahead go back once items turn long), nor under limits (their turns and
+        slots are taken as items are claimed)."""
         if rate or self.item_time > self.SHORT:
             return free
         ahead = int(self.AHEAD_TIME / max(self.item_time, 1e-6))  # (inf before the first ends: 0)
@@ -280,7 +285,7 @@ class Worker:
     def _begin(self, task: Task) -> Any:
         output.ITEM.set(task.index)  # in the task's own context: its lines carry its index
         self.began[task.index] = time.monotonic()
-        return codec.load(task.payload)
+        return self.gate.load(task.index, task.payload)
 
     def _end(self, task: Task, value: Any, error: BaseException | None) -> None:
         """A backend ended an item (from any thread): queue its outcome, free its slot."""
@@ -294,7 +299,7 @@ class Worker:
                 outcome = Outcome(task.index, "1", codec.dump_result(value))
             except Exception as exc:  # ResultNotPicklable: the task's failure, whose message says it all
                 error, retry = exc, False  # running it again would return the same kind of value
-        if error is not None:
+        if error is not None and not (outcome := backed_off(task.index, error)):
             kind = "r" if retry and isinstance(error, self.retry_on) else "0"
             outcome = Outcome(task.index, kind, codec.failure_payload(error, said), codec.failure_line(error))
         with self.counting:
@@ -327,6 +332,7 @@ class Worker:
                 except BlobsUnavailable as exc:  # every worker would fail the same way: the caller says why
                     self._fatal(str(exc))
                     return
+                self.gate.recorded.set()
             self.recording = False
 
     def _output_loop(self) -> None:
