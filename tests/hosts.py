@@ -50,6 +50,11 @@ class Host:
             most = max(most, last - first + 1)
         return most
 
+    def most_at_once(self, visits: list[Visit] | None = None) -> int:
+        """The most of `visits` (default: all) in flight at one time, from their times."""
+        visits = self.visits if visits is None else visits
+        return max((sum(1 for w in visits if w.arrived <= v.arrived < w.ended) for v in visits), default=0)
+
     def answered(self) -> list[Visit]:
         return [v for v in self.visits if v.status == 200]
 
@@ -64,30 +69,31 @@ def _handler(host: Host) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:  # noqa: N802 (the http.server name)
             arrived = time.time()
+            query = parse_qs(urlsplit(self.path).query)
+            sender = query.get("pid", [""])[0]
             with host.lock:
                 host.in_flight += 1
                 host.peak = max(host.peak, host.in_flight)
                 number = len(host.visits)
-                host.visits.append(Visit(arrived, arrived, "", "", 0))
-            query = parse_qs(urlsplit(self.path).query)
+                host.visits.append(Visit(arrived, arrived, urlsplit(self.path).path, sender, 0))  # (in flight)
             refused = number < host.refuse
             if not refused:
                 time.sleep(float(query.get("delay", [host.delay])[0]))
-            body = b"slow down" if refused else self.path.encode()
+            body = b"slow down" if refused else urlsplit(self.path).path.encode()
             status = 429 if refused else 200
-            try:
+            try:  # (a client killed mid-request is gone: nobody to answer)
                 self.send_response(status)
                 if refused:
                     self.send_header("Retry-After", host.retry_after)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                status = -1
             finally:
                 with host.lock:
                     host.in_flight -= 1
-                    host.visits[number] = Visit(
-                        arrived, time.time(), urlsplit(self.path).path, query.get("pid", [""])[0], status
-                    )
+                    host.visits[number] = Visit(arrived, time.time(), urlsplit(self.path).path, sender, status)
 
         def log_message(self, *args: object) -> None:
             pass

@@ -5,6 +5,7 @@
 urls         Redis URLs: for workers, for messages, off this host or not
 client       the commands the store sends, with their replies typed
 lua          the scripts that change several keys of a job atomically
+limits       the scripts of per-key limits (items waiting for their key, backoffs)
 payloads     what Redis holds for an input or result: compressed, or a reference outside
 bits         done-bitmaps, packed index lists, batches of round trips
 connection   URLs, clients, the stores shared by every entry point

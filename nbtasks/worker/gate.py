@@ -8,11 +8,13 @@ any worker of the job takes them once their key may start one."""
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from .. import codec
+from ..backends import Task
 from ..errors import PayloadRejected
 from ..limits import Backoff
 from ..policy import RunPolicy
@@ -45,20 +47,21 @@ class Gate:
             early = TAU_MS if 0 < interval < TAU_MS else 0.0
             self.key, self.limits = key, (policy.key_concurrency or 0, interval, early)
 
-    def claim(self, token: str, want: int, failed: Callable[[Outcome], None]) -> tuple[list[Item], float] | None:
+    def claim(self, token: str, want: int, failed: Callable[[Outcome], None]) -> tuple[list[Task], float] | None:
         """Up to `want` items that may start now, and how long to wait before looking
-        again if none may; None once the caller let go of the job. Items whose key could
-        not be found go to `failed` as their outcomes."""
+        again if none may; None once the caller let go of the job. Items that cannot run
+        (an input whose signature failed, one whose key could not be found) go to
+        `failed` as their outcomes."""
         if self.key is None:
             items = self.retrying(self.store.claim, self.job, token, self.wid, want)
-            return None if items is None else (items, float("inf"))
+            return None if items is None else (_runnable(items, failed), float("inf"))
         claim = self.retrying(self.store.claim_keyed, self.job, token, self.wid, want, self.limits)
         if claim is None:
             return None
         items, keyed, payloads = list(claim.started), [], {}
         for index, payload in claim.fresh:
             if isinstance(payload, PayloadRejected):
-                items.append((index, payload))  # (the loop records it as failed)
+                items.append((index, payload))  # (failed below)
                 continue
             try:
                 value = codec.load(payload)
@@ -79,7 +82,7 @@ class Gate:
             else:
                 del self.values[index]  # it waits under its key, for whichever worker
         wait = claim.wake if claim.wake is not None else float("inf")
-        return items, min(wait, LOOK) if claim.held else wait
+        return _runnable(items, failed), min(wait, LOOK) if claim.held else wait
 
     def load(self, index: int, payload: bytes) -> Any:
         """An item's input: unpickled already if its key was found here."""
@@ -93,6 +96,18 @@ class Gate:
             return
         self.recorded.wait(seconds)
         self.recorded.clear()
+
+
+def _runnable(items: list[Item], failed: Callable[[Outcome], None]) -> list[Task]:
+    tasks = []
+    for index, payload in items:
+        if isinstance(payload, PayloadRejected):
+            # Never unpickled, never run, never retried: recorded once as a final failure.
+            print(f"nbtasks: {payload}", file=sys.stderr)
+            failed(Outcome(index, "0", codec.failure_payload(payload), codec.failure_line(payload)))
+        else:
+            tasks.append(Task(index, payload))
+    return tasks
 
 
 def backed_off(index: int, error: BaseException) -> Outcome | None:

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from .. import backends, codec, output
 from ..backends import Backend, Task
-from ..errors import BlobsUnavailable, ConnectionLost, PayloadRejected
+from ..errors import BlobsUnavailable, ConnectionLost
 from ..exits import WORKER_BROKEN, WORKER_CANNOT_RUN, WORKER_DONE, WORKER_REFUSED
 from ..policy import RunPolicy
 from ..pool.beacon import Beacon
@@ -219,8 +219,8 @@ class Worker:
                 claimed = self.gate.claim(self.token, want, self.outcomes.put)
                 if claimed is None:  # the caller let go of the job
                     return
-                items, look = claimed
-                waiting.extend(self._runnable(items))
+                tasks, look = claimed
+                waiting.extend(tasks)
                 started += self._start(waiting, free - started)
             for _ in range(free - started):
                 self.slots.release()
@@ -260,17 +260,6 @@ class Worker:
                 self.in_flight += len(tasks)
             self.backend.submit(tasks)
         return len(tasks)
-
-    def _runnable(self, items: list[tuple[int, bytes | PayloadRejected]]) -> list[Task]:
-        tasks = []
-        for index, payload in items:
-            if isinstance(payload, PayloadRejected):
-                # Never unpickled, never run, never retried: recorded once as a final failure.
-                print(f"nbtasks: {payload}", file=sys.stderr)
-                self.outcomes.put(Outcome(index, "0", codec.failure_payload(payload), codec.failure_line(payload)))
-            else:
-                tasks.append(Task(index, payload))
-        return tasks
 
     def _turns(self, want: int, rate: float) -> int:
         """How many of `want` items may start now under the job's shared rate limit;
