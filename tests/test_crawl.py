@@ -15,11 +15,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import redis
 
 import nbtasks
-from nbtasks.store import JobKeys
+from nbtasks.job import dashboard
+from nbtasks.store import JobKeys, open_store
 
 from .conftest import wait_until, worker_children
 from .hosts import Host, serving
@@ -75,8 +77,14 @@ def test_a_host_that_answers_429_is_backed_off_and_nothing_fails(r: redis.Redis,
     with serving(*hosts):
         urls = [host.url(f"p{i}") for i in range(40) for host in hosts]
         job = nbtasks.pmap(fetch, urls, limit=POLITE, progress=False, background=True)
-        # While it backs off, status says so (and the busiest keys).
+        # While it backs off, status and the dashboard say so (and show the busiest keys).
         wait_until(lambda: nbtasks.jobs()[0].backing_off, 30, "a key backing off in status")
+        board = dashboard(open_store(redis_server.url), [job.name])
+        wait_until(
+            lambda: board.refresh() is not None and "backing off: 127.0.0.3" in board.rows[job.name].numbers.value,
+            30,
+            "the dashboard's row to show the key backing off",
+        )
         shown = subprocess.run(
             [sys.executable, "-m", "nbtasks", "status", job.name, "--redis", redis_server.url],
             capture_output=True, text=True, cwd=ROOT, check=True,
@@ -145,3 +153,16 @@ def test_every_process_of_a_job_and_a_joining_worker_share_the_limits(r: redis.R
     for host in hosts:
         assert host.peak <= 4, f"{host.address}: {host.peak} at once"
         assert host.peak_starts() <= 21, f"{host.address}: {host.peak_starts()} starts within one second"
+
+
+def test_a_script_crawls_under_its_limit(r: redis.Redis, redis_server, tmp_path) -> None:
+    host = Host("127.0.0.3", delay=0.2)
+    script = Path(__file__).parent / "scripts" / "polite.py"
+    env = {**os.environ, "CRAWL_REDIS": redis_server.url}
+    with serving(host):
+        (tmp_path / "urls.txt").write_text("".join(host.url(f"p{i}") + "\n" for i in range(30)))
+        for verb in (["add", str(tmp_path / "urls.txt")], ["run"]):
+            done = subprocess.run([sys.executable, str(script), *verb], env=env, capture_output=True, text=True)
+            assert done.returncode == 0, done.stdout + done.stderr
+    assert "30 of 30 done, 0 failed" in done.stdout
+    assert len(host.answered()) == 30 and host.peak <= 2 and host.peak_starts() <= 21, host.peak
