@@ -16,30 +16,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # (tests.hosts: the recording servers)
 
 import nbtasks  # noqa: E402
 import nbtasks.server  # noqa: E402
-from tests.hosts import Host, serving  # noqa: E402
+from tests.hosts import Host, fetch, serving  # noqa: E402
 
 CONCURRENCY, RATE = 4, 10.0
-
-
-def fetch(url: str) -> bytes:
-    try:
-        with urllib.request.urlopen(f"{url}?pid={os.getpid()}", timeout=120) as response:
-            return response.read()
-    except urllib.error.HTTPError as exc:
-        if exc.code == 429:
-            raise nbtasks.Backoff(exc.headers.get("Retry-After")) from None
-        raise
 
 
 def crawl(pages: int, limit: nbtasks.Limit | None, refuse: int = 0) -> tuple[float, list[Host], int]:

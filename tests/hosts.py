@@ -1,16 +1,34 @@
 """Real HTTP servers on several loopback addresses (127.0.0.1, 127.0.0.2, ...: distinct
 hosts to a crawler), each recording what a polite client is judged by: every request's
-arrival and end, the requests in flight at once, and which process sent it."""
+arrival and end, the requests in flight at once, and which process sent it; and the
+task that crawls them (`fetch`)."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
+
+import nbtasks
+
+
+def fetch(url: str) -> bytes:
+    """What a crawl's task does: GET the page, saying which process asks (``?pid=``); a
+    429 asks the host to pause."""
+    try:
+        with urllib.request.urlopen(f"{url}?pid={os.getpid()}", timeout=120) as response:
+            return response.read()
+    except urllib.error.HTTPError as exc:
+        if exc.code == 429:
+            raise nbtasks.Backoff(exc.headers.get("Retry-After")) from None
+        raise
 
 
 @dataclass

@@ -13,8 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import redis
@@ -24,22 +22,11 @@ from nbtasks.job import dashboard
 from nbtasks.store import JobKeys, open_store
 
 from .conftest import wait_until, worker_children
-from .hosts import Host, serving
+from .hosts import Host, fetch, serving
 from .test_remote import ROOT, service
 
 ONE_SERVER = True
 POLITE = nbtasks.Limit(concurrency=4, rate="10/s")
-
-
-def fetch(url: str) -> bytes:
-    """What a crawl's task does: GET the page; a 429 asks the host to pause."""
-    try:
-        with urllib.request.urlopen(f"{url}?pid={os.getpid()}", timeout=60) as response:
-            return response.read()
-    except urllib.error.HTTPError as exc:
-        if exc.code == 429:
-            raise nbtasks.Backoff(exc.headers.get("Retry-After")) from None
-        raise
 
 
 def page(url: str) -> bytes:

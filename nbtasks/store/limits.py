@@ -78,6 +78,7 @@ end
 local function keyed(P) return redis.call('EXISTS', P .. 'keyed') == 1 end
 """
 
+# (after lua's move_due and chunks' read_items)
 # KEYS owner queue claims inputs workers counts delayed
 # ARGV token count wid prefix cap interval_ms tau_ms
 # Take up to `count` items: first those waiting for a key that may start one now (their
@@ -86,11 +87,7 @@ local function keyed(P) return redis.call('EXISTS', P .. 'keyed') == 1 end
 # (-1: none is due) and how many items wait for their key.
 CLAIM_KEYED = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return false end
-local due = redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', now, 'LIMIT', 0, 1000)
-if #due > 0 then
-  redis.call('ZREM', KEYS[7], unpack(due))
-  redis.call('LPUSH', KEYS[2], unpack(due))
-end
+move_due(KEYS[7], KEYS[2], now)
 local want, P = tonumber(ARGV[2]), ARGV[4]
 local cap, interval, tau = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local started, taken = {}, 0

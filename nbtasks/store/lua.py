@@ -12,6 +12,17 @@ from .chunks import LUA as _CHUNKS
 
 _NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
 
+# Retries that are due go back to the head of the queue (before a claim).
+_DUE = """
+local function move_due(delayed, queue, now)
+  local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, 1000)
+  if #due > 0 then
+    redis.call('ZREM', delayed, unpack(due))
+    redis.call('LPUSH', queue, unpack(due))
+  end
+end
+"""
+
 # KEYS owner queue claims inputs workers counts delayed
 # ARGV token count wid
 # Take up to `count` items for a worker, first moving retries that are due back to the
@@ -19,13 +30,10 @@ _NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.fl
 CLAIM = (
     _NOW
     + _CHUNKS
+    + _DUE
     + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return false end
-local due = redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', now, 'LIMIT', 0, 1000)
-if #due > 0 then
-  redis.call('ZREM', KEYS[7], unpack(due))
-  redis.call('LPUSH', KEYS[2], unpack(due))
-end
+move_due(KEYS[7], KEYS[2], now)
 local idx = redis.call('LPOP', KEYS[2], ARGV[2])
 if not idx then return {} end
 redis.call('SADD', KEYS[5], ARGV[3])
@@ -332,7 +340,7 @@ redis.call('HSET', KEYS[1], 'total', total, 'ready', '1')
 return total
 """
 
-CLAIM_KEYED = _NOW + _CHUNKS + limits.HELPERS + limits.CLAIM_KEYED
+CLAIM_KEYED = _NOW + _CHUNKS + _DUE + limits.HELPERS + limits.CLAIM_KEYED
 ADMIT = _NOW + limits.HELPERS + limits.ADMIT
 CLEAR_KEYED = _NOW + limits.CLEAR
 KEY_STATES = _NOW + limits.KEY_STATES
