@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from .. import codec
 from ..backends import Task
@@ -20,7 +20,6 @@ from ..limits import Backoff
 from ..policy import RunPolicy
 from ..store import Outcome, Store
 
-T = TypeVar("T")
 Item = tuple[int, bytes | PayloadRejected]
 
 # A key's turn may be taken this early when turns come faster than every TAU_MS: a claim
