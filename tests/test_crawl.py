@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import redis
@@ -140,6 +141,30 @@ def test_every_process_of_a_job_and_a_joining_worker_share_the_limits(r: redis.R
     for host in hosts:
         assert host.peak <= 4, f"{host.address}: {host.peak} at once"
         assert host.peak_starts() <= 21, f"{host.address}: {host.peak_starts()} starts within one second"
+
+
+def test_imap_over_a_generator_keeps_the_limits_and_a_second_call_asks_nothing(r: redis.Redis) -> None:
+    hosts = (Host("127.0.0.1", delay=0.15), Host("127.0.0.2", delay=0.15))
+    limit = nbtasks.Limit(concurrency=2)
+
+    def urls() -> Iterator[str]:  # read lazily, as from a file or a paginated API
+        for i in range(20):
+            for host in hosts:
+                yield host.url(f"p{i}")
+
+    with serving(*hosts):
+        pages, answered_at_first = [], -1
+        for got in nbtasks.imap(fetch, urls(), limit=limit, progress=False):
+            if not pages:
+                answered_at_first = sum(len(host.answered()) for host in hosts)
+            pages.append(got)
+        assert pages == [page(url) for url in urls()]
+        assert 0 < answered_at_first < 40, "imap waited for the whole crawl before its first result"
+        for host in hosts:
+            assert len(host.answered()) == 20 and host.peak == 2, (host.address, host.peak)
+        asked = sum(len(host.visits) for host in hosts)
+        assert list(nbtasks.imap(fetch, urls(), limit=limit, progress=False)) == pages
+        assert sum(len(host.visits) for host in hosts) == asked, "the same call again asked the hosts"
 
 
 def test_a_script_crawls_under_its_limit(r: redis.Redis, redis_server, tmp_path) -> None:
