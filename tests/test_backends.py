@@ -23,6 +23,8 @@ from .conftest import run_script, wait_until, worker_pids
 from .test_pmap import SCRIPT, executions
 from .test_resume import recorded
 
+ONE_SERVER = True  # (see conftest): how tasks run in a worker, not the server, is under test
+
 BACKENDS = ["eventlet", "threads", "asyncio"]
 
 

@@ -27,6 +27,10 @@ from nbtasks.store import JobKeys
 from .stored import payloads
 from .test_pmap import executions
 
+# (see conftest): which function a result belongs to is under test, not the server; the
+# tests of how results are laid out in the server run against both (both_servers).
+ONE_SERVER = True
+
 SCRIPTS = Path(__file__).parent / "scripts"
 
 # Globals that the tests' functions read and that the tests change between two calls;
@@ -362,6 +366,7 @@ def triple(x: int) -> int:
     return 3 * x
 
 
+@pytest.mark.both_servers
 def test_jobs_of_the_earlier_store_format_stay_readable_and_are_never_returned_for_another_function(
     r: redis.Redis, tmp_path: Path
 ) -> None:
@@ -374,6 +379,7 @@ def test_jobs_of_the_earlier_store_format_stay_readable_and_are_never_returned_f
     assert r.exists(JobKeys("triple-0123456789ab").results) == 0
 
 
+@pytest.mark.both_servers
 def test_a_named_job_of_the_earlier_store_format_keeps_its_results_and_runs_the_rest(
     r: redis.Redis, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -407,6 +413,7 @@ def as_format_2(r: redis.Redis, name: str) -> None:
     r.hdel(keys.meta, "ix_digest")
 
 
+@pytest.mark.both_servers
 def test_jobs_of_store_format_2_are_read_as_they_are_and_grow_in_chunks(
     r: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -433,6 +440,7 @@ def test_jobs_of_store_format_2_are_read_as_they_are_and_grow_in_chunks(
     assert results == [3 * i for i in reversed(range(900))] and not ran
 
 
+@pytest.mark.both_servers
 def test_small_inputs_and_results_are_packed_in_chunks(r: redis.Redis) -> None:
     items = [*range(600), "x" * 300]  # the last one too large for a chunk, and its result
     results = pmap1(plus_one_or_twice, items)
@@ -549,6 +557,7 @@ def test_two_background_calls_of_one_function_on_other_lists_each_get_their_own(
     assert nbtasks.pmap(slow, range(0, 200), processes=1, progress=False) == [x * 10 for x in range(200)]
 
 
+@pytest.mark.both_servers
 def test_the_index_grows_in_small_buckets_and_finds_every_input(r: redis.Redis, tmp_path: Path) -> None:
     log = tmp_path / "log"
 
@@ -569,6 +578,7 @@ def test_the_index_grows_in_small_buckets_and_finds_every_input(r: redis.Redis, 
     assert max(sizes) <= 128  # each stays in Redis's compact encoding
 
 
+@pytest.mark.both_servers
 def test_equal_inputs_far_apart_in_a_long_new_list_run_once(r: redis.Redis, tmp_path: Path) -> None:
     # A new job's list is stored in batches; an input equal to one of an earlier batch
     # must find it (the second half repeats the first, a batch and more later).

@@ -16,6 +16,8 @@ from nbtasks.store import JobKeys
 
 from .conftest import wait_until
 
+ONE_SERVER = True  # (see conftest): the tasks.py interface, not the server, is under test
+
 SCRIPT = Path(__file__).parent / "scripts" / "crawl.py"
 
 
