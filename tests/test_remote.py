@@ -186,7 +186,7 @@ def other_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip("no other Python 3 here")
     venv = tmp_path_factory.mktemp("other-python")
     subprocess.run([other, "-m", "venv", str(venv)], check=True, timeout=120)
-    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-compile", str(ROOT)], check=True, timeout=600)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(ROOT)], check=True, timeout=600)
     return venv / "bin" / "python"
 
 
