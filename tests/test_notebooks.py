@@ -52,11 +52,17 @@ def test_there_are_notebooks() -> None:
     assert NOTEBOOKS
 
 
+# Items from 100 on wait for the gate file, so the stop button always lands mid-run (on a
+# loaded machine all 600 could otherwise finish before the interrupt).
 CELL = """
-import time, nbtasks
+import os, time, nbtasks
+
+GATE = {gate!r}
 
 def slow(x):
     time.sleep(0.05)
+    while x >= 100 and not os.path.exists(GATE):
+        time.sleep(0.01)
     return -x
 
 out = nbtasks.pmap(slow, range(600), name="stop-button", concurrency=10)
@@ -65,13 +71,15 @@ print("finished", len(out))
 """
 
 
-def test_stop_button_returns_fast_keeps_results_and_the_cell_resumes(jupyter_env: redis.Redis) -> None:
+def test_stop_button_returns_fast_keeps_results_and_the_cell_resumes(jupyter_env: redis.Redis, tmp_path: Path) -> None:
     from jupyter_client.manager import start_new_kernel
 
     r = jupyter_env
+    gate = tmp_path / "gate"
+    cell = CELL.format(gate=str(gate))
     km, kc = start_new_kernel(kernel_name="python3")
     try:
-        kc.execute(CELL)
+        kc.execute(cell)
         wait_until(lambda: r.bitcount(JobKeys("stop-button").done) >= 50, 60, "50 results")
         sent = time.monotonic()
         km.interrupt_kernel()  # what the stop button does: SIGINT to the kernel's process group
@@ -83,7 +91,8 @@ def test_stop_button_returns_fast_keeps_results_and_the_cell_resumes(jupyter_env
         assert worker_pids("stop-button") == []
         assert f"{kept} of 600 results of job 'stop-button' are stored" in _stream(kc)
 
-        reply = kc.execute_interactive(CELL, timeout=120, output_hook=lambda msg: None)
+        gate.touch()
+        reply = kc.execute_interactive(cell, timeout=120, output_hook=lambda msg: None)
         assert reply["content"]["status"] == "ok"
         assert r.bitcount(JobKeys("stop-button").done) == 600
     finally:
